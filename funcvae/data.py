@@ -1,0 +1,111 @@
+"""Real image data through torchvision's dataset classes, found on disk before any download.
+
+``load(name, split)`` looks, in order, in ``root`` (torchvision's layout ``root/<Class>/raw/`` or the four
+IDX files, gzipped or not, directly in ``root``), then in the Debian package location
+(``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST in /usr/share/datasets/fashion-mnist),
+and only then downloads. Gzipped files are unpacked once into a cache folder (``$FUNCVAE_DATA``, default
+``~/.cache/funcvae``), one folder per source, where torchvision reads them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision import datasets
+
+from funcvae.rng import generator
+
+DATASETS = {
+    "mnist": (datasets.MNIST, Path("/usr/share/datasets/mnist")),
+    "fashion-mnist": (datasets.FashionMNIST, Path("/usr/share/datasets/fashion-mnist")),
+}
+SPLITS = ("train", "test")
+BINARIZE = (None, "static")
+_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def load(name: str, split: str, root: str | os.PathLike | None = None, binarize: str | None = None,
+         seed: int = 0) -> Tensor:
+    """Images of ``name`` ("mnist" or "fashion-mnist"), ``split`` ("train": 60k, "test": 10k).
+
+    Args:
+      root: a folder to look in first, and to download into when the data is found nowhere.
+      binarize: None for grey levels in [0, 1]; "static" for one fixed Bernoulli draw per pixel, seeded
+        by ``seed`` (for a fresh draw every batch use ``fit(..., binarize="dynamic")``).
+
+    Returns:
+      (N, 1, 28, 28) float32 in [0, 1].
+
+    Raises:
+      FileNotFoundError: nothing on disk and no download possible; the message says where it looked.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {tuple(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if binarize not in BINARIZE:
+        hint = " (dynamic binarisation is fit(..., binarize='dynamic'))" if binarize == "dynamic" else ""
+        raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}{hint}")
+    images = _dataset(name, split == "train", root).data.unsqueeze(1).to(torch.float32) / 255.0
+    if binarize == "static":
+        images = torch.bernoulli(images, generator=generator(seed, "static-binarize", name, split))
+    return images
+
+
+def _dataset(name: str, train: bool, root):
+    cls, system_dir = DATASETS[name]
+    looked = []
+    for base in ([Path(root)] if root is not None else []) + [system_dir]:
+        for folder in (base / cls.__name__ / "raw", base):
+            looked.append(str(folder))
+            if folder.name == "raw" and _has_files(folder, packed=False):
+                return cls(str(base), train=train, download=False)  # torchvision's own layout, unpacked
+            if _has_files(folder, packed=True):
+                return cls(str(_stage(folder, cls.__name__)), train=train, download=False)
+    target = Path(root) if root is not None else _cache_dir()
+    try:
+        return cls(str(target), train=train, download=True)
+    except Exception as e:  # torchvision raises RuntimeError or URLError subclasses when offline
+        apt = " or `apt-get install dataset-fashion-mnist` (Debian)" if name == "fashion-mnist" else ""
+        raise FileNotFoundError(
+            f"{name} not found in {', '.join(looked)} and the download into {target} failed ({e}). "
+            f"Put the four IDX files (e.g. train-images-idx3-ubyte.gz) in a folder and pass root=<folder>{apt}."
+        ) from e
+
+
+def _has_files(folder: Path, *, packed: bool) -> bool:
+    return all((folder / f).is_file() or (packed and (folder / f"{f}.gz").is_file()) for f in _FILES)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FUNCVAE_DATA", Path.home() / ".cache" / "funcvae"))
+
+
+def _stage(folder: Path, class_name: str) -> Path:
+    """Unpack the IDX files of ``folder`` into a cache root of its own (``<cache>/staged/<hash>/<Class>/raw``)
+    and return that root. A copy is redone whenever its source's size or mtime differs from the record."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    staged = _cache_dir() / "staged" / key
+    raw = staged / class_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in _FILES:
+        plain, packed = folder / f, folder / f"{f}.gz"
+        source = plain if plain.is_file() else packed
+        stat = source.stat()
+        stamp, dest = raw / f".{f}.source", raw / f
+        record = f"{source.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+        if dest.is_file() and stamp.is_file() and stamp.read_text() == record:
+            continue
+        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{f}.")
+        with os.fdopen(fd, "wb") as out, (open(source, "rb") if source is plain else gzip.open(source)) as src:
+            shutil.copyfileobj(src, out)
+        os.replace(tmp, dest)
+        stamp.write_text(record)
+    return staged

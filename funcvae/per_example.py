@@ -1,0 +1,104 @@
+"""Per-example gradients, ``vmap(grad(...))`` of the one-example bound, and what they are used for: a
+gradient signal-to-noise diagnostic and DP-SGD style clipping with Gaussian noise."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import optree
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from funcvae.elbo import example_terms
+from funcvae.model import ModelSpec, Params, check_params
+from funcvae.rng import generator
+from funcvae.compiling import compile_backend
+from funcvae.validate import as_examples, check_int, check_nonnegative
+
+
+def _example_loss(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta):
+    terms = example_terms(spec, tree, x, eps, beta)
+    return terms["loss"], terms
+
+
+def example_grads(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta) -> tuple[dict, dict]:
+    """Gradients of each example's loss: x (B, F), eps (B, K, latent) -> (grads with leaves (B, ...),
+    terms of shape (B,))."""
+    return vmap(grad(_example_loss, has_aux=True), in_dims=(None, None, 0, 0, None))(tree, spec, x, eps, beta)
+
+
+def clipped_noisy_mean(grads: dict, weights: Tensor, clip_norm: float, noise: dict) -> dict:
+    """DP-SGD's gradient: each example's gradient scaled to L2 norm (over all leaves) at most ``clip_norm``,
+    summed over the real rows (``weights`` 1), plus ``noise`` (a tree of N(0, (sigma * clip_norm)^2) draws),
+    divided by the number of real rows."""
+    leaves, spec = optree.tree_flatten(grads)
+    norms = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in leaves))
+    factor = weights * torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
+    n = weights.sum()
+    noisy = [(torch.tensordot(factor, t, dims=1) + z) / n for t, z in zip(leaves, optree.tree_leaves(noise))]
+    return optree.tree_unflatten(spec, noisy)
+
+
+_COMPILED: dict = {}
+
+
+def per_example_grads(params: Params, x, *, seed: int, beta: float = 1.0, scale: float | None = None,
+                      compile: bool | str | Callable | None = None) -> Params:
+    """Each example's gradient of its own loss (one reparameterised sample, noise from ``seed``).
+
+    Returns:
+      ``Params`` whose leaves have a leading dimension N (one gradient per example); their mean over N is
+      the gradient of the batch-mean loss. Memory: N times the model size.
+    """
+    check_params(params)
+    check_nonnegative("beta", beta)
+    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"], name="x")
+    eps = torch.randn(x.shape[0], 1, params.spec.latent, generator=generator(seed, "per-example", device=x.device),
+                      device=x.device, dtype=x.dtype)
+    fn = _maybe_compiled(compile, x.device)
+    grads, _ = fn(params.tree, params.spec, x, eps, beta)
+    return Params(params.spec, grads)
+
+
+def gradient_snr(params: Params, x, *, seed: int, beta: float = 1.0, scale: float | None = None,
+                 chunk_size: int = 256, compile: bool | str | Callable | None = None) -> dict[str, float]:
+    """Gradient signal-to-noise ratio per parameter tensor: the mean over its elements of
+    |E_x[g]| / std_x[g], from per-example gradients over ``x`` (streamed in chunks: memory is
+    ``chunk_size`` gradients). Below about 1, a tensor's minibatch gradients are mostly noise."""
+    check_params(params)
+    check_int("chunk_size", chunk_size)
+    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"], name="x")
+    if x.shape[0] < 2:
+        raise ValueError("gradient_snr needs at least 2 examples")
+    gen = generator(seed, "snr", device=x.device)
+    fn = _maybe_compiled(compile, x.device)
+    total = optree.tree_map(torch.zeros_like, params.tree)
+    square = optree.tree_map(torch.zeros_like, params.tree)
+    for xb in x.split(chunk_size):
+        eps = torch.randn(xb.shape[0], 1, params.spec.latent, generator=gen, device=x.device, dtype=x.dtype)
+        g, _ = fn(params.tree, params.spec, xb, eps, beta)
+        total = optree.tree_map(lambda s, t: s + t.sum(0), total, g)
+        square = optree.tree_map(lambda s, t: s + t.pow(2).sum(0), square, g)
+    n = x.shape[0]
+    snr = {}
+    for path, s, q in zip(_paths(params.tree), optree.tree_leaves(total), optree.tree_leaves(square)):
+        mean = s / n
+        std = torch.sqrt(torch.clamp((q - n * mean**2) / (n - 1), min=0.0))
+        snr[path] = float((mean.abs() / (std + 1e-12)).mean())
+    return snr
+
+
+def _maybe_compiled(compile, device: torch.device):
+    backend = compile_backend(compile, device)
+    if backend is None:
+        return example_grads
+    key = (backend, device.type)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(example_grads, backend=backend, fullgraph=True, dynamic=False)
+    return _COMPILED[key]
+
+
+def _paths(tree: dict) -> list[str]:
+    return ["/".join(map(str, p)) for p in optree.tree_paths(tree)]

@@ -1,0 +1,30 @@
+"""Stacks of models: N param trees of one spec as one ``Params`` whose leaves have a leading dimension N,
+so that ``vmap`` over that dimension trains all N in one step (``fit`` accepts a stack)."""
+
+from __future__ import annotations
+
+import optree
+import torch
+
+from funcvae.model import Params, check_params, stack_size
+
+
+def stack(models: list[Params]) -> Params:
+    """One ``Params`` holding ``models`` (same spec) along a new leading dimension of every leaf."""
+    if not models:
+        raise ValueError("stack needs at least one model")
+    for p in models:
+        check_params(p)
+    specs = {p.spec for p in models}
+    if len(specs) > 1:
+        raise ValueError(f"stacked models must share one spec, got {len(specs)} different ones")
+    trees = [p.tree for p in models]
+    return Params(models[0].spec, optree.tree_map(lambda *leaves: torch.stack(leaves), *trees))
+
+
+def unstack(params: Params) -> list[Params]:
+    """The N models of a stack, as separate ``Params``."""
+    n = stack_size(params)
+    if n is None:
+        raise ValueError("params hold one model, not a stack")
+    return [Params(params.spec, optree.tree_map(lambda t: t[i], params.tree)) for i in range(n)]
