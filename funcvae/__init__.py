@@ -8,15 +8,16 @@
 """
 
 from funcvae import data, distributions, nn, optim
-from funcvae.checkpoint import load_params, save_params
+from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
 from funcvae.elbo import elbo, example_terms
 from funcvae.model import ModelSpec, Params, init, leaves_by_path
 from funcvae.per_example import gradient_snr, per_example_grads
 from funcvae.stack import stack, unstack
 from funcvae.codec import decode, encode
-from funcvae.train import fit
+from funcvae.interrupt import Interrupted
+from funcvae.train import NonFiniteError, fit
 
 __all__ = [
-    "ModelSpec", "Params", "data", "decode", "distributions", "elbo", "encode", "example_terms", "fit", "init", "nn",
+    "Checkpoint", "Interrupted", "ModelSpec", "NonFiniteError", "Params", "load", "save", "data", "decode", "distributions", "elbo", "encode", "example_terms", "fit", "init", "nn",
     "gradient_snr", "leaves_by_path", "load_params", "optim", "per_example_grads", "save_params", "stack", "unstack",
 ]

@@ -3,9 +3,11 @@ a GPU or where a C++ compiler can build CPU kernels, CUDA graphs on a GPU, the e
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import warnings
+from functools import partial
 from typing import Callable
 
 import torch
@@ -22,7 +24,50 @@ def make_step(step: Callable, device: torch.device, compile: bool | str | Callab
     backend = compile_backend(compile, device)
     if backend is None:
         return step
-    return torch.compile(step, backend=backend, mode=compile_mode(backend, device), fullgraph=True, dynamic=False)
+    key = _key(step, backend, device)
+    if key is None or key not in _COMPILED:
+        compiled = torch.compile(_with_own_code(step), backend=backend, mode=compile_mode(backend, device),
+                                 fullgraph=True, dynamic=False)
+        if key is None:
+            return compiled
+        _COMPILED[key] = compiled
+    return _COMPILED[key]
+
+
+def _with_own_code(step: Callable) -> Callable:
+    """``step`` behind a function with a code object of its own. Dynamo keeps its compiled graphs, and its
+    limit of 8 recompiles, per code object; ``torch.compile`` of a ``partial`` would share one wrapper's
+    code among every step ever compiled, so the ninth model, batch size or optimiser in one process would
+    fail to compile."""
+    def call(*args):
+        return step(*args)
+
+    call.__code__ = call.__code__.replace(co_name=f"funcvae_step_{next(_COUNTER)}")
+    return call
+
+
+# Compiled steps by what they compute: a second fit with the same model, optimiser and device reuses the
+# graph instead of tracing again (each new trace of the same function also counts towards dynamo's
+# recompile limit, past which it silently runs eagerly).
+_COMPILED: dict = {}
+_COUNTER = itertools.count()
+
+
+def clear() -> None:
+    """Forget the compiled steps kept for reuse (after changing torch's compiler settings, say)."""
+    _COMPILED.clear()
+
+
+def _key(step: Callable, backend, device: torch.device):
+    """A hashable description of a ``functools.partial`` step, or None when it has none."""
+    if not isinstance(step, partial):
+        return None
+    key = (step.func, step.args, tuple(sorted(step.keywords.items())), backend, device.type, device.index)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def compile_mode(backend: str | Callable, device: torch.device) -> str | None:

@@ -37,14 +37,16 @@ def example_terms(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta: Ten
       beta: weight of the KL term in ``loss``.
 
     Returns:
-      ``{"recon", "kl", "loss"}``, 0-d tensors in nats.
+      ``{"recon", "kl", "loss"}``, 0-d tensors in nats, and ``"kl_dims"`` (latent,), the KL of each latent
+      dimension (summing to ``kl``).
     """
     mean, logvar = encode_one(spec, tree, x)
     z = D.reparameterize(mean, logvar, eps)
     out = vmap(partial(decode_one, spec, tree))(z)
     recon = -log_likelihood(spec, tree, out, x).mean()
-    kl = D.kl_standard_normal(mean, logvar)
-    return {"recon": recon, "kl": kl, "loss": recon + beta * kl}
+    kl_dims = D.kl_standard_normal(mean.unsqueeze(-1), logvar.unsqueeze(-1))
+    kl = kl_dims.sum()
+    return {"recon": recon, "kl": kl, "loss": recon + beta * kl, "kl_dims": kl_dims}
 
 
 def batch_terms(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta: Tensor | float) -> dict:
@@ -53,21 +55,31 @@ def batch_terms(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta: Tenso
 
 
 def objective(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta: Tensor | float,
-              weights: Tensor | None = None):
+              weights: Tensor | None = None, count: Tensor | None = None, free_bits: float = 0.0):
     """Mean loss over the batch (what gradients follow) and, as aux, the batch SUMS of each term.
 
     ``weights`` (B,) of 0s and 1s marks padding rows (0) that must not count: a short last batch is padded
-    to the full size so that a compiled step keeps one static shape. The mean is over the rows weighted 1.
+    to the full size so that a compiled step keeps one static shape. The mean divides by ``count``, the
+    real rows of the whole batch (default: ``weights.sum()``); a data-parallel shard passes the global count,
+    so that the shards' gradients sum to the batch gradient.
+
+    ``free_bits`` > 0 (Kingma et al. 2016) optimises ``recon + beta * sum_d max(free_bits, KL_d)`` with KL_d
+    the batch-mean KL of latent dimension d: below the floor a dimension's KL exerts no pull towards the
+    prior, so the encoder can start using it. The reported sums are the true terms.
     """
     terms = batch_terms(spec, tree, x, eps, beta)
-    if weights is None:
-        return terms["loss"].mean(), {k: v.sum() for k, v in terms.items()}
-    sums = {k: (v * weights).sum() for k, v in terms.items()}
-    return sums["loss"] / weights.sum(), sums
+    w = torch.ones_like(terms["recon"]) if weights is None else weights
+    n = w.sum() if count is None else count
+    sums = {k: (terms[k] * w).sum() for k in TERMS}
+    if not free_bits:
+        return sums["loss"] / n, sums
+    kl_dims = (terms["kl_dims"] * w.unsqueeze(-1)).sum(0) / n
+    return sums["recon"] / n + beta * torch.clamp(kl_dims, min=free_bits).sum(), sums
 
 
-#: ``(grads, (mean_loss, sums)) = loss_and_grad(tree, spec, x, eps, beta, weights=None)``: gradients
-#: w.r.t. ``tree``.
+#: ``(grads, (mean_loss, sums)) = loss_and_grad(tree, spec, x, eps, beta, weights=None, count=None,
+#: free_bits=0.0)``:
+#: gradients w.r.t. ``tree``.
 loss_and_grad = grad_and_value(objective, has_aux=True)
 
 
@@ -106,8 +118,9 @@ def evaluate(spec: ModelSpec, tree: dict, x: Tensor, gen: torch.Generator, *, k:
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk_size):
             stop = start + chunk_size
-            for name, value in batch_terms(spec, tree, x[start:stop], eps[start:stop], beta).items():
-                chunks[name].append(value)
+            terms = batch_terms(spec, tree, x[start:stop], eps[start:stop], beta)
+            for name in TERMS:
+                chunks[name].append(terms[name])
     return {name: torch.cat(values) for name, values in chunks.items()}
 
 

@@ -27,6 +27,10 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 # (1/255)^2/12: a density narrower than one grey level measures rounding, not the image, and would let
 # constant pixels drive the likelihood to +inf.
 MIN_OBS_LOGVAR = math.log((1.0 / 255.0) ** 2 / 12.0)
+# The posterior's log-variance is kept where exp() of it (and of half of it) is finite and far from float32's
+# limits: variances from 2e-13 to 5e8 cover every useful posterior, and a wild encoder output early in
+# training can no longer overflow the KL or the sample.
+LOGVAR_RANGE = (-30.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ def _conv_bottleneck(spec: ModelSpec) -> int:
 
 
 def encode_one(spec: ModelSpec, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One flattened example (features,) -> (mean, logvar), each (latent,)."""
+    """One flattened example (features,) -> (mean, logvar), each (latent,); logvar within ``LOGVAR_RANGE``."""
     act = nn.ACTIVATIONS[spec.activation]
     enc = tree["encoder"]
     h = x
@@ -179,7 +183,7 @@ def encode_one(spec: ModelSpec, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
         h = h.reshape(-1)
     for i in range(len(spec.hidden)):
         h = act(nn.dense(enc[f"hidden_{i}"], h))
-    return nn.dense(enc["mean"], h), nn.dense(enc["logvar"], h)
+    return nn.dense(enc["mean"], h), torch.clamp(nn.dense(enc["logvar"], h), *LOGVAR_RANGE)
 
 
 def decode_one(spec: ModelSpec, tree: dict, z: Tensor) -> Tensor:

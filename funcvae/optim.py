@@ -7,6 +7,7 @@ Pure: nothing passed in is modified. Leaves are processed together with ``torch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import optree
@@ -30,9 +31,11 @@ class AdamState(NamedTuple):
     nu: Any
 
 
+@functools.lru_cache(maxsize=None)
 def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
     """Adam (Kingma & Ba 2015) with the arithmetic of ``torch.optim.Adam`` (bias-corrected, eps outside
-    the square root), so both give the same iterates on the same gradients."""
+    the square root), so both give the same iterates on the same gradients. The same hyperparameters give
+    the same (pure, stateless) transformation object, so a compiled step built on it can be reused."""
     check_positive("lr", lr)
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and eps >= 0.0):
         raise ValueError(f"need 0 <= b1, b2 < 1 and eps >= 0, got b1={b1}, b2={b2}, eps={eps}")

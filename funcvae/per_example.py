@@ -25,7 +25,7 @@ def _example_loss(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta):
 
 def example_grads(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta) -> tuple[dict, dict]:
     """Gradients of each example's loss: x (B, F), eps (B, K, latent) -> (grads with leaves (B, ...),
-    terms of shape (B,))."""
+    terms of shape (B,), and ``kl_dims`` (B, latent))."""
     return vmap(grad(_example_loss, has_aux=True), in_dims=(None, None, 0, 0, None))(tree, spec, x, eps, beta)
 
 

@@ -1,12 +1,15 @@
 """``fit``: minibatch training of a VAE's params (one model or a stack) with Adam on the (beta-weighted)
-negative ELBO, through one compiled step."""
+negative ELBO through one compiled, guarded step; checkpoints, exact resume, signals, data parallelism."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
 import optree
@@ -14,28 +17,42 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from funcvae import distributed
+from funcvae.batches import model_batches
+from funcvae.checkpoint import Checkpoint, load, save
 from funcvae.compiling import make_step
 from funcvae.distributions import check_support
-from funcvae.elbo import TERMS, evaluate
+from funcvae.elbo import evaluate
+from funcvae.interrupt import Interrupted, deferred_signals
 from funcvae.model import Params, stack_size
 from funcvae.optim import adam
 from funcvae.rng import generator
-from funcvae.step import dp_train_step, pad_rows, stacked_train_step, train_step
+from funcvae.step import STATS, batch_grads, dp_train_step, guarded_update, stacked_train_step, train_step
 from funcvae.validate import as_examples, check_int, check_nonnegative, check_positive
 
 BINARIZE = (None, "dynamic")
+ON_NONFINITE = ("raise", "skip")
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class NonFiniteError(FloatingPointError):
+    """A step met a non-finite loss term or gradient; the params were not updated by it."""
 
 
 def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float | Sequence[float] = 1e-3,
         seed: int | Sequence[int] = 0, val_data=None, beta: float | Sequence[float] = 1.0, kl_warmup: float = 0,
         binarize: str | None = None, scale: float | None = None, clip_norm: float | None = None,
-        noise_multiplier: float = 0.0, compile: bool | str | Callable | None = None,
-        progress: bool | None = None, callback: Callable[[dict], None] | None = None):
+        noise_multiplier: float = 0.0, free_bits: float = 0.0, compile: bool | str | Callable | None = None,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, checkpoint_every: int | None = None,
+        on_nonfinite: str = "raise", progress: bool | None = None, callback: Callable[[dict], None] | None = None):
     """Train ``params`` on ``data``; returns new params and the per-epoch history (inputs are not modified).
 
     Args:
       params: from ``funcvae.init`` (any architecture), or a stack of N models from ``funcvae.stack``,
-        trained together in one vmapped step; training runs on their device.
+        trained together in one vmapped step; training runs on their device. Under ``torchrun`` (WORLD_SIZE
+        > 1) each process takes its block of every batch, gradients are summed across processes as one
+        flat buffer (gloo on CPU, NCCL on GPU), and only rank 0 writes checkpoints, prints and calls back;
+        ``batch_size`` is the global batch and must divide by the number of processes.
       data: training examples: tensor, numpy array, Dataset or DataLoader (read once; fit batches the
         examples itself in a seeded order), shaped (N, F), (N, H, W) or (N, C, H, W).
       epochs: passes over the data.
@@ -55,17 +72,33 @@ def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float |
         averaging (per-example gradients by ``vmap(grad)``); None trains on the plain batch gradient.
       noise_multiplier: with ``clip_norm``, add Gaussian noise of std ``noise_multiplier * clip_norm`` to
         the summed clipped gradients (drawn from the run's seeded stream).
+      free_bits: a floor, in nats, on each latent dimension's batch-mean KL in the objective (Kingma et
+        al. 2016): a dimension below it feels no pull to the prior, a cure for posterior collapse. The
+        reported ``kl`` and ``loss`` stay the true ones. Not with ``clip_norm`` or data parallelism.
       compile: compile the whole step (loss, gradients, Adam) into one graph with ``torch.compile``.
         None (default): where a GPU or a C++ compiler is present, else a warning and the eager step;
         False: eager; a backend name or callable: that ``torch.compile`` backend. Compiling costs seconds
         once per run (about 10 s on 2 CPU cores cold, about 1 s with a warm cache) and is traced once.
+      checkpoint_dir: keep ``checkpoint.safetensors`` here (params, Adam state, settings, history, epoch and
+        step; written atomically): after every epoch, every ``checkpoint_every`` steps if set, and when
+        SIGINT or SIGTERM arrives, which then ends ``fit`` at the next step boundary by raising
+        ``Interrupted``. With a checkpoint_dir, signals never interrupt a step half-way.
+      resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (its settings and data
+        must be those of this call, ``epochs`` may grow); the result is bit-identical (CPU) to a run that
+        was never interrupted. ``params`` then only has to match the checkpoint's spec.
+      checkpoint_every: also checkpoint every this many steps inside an epoch.
+      on_nonfinite: what a step with a non-finite loss term or gradient does; the params and optimiser
+        state are never touched by it. "raise" (default): stop with ``NonFiniteError`` naming the epoch,
+        batch and term (recon, kl or gradient), the last checkpoint left as it was; this reads one flag
+        per step from the device. "skip": go on without that step, counted in the history's ``skipped``.
       progress: show a progress bar; default: only when stderr is a terminal.
       callback: called with each epoch's history record as soon as it is complete.
 
     Returns:
       ``(params, history)``. ``history`` has one dict per epoch with ``epoch``, ``recon``, ``kl``, ``loss``
       (training averages over the epoch, nats per example), ``val_recon``, ``val_kl``, ``val_loss``
-      (over the whole held-out set; None without ``val_data``), ``beta`` (KL weight at the epoch's end)
+      (over the whole held-out set; None without ``val_data``), ``beta`` (KL weight at the epoch's end),
+      ``skipped`` (steps skipped for non-finite values; their examples are left out of the averages)
       and ``seconds``. ``loss`` is always ``recon + beta * kl`` with the target ``beta``, so epochs stay
       comparable during warm-up (= -ELBO at beta = 1). For a stack: the stacked params and a list of
       N such histories.
@@ -73,57 +106,223 @@ def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float |
     n_models = stack_size(params)
     seeds, lrs, betas = _per_model(n_models, seed=seed, lr=lr, beta=beta)
     check_settings(epochs=epochs, batch_size=batch_size, lr=lrs, beta=betas, kl_warmup=kl_warmup, binarize=binarize,
-                   clip_norm=clip_norm, noise_multiplier=noise_multiplier, stacked=n_models is not None)
-    for s in seeds:
-        check_int("seed", s, minimum=0)
+                   clip_norm=clip_norm, noise_multiplier=noise_multiplier, stacked=n_models is not None,
+                   checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite, seeds=seeds, free_bits=free_bits)
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
     like = optree.tree_leaves(params.tree)[0]
     x = _examples(data, params, scale, like, binarize, "data")
     x_vals = None if val_data is None else _val_sets(_examples(val_data, params, scale, like, binarize, "val_data"),
                                                      seeds, binarize)
     if batch_size > x.shape[0]:
         raise ValueError(f"batch_size {batch_size} is larger than the data ({x.shape[0]} examples)")
-
-    spec, tree = params.spec, params.tree
-    step = make_step(_step_function(spec, n_models, lrs, clip_norm, like), x.device, compile)
-    opt_state = adam(1.0 if n_models else lrs[0]).init(tree)
-    steps_per_epoch = math.ceil(x.shape[0] / batch_size)
-    warmup_steps = kl_warmup * steps_per_epoch
-    target = torch.tensor(betas, dtype=x.dtype, device=x.device)
-    show = sys.stderr.isatty() if progress is None else progress
-    histories = [[] for _ in seeds]
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        # One stream per model and epoch: epoch k's draws depend on (seed, k) alone, so a run resumed at an
-        # epoch boundary continues with exactly the numbers of an uninterrupted one.
-        gens = [generator(s, "train", epoch, device=x.device) for s in seeds]
-        sums = torch.zeros(len(seeds), len(TERMS), dtype=x.dtype, device=x.device)
-        batches = tqdm(_model_batches(x, batch_size, gens, spec.latent, binarize, n_models), total=steps_per_epoch,
-                       desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False, file=sys.stderr)
-        for i, (xb, eps, weights) in enumerate(batches):
-            warm = min(1.0, ((epoch - 1) * steps_per_epoch + i + 1) / warmup_steps) if warmup_steps else 1.0
-            beta_now = target * warm if n_models else target[0] * warm
-            extra = () if clip_norm is None else (_dp_noise(tree, gens[0], clip_norm * noise_multiplier),)
-            tree, opt_state, batch_sums = step(tree, opt_state, xb, eps, beta_now, weights, *extra)
-            sums += batch_sums.view(len(seeds), len(TERMS))
-        trees = [tree] if n_models is None else [optree.tree_map(lambda t: t[m], tree) for m in range(n_models)]
-        for m, history in enumerate(histories):
-            record = _epoch_record(epoch, sums[m], x.shape[0], betas[m], betas[m] * warm)
-            if x_vals is not None:
-                val = evaluate(spec, trees[m], x_vals[m], generator(seeds[m], "val", device=x.device), beta=betas[m])
-                record.update({f"val_{k}": float(v.mean()) for k, v in val.items()})
-            record["seconds"] = time.perf_counter() - start
-            history.append(record)
-            if callback is not None:
-                callback(record if n_models is None else {**record, "model": m})
-    return Params(spec, tree), histories[0] if n_models is None else histories
+    world = distributed.join(x.device)
+    try:
+        run = _Run(params.spec, n_models, x, x_vals, seeds, lrs, betas, batch_size, epochs, kl_warmup, binarize,
+                   clip_norm, noise_multiplier * (clip_norm or 0.0), free_bits, world, None, checkpoint_every,
+                   on_nonfinite,
+                   None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE, callback,
+                   (sys.stderr.isatty() if progress is None else progress) and world.is_main)
+        run = replace(run, step=_make_runner(run, compile))
+        state = _start(run, params, resume)
+        with deferred_signals(checkpoint_dir is not None) as received:
+            while state.epoch < epochs:
+                state = _run_epoch(run, state, received)
+    finally:
+        distributed.leave(world)
+    return state.params, state.history[0] if n_models is None else state.history
 
 
-def _step_function(spec, n_models, lrs, clip_norm, like) -> Callable:
-    if n_models is not None:
-        return partial(stacked_train_step, spec, adam(1.0), torch.tensor(lrs, dtype=like.dtype, device=like.device))
-    if clip_norm is not None:
-        return partial(dp_train_step, spec, adam(lrs[0]), clip_norm)
-    return partial(train_step, spec, adam(lrs[0]))
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed through a run."""
+
+    spec: object
+    n_models: int | None
+    x: Tensor
+    x_vals: list | None
+    seeds: list
+    lrs: list
+    betas: list
+    batch_size: int
+    epochs: int
+    kl_warmup: float
+    binarize: str | None
+    clip_norm: float | None
+    noise_std: float
+    free_bits: float
+    world: distributed.World
+    step: Callable | None
+    checkpoint_every: int | None
+    on_nonfinite: str
+    checkpoint: Path | None
+    callback: Callable | None
+    show: bool
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.x.shape[0] / self.batch_size)
+
+    def config(self) -> dict:
+        """The settings a resumed run must share, with fingerprints of the data (JSON values)."""
+        config = {"spec": self.spec.to_dict(), "stack": self.n_models, "seed": self.seeds, "lr": self.lrs,
+                  "beta": self.betas, "batch_size": self.batch_size, "kl_warmup": self.kl_warmup,
+                  "binarize": self.binarize, "clip_norm": self.clip_norm, "noise_std": self.noise_std,
+                  "free_bits": self.free_bits,
+                  "data": _fingerprint(self.x),
+                  "val_data": None if self.x_vals is None else _fingerprint(self.x_vals[0])}
+        return json.loads(json.dumps(config))  # as it reads back from a checkpoint (tuples become lists)
+
+
+def _start(run: _Run, params: Params, resume: bool) -> Checkpoint:
+    """The state training starts from: fresh, or the checkpoint's when resuming and one exists."""
+    if run.checkpoint is not None and run.world.is_main:
+        for stale in run.checkpoint.parent.glob(f".{run.checkpoint.name}.*.tmp"):
+            stale.unlink()  # a write cut short by a kill; the checkpoint beside it is whole
+    if resume and run.checkpoint.is_file():
+        state = load(run.checkpoint, device=run.x.device)
+        mismatch = {k: (v, state.config.get(k)) for k, v in run.config().items() if state.config.get(k) != v}
+        if mismatch:
+            diffs = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in mismatch.items())
+            raise ValueError(f"cannot resume from {run.checkpoint}: it was made with other settings or data ({diffs})")
+        return state
+    return Checkpoint(params, adam(run.lrs[0]).init(params.tree), 0, 0, run.config(), [[] for _ in run.seeds])
+
+
+def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
+    """Train epoch ``state.epoch + 1`` (from step ``state.step`` when resuming mid-epoch)."""
+    epoch, start, began = state.epoch + 1, state.step, time.perf_counter()
+    device = run.x.device
+    gens = [generator(s, "train", epoch, device=device) for s in run.seeds]
+    acc = state.sums.to(device) if start else torch.zeros(len(run.seeds), len(STATS), dtype=run.x.dtype, device=device)
+    rng_states = list(state.rng) if start else None
+    batches = model_batches(run.x, run.batch_size, gens, run.spec.latent, run.binarize, run.n_models is not None,
+                            start=start, rng_states=rng_states, shard=(run.world.rank, run.world.size))
+    tree, opt_state, stop = state.params.tree, state.opt_state, False
+    for b, (xb, eps, weights) in enumerate(tqdm(batches, total=run.steps_per_epoch - start, leave=False,
+                                                  desc=f"epoch {epoch}/{run.epochs}", disable=not run.show,
+                                                  file=sys.stderr), start=start):
+        tree, opt_state, stats, stop = run.step(tree, opt_state, xb, eps, _beta(run, epoch, b), weights,
+                                                 _count(run, b), gens[0], received)
+        acc = acc + _accumulate(stats).view_as(acc)
+        if run.on_nonfinite == "raise":
+            _raise_if_skipped(run, stats, epoch, b)
+        done = b + 1
+        every = run.checkpoint_every and ((epoch - 1) * run.steps_per_epoch + done) % run.checkpoint_every == 0
+        if (stop or every) and done < run.steps_per_epoch:
+            mid = replace(state, params=Params(run.spec, tree), opt_state=opt_state, step=done,
+                          rng=torch.stack([g.get_state() for g in gens]), sums=acc)
+            _save(run, mid)
+        if stop:
+            if done == run.steps_per_epoch:
+                break  # the epoch is complete: finish it and save it as an epoch boundary below
+            raise Interrupted(received[0] if received else 15, str(run.checkpoint))
+    history = _close_epoch(run, epoch, acc, tree, began)
+    state = Checkpoint(Params(run.spec, tree), opt_state, epoch, 0, state.config,
+                       [h + [r] for h, r in zip(state.history, history)])
+    _save(run, state)
+    if stop:
+        raise Interrupted(received[0] if received else 15, str(run.checkpoint))
+    return state
+
+
+def _make_runner(run: _Run, compile) -> Callable:
+    """The step as fit calls it: ``(tree, opt_state, x, eps, beta, weights, count, gen, received) ->
+    (tree, opt_state, stats, stop)``, compiled; ``stop`` says a signal asks to stop (agreed by all processes)."""
+    device, spec = run.x.device, run.spec
+    if run.world.size > 1:
+        if run.n_models is not None or run.clip_norm is not None or run.free_bits:
+            raise ValueError("data-parallel fit trains one model on the plain batch objective (no stack, clip_norm "
+                             "or free_bits)")
+        if run.batch_size % run.world.size:
+            raise ValueError(f"batch_size {run.batch_size} must divide by the {run.world.size} processes")
+        grads_of = make_step(partial(batch_grads, spec), device, compile)
+        update = make_step(partial(guarded_update, adam(run.lrs[0])), device, compile)
+
+        def parallel(tree, opt_state, xb, eps, beta, weights, count, gen, received):
+            grads, stats = grads_of(tree, xb, eps, beta, weights, count)
+            grads, stats, flag = distributed.all_reduce_sum(grads, stats, float(bool(received)))
+            return (*update(tree, opt_state, grads, stats), flag > 0)
+        return parallel
+    if run.n_models is not None:
+        step = make_step(partial(stacked_train_step, spec, adam(1.0), tuple(run.lrs), free_bits=run.free_bits),
+                         device, compile)
+    elif run.clip_norm is not None:
+        step = make_step(partial(dp_train_step, spec, adam(run.lrs[0]), run.clip_norm), device, compile)
+    else:
+        step = make_step(partial(train_step, spec, adam(run.lrs[0]), free_bits=run.free_bits), device, compile)
+
+    def local(tree, opt_state, xb, eps, beta, weights, count, gen, received):
+        noise = () if run.clip_norm is None else (_noise(tree, gen, run.noise_std),)
+        return (*step(tree, opt_state, xb, eps, beta, weights, *noise), bool(received))
+    return local
+
+
+def _noise(tree: dict, gen: torch.Generator, std: float) -> dict:
+    """DP-SGD's noise, drawn at the boundary from the run's stream (after the batch's own draws)."""
+    return optree.tree_map(lambda t: std * torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype), tree)
+
+
+def _beta(run: _Run, epoch: int, b: int) -> Tensor:
+    """The KL weight(s) at batch ``b`` of ``epoch``: linear warm-up over ``kl_warmup`` epochs, step by step."""
+    warmup_steps = run.kl_warmup * run.steps_per_epoch
+    warm = min(1.0, ((epoch - 1) * run.steps_per_epoch + b + 1) / warmup_steps) if warmup_steps else 1.0
+    betas = torch.tensor(run.betas, dtype=run.x.dtype, device=run.x.device) * warm
+    return betas if run.n_models is not None else betas[0]
+
+
+def _count(run: _Run, b: int) -> Tensor:
+    """Real rows in batch ``b`` of the whole (not sharded) batch."""
+    rows = min(run.batch_size, run.x.shape[0] - b * run.batch_size)
+    return torch.tensor(float(rows), dtype=run.x.dtype, device=run.x.device)
+
+
+def _accumulate(stats: Tensor) -> Tensor:
+    """What a step adds to the epoch's sums: its stats if it was applied; else only a count of 1 skipped."""
+    ok = stats[..., -1:] > 0
+    return torch.where(ok, torch.cat([stats[..., :-1], torch.zeros_like(stats[..., -1:])], -1),
+                       torch.cat([torch.zeros_like(stats[..., :-1]), torch.ones_like(stats[..., -1:])], -1))
+
+
+def _raise_if_skipped(run: _Run, stats: Tensor, epoch: int, b: int) -> None:
+    rows = stats.view(-1, len(STATS))
+    bad = (rows[:, -1] == 0).nonzero().flatten().tolist()  # one device read per step
+    if not bad:
+        return
+    m = bad[0]
+    term = "recon" if not torch.isfinite(rows[m, 0]) else "kl" if not torch.isfinite(rows[m, 1]) else "gradient"
+    model = f" of model {m}" if run.n_models is not None else ""
+    kept = f"; the last checkpoint, {run.checkpoint}, is untouched" if run.checkpoint else ""
+    raise NonFiniteError(f"non-finite {term}{model} at epoch {epoch}, batch {b + 1} of {run.steps_per_epoch}: "
+                         f"the step was not applied{kept}. on_nonfinite='skip' goes on without such steps; a "
+                         f"lower lr or a check of the data usually removes them")
+
+
+def _close_epoch(run: _Run, epoch: int, acc: Tensor, tree: dict, began: float) -> list[dict]:
+    """Each model's history record for the epoch; evaluation on held-out data; callbacks on rank 0."""
+    sums = acc.tolist()  # one device read per epoch
+    warm_beta = _beta(run, epoch, run.steps_per_epoch - 1).reshape(-1).tolist()
+    records = []
+    for m, (recon, kl, _, rows, skipped) in enumerate(sums):
+        recon, kl = (recon / rows, kl / rows) if rows else (math.nan, math.nan)
+        record = {"epoch": epoch, "recon": recon, "kl": kl, "loss": recon + run.betas[m] * kl,
+                  "val_recon": None, "val_kl": None, "val_loss": None, "beta": warm_beta[m], "skipped": int(skipped)}
+        if run.x_vals is not None:
+            one = tree if run.n_models is None else optree.tree_map(lambda t: t[m], tree)
+            val = evaluate(run.spec, one, run.x_vals[m], generator(run.seeds[m], "val", device=run.x.device),
+                           beta=run.betas[m])
+            record.update({f"val_{k}": float(v.mean()) for k, v in val.items()})
+        record["seconds"] = time.perf_counter() - began
+        records.append(record)
+        if run.callback is not None and run.world.is_main:
+            run.callback(record if run.n_models is None else {**record, "model": m})
+    return records
+
+
+def _save(run: _Run, state: Checkpoint) -> None:
+    if run.checkpoint is not None and run.world.is_main:
+        run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save(run.checkpoint, state)
 
 
 def _examples(data, params: Params, scale, like: Tensor, binarize, name: str) -> Tensor:
@@ -140,33 +339,11 @@ def _val_sets(x_val: Tensor, seeds: list[int], binarize) -> list[Tensor]:
     return [torch.bernoulli(x_val, generator=generator(s, "val-binarize", device=x_val.device)) for s in seeds]
 
 
-def _model_batches(x, batch_size, gens, latent, binarize, n_models):
-    """Each model's batches from its own stream; for a stack, stacked along a new leading dimension."""
-    streams = [epoch_batches(x, batch_size, g, latent, binarize) for g in gens]
-    for per_model in zip(*streams):
-        if n_models is None:
-            yield per_model[0]
-        else:
-            xs, eps, weights = zip(*per_model)
-            yield torch.stack(xs), torch.stack(eps), weights[0]  # same sizes, so the same padding mask
-
-
-def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int, binarize: str | None):
-    """One epoch's batches in a seeded order: ``(x, eps, weights)`` of static shapes (batch_size, ...); the
-    last batch is zero-padded and its padding rows weighted 0, so no example is dropped or counted twice."""
-    order = torch.randperm(x.shape[0], generator=gen, device=x.device)
-    full = torch.ones(batch_size, dtype=x.dtype, device=x.device)
-    for idx in order.split(batch_size):
-        xb = x[idx]
-        if binarize == "dynamic":
-            xb = torch.bernoulli(xb, generator=gen)
-        eps = torch.randn(idx.numel(), 1, latent, generator=gen, device=x.device, dtype=x.dtype)
-        weights = full if idx.numel() == batch_size else pad_rows(full[:idx.numel()], batch_size)
-        yield pad_rows(xb, batch_size), pad_rows(eps, batch_size), weights
-
-
-def _dp_noise(tree: dict, gen: torch.Generator, std: float) -> dict:
-    return optree.tree_map(lambda t: std * torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype), tree)
+def _fingerprint(x: Tensor) -> list:
+    """Size, sum and a row-order-sensitive weighted sum: enough to tell that resumed data are not the same."""
+    rows = x.sum(1, dtype=torch.float64)
+    order = torch.arange(1, x.shape[0] + 1, dtype=torch.float64, device=x.device)
+    return [list(x.shape), round(float(rows.sum()), 6), round(float((rows * order).sum()), 3)]
 
 
 def _per_model(n_models: int | None, **values) -> list[list]:
@@ -183,18 +360,14 @@ def _per_model(n_models: int | None, **values) -> list[list]:
     return out
 
 
-def _epoch_record(epoch: int, sums: Tensor, n: int, beta: float, beta_now) -> dict:
-    recon, kl, _ = (sums / n).tolist()  # one device read per epoch
-    return {"epoch": epoch, "recon": recon, "kl": kl, "loss": recon + beta * kl,
-            "val_recon": None, "val_kl": None, "val_loss": None, "beta": float(beta_now)}
-
-
 def check_settings(*, epochs, batch_size, lr, beta, kl_warmup, binarize, clip_norm=None, noise_multiplier=0.0,
-                   stacked=False) -> None:
-    """Raise ValueError naming the first of ``fit``'s settings that is out of range (``lr`` and ``beta``
-    may be lists, one value per model)."""
+                   stacked=False, checkpoint_every=None, on_nonfinite="raise", seeds=(0,), free_bits=0.0) -> None:
+    """Raise ValueError naming the first of ``fit``'s settings that is out of range (``lr``, ``beta`` and
+    ``seeds`` may be lists, one value per model)."""
     check_int("epochs", epochs)
     check_int("batch_size", batch_size)
+    for s in seeds:
+        check_int("seed", s, minimum=0)
     for value in lr if isinstance(lr, (list, tuple)) else [lr]:
         check_positive("lr", value)
     for value in beta if isinstance(beta, (list, tuple)) else [beta]:
@@ -203,7 +376,14 @@ def check_settings(*, epochs, batch_size, lr, beta, kl_warmup, binarize, clip_no
     if binarize not in BINARIZE:
         raise ValueError(f"binarize must be one of {BINARIZE} (static binarisation is a data.load option), "
                          f"got {binarize!r}")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every)
     check_nonnegative("noise_multiplier", noise_multiplier)
+    check_nonnegative("free_bits", free_bits)
+    if clip_norm is not None and free_bits:
+        raise ValueError("free_bits floors the batch's KL per dimension, which per-example clipping cannot split")
     if clip_norm is not None:
         check_positive("clip_norm", clip_norm)
         if stacked:

@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import settings
 
+from funcvae import compiling
+
 # torch calls are slow for hypothesis' default deadline; CI runs the same examples every time.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=25)
@@ -23,6 +25,10 @@ def fashion():
 
 
 @pytest.fixture(autouse=True)
-def _seeded_global_rng():
+def _fresh_state():
     # funcvae never touches the global RNG; tests that build inputs with it start from the same state.
     torch.manual_seed(1234)
+    # Each test compiles from scratch: test backends count graphs, and dynamo's recompile limit is per
+    # process, which a whole test session would otherwise exhaust.
+    torch._dynamo.reset()
+    compiling.clear()

@@ -75,14 +75,15 @@ def test_train_prints_the_table_and_saves_the_run(tmp_path, capsys, loads, args,
     (run_dir,) = list(tmp_path.iterdir())
     assert lines[0] == f"run folder: {run_dir}"
     assert re.fullmatch(r"\d{8}-\d{6}-fashion-mnist-(mlp|conv)-seed\d+", run_dir.name)
-    assert sorted(os.listdir(run_dir)) == ["config.json", "history.jsonl", "params.safetensors"]
+    assert sorted(os.listdir(run_dir)) == ["checkpoint.safetensors", "config.json", "history.jsonl", "params.safetensors"]
 
     # config.json: the model spec and the fit settings.
     config = json.loads((run_dir / "config.json").read_text())
     params = funcvae.load_params(run_dir / "params.safetensors")
     assert funcvae.ModelSpec.from_dict(config["model"]) == params.spec
     assert all(getattr(params.spec, k) == v for k, v in model.items())
-    assert set(config["fit"]) == {"epochs", "batch_size", "lr", "seed", "beta", "kl_warmup", "binarize", "compile"}
+    assert set(config["fit"]) == {"epochs", "batch_size", "lr", "seed", "beta", "kl_warmup", "binarize", "compile",
+                                  "checkpoint_every", "on_nonfinite"}
     assert config["fit"]["compile"] is False  # --no-compile
     assert all(config["fit"][k] == v for k, v in settings.items())
     assert (config["dataset"], config["n_train"], config["n_test"]) == ("fashion-mnist", 512, 256)

@@ -81,8 +81,25 @@ def test_objective_is_the_batch_mean_and_reports_sums():
     loss, sums = objective(params.tree, params.spec, x, eps, 0.5)
     terms = batch_terms(params.spec, params.tree, x, eps, 0.5)
     torch.testing.assert_close(loss, terms["loss"].mean())
-    for name in terms:
+    for name in ("recon", "kl", "loss"):
         torch.testing.assert_close(sums[name], terms[name].sum())
+    torch.testing.assert_close(terms["kl_dims"].sum(-1), terms["kl"])
+
+
+def test_free_bits_floor_each_dimensions_batch_mean_kl():
+    params = funcvae.init(seed=5, hidden=(16,), latent=3)
+    x, eps = batch(params.spec, n=9)
+    terms = batch_terms(params.spec, params.tree, x, eps, 2.0)
+    floor = float(terms["kl_dims"].mean(0).median())  # one dimension above, one below (or at) the floor
+    loss, sums = objective(params.tree, params.spec, x, eps, 2.0, free_bits=floor)
+    want = terms["recon"].mean() + 2.0 * torch.clamp(terms["kl_dims"].mean(0), min=floor).sum()
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(sums["kl"], terms["kl"].sum())  # reported: the true KL
+    # Below the floor a dimension gets no gradient from the KL: only the reconstruction moves it.
+    low = int(terms["kl_dims"].mean(0).argmin())
+    g_fb, _ = loss_and_grad(params.tree, params.spec, x, eps, 2.0, None, None, 1e6)
+    g_recon, _ = loss_and_grad(params.tree, params.spec, x, eps, 0.0)
+    torch.testing.assert_close(g_fb["encoder"]["logvar"]["bias"][low], g_recon["encoder"]["logvar"]["bias"][low])
 
 
 def test_elbo_is_reproducible_and_independent_of_chunking(fashion):

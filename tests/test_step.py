@@ -8,7 +8,7 @@ import torch
 
 import funcvae
 from funcvae import compiling as C
-from funcvae import step as S
+from funcvae.batches import pad_rows
 from funcvae.elbo import loss_and_grad
 
 
@@ -62,8 +62,8 @@ def test_a_padded_batch_gives_the_gradient_of_its_real_rows():
     params = funcvae.init(seed=1, hidden=(16,), latent=3)
     x, eps = small_data(5), torch.randn(5, 1, 3)
     real = loss_and_grad(params.tree, params.spec, x, eps, 1.0)
-    w = S.pad_rows(torch.ones(5), 8)
-    padded = loss_and_grad(params.tree, params.spec, S.pad_rows(x, 8), S.pad_rows(eps, 8), 1.0, w)
+    w = pad_rows(torch.ones(5), 8)
+    padded = loss_and_grad(params.tree, params.spec, pad_rows(x, 8), pad_rows(eps, 8), 1.0, w)
     for a, b in zip(optree.tree_leaves(real[0]), optree.tree_leaves(padded[0])):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(real[1][0], padded[1][0])
@@ -93,3 +93,12 @@ def test_the_bernoulli_term_in_softplus_form_equals_the_reference():
     assert float((funcvae.distributions.bernoulli_log_prob(logits, x) - ref).abs().max()) <= 1e-6 * max(
         1.0, float(ref.abs().max()))
     assert math.isfinite(float(funcvae.distributions.bernoulli_log_prob(logits, x).sum()))
+
+
+def test_many_models_in_one_process_each_compile_once():
+    # Dynamo allows 8 recompiles per code object; every step gets a code object of its own.
+    backend = CountingBackend()
+    x = small_data(64)
+    for width in range(8, 20):
+        funcvae.fit(funcvae.init(seed=0, hidden=(width,), latent=2), x, epochs=1, batch_size=32, compile=backend)
+    assert backend.graphs == 12

@@ -9,7 +9,7 @@ import torch
 import funcvae
 
 EAGER = dict(compile=False)  # the compiled step has tests of its own (test_step.py)
-KEYS = {"epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "beta", "seconds"}
+KEYS = {"epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "beta", "skipped", "seconds"}
 
 
 def test_fit_lowers_the_held_out_loss(fashion):

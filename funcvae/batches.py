@@ -1,0 +1,59 @@
+"""An epoch's batches: a seeded order, noise drawn at the boundary, static shapes, resumable mid-epoch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int, binarize: str | None, *,
+                  start: int = 0, rng_state: Tensor | None = None, shard: tuple[int, int] = (0, 1)):
+    """Yield one epoch's batches ``(x, eps, weights)`` of static shapes.
+
+    The order is the generator's first draw; then, per batch, the binarisation (``binarize="dynamic"``)
+    and the noise eps (B, 1, latent). The last batch is zero-padded and its padding rows weighted 0, so no
+    example is dropped or counted twice.
+
+    Args:
+      start, rng_state: resume at batch ``start`` with the generator in ``rng_state``, the state it had
+        after batch ``start - 1``: the batches then are exactly those of an uninterrupted epoch.
+      shard: (rank, world): yield only rank's contiguous block of batch_size // world rows of every batch
+        (all ranks draw the whole batch, so together they see what one process would).
+    """
+    rank, world = shard
+    order = torch.randperm(x.shape[0], generator=gen, device=x.device)
+    if rng_state is not None:
+        gen.set_state(rng_state)
+    full = torch.ones(batch_size, dtype=x.dtype, device=x.device)
+    rows = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    for b, idx in enumerate(order.split(batch_size)):
+        if b < start:
+            continue
+        xb = x[idx]
+        if binarize == "dynamic":
+            xb = torch.bernoulli(xb, generator=gen)
+        eps = torch.randn(idx.numel(), 1, latent, generator=gen, device=x.device, dtype=x.dtype)
+        weights = full if idx.numel() == batch_size else pad_rows(full[:idx.numel()], batch_size)
+        yield pad_rows(xb, batch_size)[rows], pad_rows(eps, batch_size)[rows], weights[rows]
+
+
+def model_batches(x: Tensor, batch_size: int, gens: list, latent: int, binarize: str | None, stacked: bool, *,
+                  start: int = 0, rng_states: list | None = None, shard: tuple[int, int] = (0, 1)):
+    """Each model's batches from its own generator; for a stack, stacked along a new leading dimension
+    (the padding mask is the same for every model, so one is passed)."""
+    states = rng_states if rng_states is not None else [None] * len(gens)
+    streams = [epoch_batches(x, batch_size, g, latent, binarize, start=start, rng_state=s, shard=shard)
+               for g, s in zip(gens, states)]
+    for per_model in zip(*streams):
+        if not stacked:
+            yield per_model[0]
+        else:
+            xs, eps, weights = zip(*per_model)
+            yield torch.stack(xs), torch.stack(eps), weights[0]
+
+
+def pad_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` with zero rows appended along dim 0 up to ``rows``."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
