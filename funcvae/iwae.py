@@ -1,0 +1,127 @@
+"""The importance-weighted bound (Burda, Grosse & Salakhutdinov 2016), streamed over chunks of samples.
+
+For one example, with z_j ~ q(z | x) and log-weights log w_j = log p(x | z_j) + log p(z_j) - log q(z_j | x),
+
+    IWAE_k(x) = log (1/k) sum_j w_j   (nats),   ELBO = E[IWAE_1] <= E[IWAE_k] <= E[IWAE_k+1] <= log p(x),
+
+and IWAE_k -> log p(x) as k grows. The log-weight is written for ONE example and ONE sample and batched
+with ``vmap`` (over samples, then over examples); chunks of samples are combined with a streaming
+logsumexp, so memory grows with ``batch_size * chunk_size``, never with ``k``.
+
+Noise layout: sample j of example i is row ``j % BLOCK`` of a (BLOCK, latent) standard normal draw from
+the stream ``funcvae.rng.generator(seed, "iwae", i, j // BLOCK)``. Each sample therefore has fixed noise
+whatever ``chunk_size``, ``batch_size`` or ``k``: the same seed gives the same bound up to float rounding
+however the work is split, and IWAE_k and IWAE_k' (k < k') share their first k samples (common random
+numbers). The noise of example i depends on its index i in ``x``, not on the other examples.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from funcvae import distributions as D
+from funcvae.elbo import log_likelihood
+from funcvae.model import ModelSpec, Params, check_params, decode_one, encode_one
+from funcvae.rng import derive_seed, generator
+from funcvae.validate import as_examples, check_int
+
+#: Samples per noise stream (see the module docstring); chunk sizes that are multiples of it draw each
+#: block once, others redraw the blocks they straddle (same numbers, a little more work).
+BLOCK = 128
+
+
+def log_weight(spec: ModelSpec, tree: dict, x: Tensor, mean: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+    """log p(x | z) + log p(z) - log q(z | x) at z = mean + exp(logvar / 2) * eps, for ONE example and ONE
+    sample: x (features,), mean, logvar, eps (latent,) -> 0-d tensor in nats."""
+    z = D.reparameterize(mean, logvar, eps)
+    log_px_z = log_likelihood(spec, tree, decode_one(spec, tree, z), x)
+    return log_px_z + D.standard_normal_log_prob(z).sum(-1) - D.gaussian_log_prob(mean, logvar, z).sum(-1)
+
+
+def example_log_weights(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor) -> Tensor:
+    """The log-weights of ONE example: x (features,), eps (K, latent) -> (K,) in nats (encodes x once)."""
+    mean, logvar = encode_one(spec, tree, x)
+    return vmap(partial(log_weight, spec, tree, x, mean, logvar))(eps)
+
+
+def batch_log_weights(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor) -> Tensor:
+    """``example_log_weights`` over a batch: x (B, features), eps (B, K, latent) -> (B, K); pure, so it
+    can be differentiated (an IWAE training objective is ``-(logsumexp(., -1) - log K).mean()``)."""
+    return vmap(partial(example_log_weights, spec), in_dims=(None, 0, 0))(tree, x, eps)
+
+
+def noise(seed: int, rows: range, start: int, stop: int, latent: int, *, like: Tensor) -> Tensor:
+    """Standard normal noise of samples ``start:stop`` for the examples ``rows``, laid out as the module
+    docstring says: -> (len(rows), stop - start, latent) in ``like``'s dtype and device."""
+    first, last = start // BLOCK, (stop - 1) // BLOCK
+    out = []
+    for i in rows:
+        blocks = [torch.randn(BLOCK, latent, generator=generator(seed, "iwae", i, b, device=like.device),
+                              device=like.device, dtype=like.dtype) for b in range(first, last + 1)]
+        out.append(torch.cat(blocks)[start - first * BLOCK: stop - first * BLOCK])
+    return torch.stack(out)
+
+
+def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * BLOCK, batch_size: int = 16,
+         scale: float | None = None) -> Tensor:
+    """Per-example importance-weighted bound IWAE_k of ``x`` under ``params``.
+
+    Args:
+      params: from ``funcvae.init`` or ``funcvae.fit``.
+      x: examples as (N, F), (N, H, W) or (N, C, H, W); tensor, array, Dataset or DataLoader.
+      k: importance samples per example (k = 1 is an unbiased ELBO estimate with a Monte Carlo KL).
+      seed: names the noise; the same seed gives the same numbers whatever chunk_size and batch_size.
+      chunk_size: samples per example evaluated at once.
+      batch_size: examples evaluated at once; one step holds batch_size * chunk_size decoder outputs.
+      scale: divide integer pixel data by this (e.g. 255).
+
+    Returns:
+      (N,) IWAE_k in nats per example: a lower bound on log p(x) (in expectation), >= the ELBO.
+
+    Example:
+      >>> bound = funcvae.iwae.iwae(params, x_test[:100], k=5000, seed=0)   # log p(x) >= bound.mean()
+    """
+    check_params(params)
+    for name, value in (("k", k), ("chunk_size", chunk_size), ("batch_size", batch_size)):
+        check_int(name, value)
+    derive_seed(seed)  # a bad seed fails here, before any work
+    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"])
+    with torch.no_grad():
+        return torch.cat([_stream(params.spec, params.tree, x, range(a, min(a + batch_size, x.shape[0])),
+                                  seed=seed, k=k, chunk_size=chunk_size)
+                          for a in range(0, x.shape[0], batch_size)])
+
+
+def _stream(spec: ModelSpec, tree: dict, x: Tensor, rows: range, *, seed: int, k: int, chunk_size: int) -> Tensor:
+    """IWAE_k of the examples ``rows`` of validated (N, F) ``x``, one chunk of samples at a time: (len(rows),)."""
+    xb = x[rows.start:rows.stop]
+    total = xb.new_full((len(rows),), -math.inf)  # running log sum_j w_j
+    for start in range(0, k, chunk_size):
+        eps = noise(seed, rows, start, min(start + chunk_size, k), spec.latent, like=x)
+        total = torch.logaddexp(total, torch.logsumexp(batch_log_weights(spec, tree, xb, eps), dim=-1))
+    return total - math.log(k)
+
+
+def log_weights(params: Params, x, *, k: int, seed: int, scale: float | None = None) -> Tensor:
+    """All log-weights behind ``iwae`` (the same noise for the same seed), for diagnostics such as the
+    effective sample size; holds N * k numbers at once.
+
+    Args:
+      params, x, seed, scale: as for ``iwae``.
+      k: samples per example.
+
+    Returns:
+      (N, k) log w in nats; ``logsumexp(., -1) - log k`` is ``iwae(params, x, k=k, seed=seed)``.
+    """
+    check_params(params)
+    check_int("k", k)
+    derive_seed(seed)
+    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"])
+    with torch.no_grad():
+        eps = noise(seed, range(x.shape[0]), 0, k, params.spec.latent, like=x)
+        return batch_log_weights(params.spec, params.tree, x, eps)

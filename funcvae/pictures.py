@@ -1,0 +1,162 @@
+"""Pictures of a VAE, saved as PNG: reconstructions, prior samples, interpolations, latent traversals, and
+the loss curves of a run.
+
+Decoder outputs are shown as their mean image: sigmoid(logits) for the Bernoulli likelihood, the mean
+clamped to [0, 1] for the Gaussian one (no pixel noise is drawn). Grids are ``torchvision.utils.save_image``
+with a 2-pixel white border, so a grid of r rows and c columns of H x W images is (2 + c (W + 2)) x
+(2 + r (H + 2)) pixels. Functions that draw noise take an explicit seed; each returns the path written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import save_image
+
+from funcvae.codec import decode, encode
+from funcvae.diagnostics import active_units
+from funcvae.model import Params
+from funcvae.rng import generator
+from funcvae.validate import as_examples, check_int, check_positive
+
+PADDING = 2
+
+
+def mean_images(params: Params, out: Tensor) -> Tensor:
+    """Decoder outputs (N, F) -> mean images (N, C, H, W) in [0, 1]."""
+    spec = params.spec
+    images = torch.sigmoid(out) if spec.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
+    return images.reshape(-1, *spec.input_shape)
+
+
+def _save(images: Tensor, path, nrow: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().cpu(), path, nrow=nrow, padding=PADDING, pad_value=1.0)
+    return path
+
+
+def _examples(params: Params, x, name: str) -> Tensor:
+    return as_examples(x, params.spec, like=params.tree["encoder"]["mean"]["kernel"], name=name)
+
+
+def reconstructions(params: Params, x, path: str | os.PathLike) -> Path:
+    """Inputs (top row) above their reconstructions from the posterior mean code (bottom row).
+
+    Args:
+      params: the model.
+      x: (N, ...) examples, as for ``funcvae.encode``; one column each.
+      path: the PNG to write.
+
+    Returns:
+      ``path``: a 2 x N grid.
+    """
+    x = _examples(params, x, "x")
+    mean, _ = encode(params, x)
+    shown = x.clamp(0.0, 1.0).reshape(-1, *params.spec.input_shape)
+    return _save(torch.cat([shown, mean_images(params, decode(params, mean))]), path, nrow=x.shape[0])
+
+
+def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow: int = 8, seed: int) -> Path:
+    """Decoded draws z ~ N(0, I) from the prior.
+
+    Args:
+      params: the model.
+      path: the PNG to write.
+      n: number of samples.
+      nrow: images per row.
+      seed: names the draw of z; the same seed gives the same picture.
+
+    Returns:
+      ``path``: ceil(n / nrow) rows of ``nrow`` images.
+    """
+    check_int("n", n)
+    check_int("nrow", nrow)
+    like = params.tree["encoder"]["mean"]["kernel"]
+    z = torch.randn(n, params.spec.latent, generator=generator(seed, "pictures", "prior", device=like.device),
+                    dtype=like.dtype, device=like.device)
+    return _save(mean_images(params, decode(params, z)), path, nrow=nrow)
+
+
+def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, steps: int = 10) -> Path:
+    """Straight lines in latent space between the posterior mean codes of pairs of inputs, decoded.
+
+    Args:
+      params: the model.
+      x_from, x_to: (M, ...) examples; row m goes from x_from[m] (left) to x_to[m] (right).
+      path: the PNG to write.
+      steps: images per row, both ends included (>= 2).
+
+    Returns:
+      ``path``: M rows of ``steps`` images.
+    """
+    check_int("steps", steps, minimum=2)
+    a, _ = encode(params, _examples(params, x_from, "x_from"))
+    b, _ = encode(params, _examples(params, x_to, "x_to"))
+    if a.shape != b.shape:
+        raise ValueError(f"x_from and x_to must hold as many examples, got {a.shape[0]} and {b.shape[0]}")
+    t = torch.linspace(0.0, 1.0, steps, dtype=a.dtype, device=a.device)[None, :, None]  # (1, steps, 1)
+    z = (a[:, None] + t * (b - a)[:, None]).reshape(-1, a.shape[1])  # row-major: pair, then step
+    return _save(mean_images(params, decode(params, z)), path, nrow=steps)
+
+
+def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, steps: int = 9, span: float = 3.0) -> Path:
+    """A latent traversal grid: row i sets latent dim i to each of ``steps`` values in [-span, span] (prior
+    standard deviations), the other dims held at the mean code of ``x``.
+
+    Args:
+      params: the model.
+      x: (N, ...) examples; their posterior means give the base code and rank the dims by variance.
+      path: the PNG to write.
+      dims: how many dims to show, those whose posterior mean varies most over ``x`` first.
+      steps: values per dim.
+      span: the values run from -span to span.
+
+    Returns:
+      ``path``: min(dims, latent) rows of ``steps`` images.
+    """
+    check_int("dims", dims)
+    check_int("steps", steps)
+    check_positive("span", span)
+    x = _examples(params, x, "x")
+    mean, _ = encode(params, x)
+    ranked = torch.argsort(active_units(params, x).variance, descending=True)[:dims]
+    values = torch.linspace(-span, span, steps, dtype=mean.dtype, device=mean.device)
+    z = mean.mean(0).repeat(len(ranked), steps, 1)  # (rows, steps, latent)
+    z[torch.arange(len(ranked))[:, None], torch.arange(steps)[None, :], ranked[:, None]] = values
+    return _save(mean_images(params, decode(params, z.reshape(-1, mean.shape[1]))), path, nrow=steps)
+
+
+def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Train and held-out reconstruction, KL and total loss per epoch, three panels side by side.
+
+    Args:
+      history: ``fit``'s per-epoch records; held-out lines are drawn where ``val_*`` are present.
+      path: the PNG to write.
+      dpi: pixels per inch of the 12 x 3.5 inch figure.
+
+    Returns:
+      ``path``: a (12 dpi) x (3.5 dpi) pixel PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no global pyplot state
+    from matplotlib.figure import Figure
+
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    fig = Figure(figsize=(12, 3.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    epochs = [h["epoch"] for h in history]
+    for ax, (key, title) in zip(fig.subplots(1, 3), (("recon", "reconstruction"), ("kl", "KL"), ("loss", "total"))):
+        ax.plot(epochs, [h[key] for h in history], marker="o", label="train")
+        val = [h.get(f"val_{key}") for h in history]
+        if any(v is not None for v in val):
+            ax.plot(epochs, [float("nan") if v is None else v for v in val], marker="s", ls="--", label="held-out")
+        ax.set(title=f"{title} (nats per example)", xlabel="epoch")
+        ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

@@ -1,0 +1,99 @@
+"""Pictures: each function writes a PNG of the expected pixel size, the same for the same seed."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import funcvae
+from funcvae import pictures
+
+MODELS = {
+    "mlp-bernoulli": dict(hidden=(32,), latent=5),
+    "mlp-gaussian": dict(hidden=(32,), latent=5, likelihood="gaussian", obs_std=0.2),
+    "conv-bernoulli": dict(arch="conv", channels=(4, 8), hidden=(16,), latent=3),
+}
+CELL = 28 + pictures.PADDING  # one image and its border
+
+
+def grid_size(rows, cols):
+    """(width, height) in pixels of save_image's grid of 28 x 28 images."""
+    return pictures.PADDING + cols * CELL, pictures.PADDING + rows * CELL
+
+
+def grey(path):
+    """The PNG as (height, width) grey levels in [0, 1]."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.array(image.convert("L"))).float() / 255
+
+
+def size(path):
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.fixture(scope="module")
+def images(fashion):
+    return fashion[1][:6]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_picture_has_its_grid_size(model, images, tmp_path):
+    params = funcvae.init(seed=0, **MODELS[model])
+    assert size(pictures.reconstructions(params, images, tmp_path / "recon.png")) == grid_size(2, 6)
+    assert size(pictures.prior_samples(params, tmp_path / "prior.png", n=10, nrow=4, seed=0)) == grid_size(3, 4)
+    assert size(pictures.interpolations(params, images[:2], images[2:4], tmp_path / "lerp.png", steps=5)) \
+        == grid_size(2, 5)
+    rows = min(4, params.spec.latent)
+    assert size(pictures.traversal(params, images, tmp_path / "walk.png", dims=4, steps=7)) == grid_size(rows, 7)
+
+
+def test_same_seed_same_picture_other_seed_other_picture(tmp_path):
+    params = funcvae.init(seed=0, hidden=(32,), latent=5)
+    paths = [pictures.prior_samples(params, tmp_path / f"{i}.png", n=8, seed=s) for i, s in enumerate((3, 3, 4))]
+    a, b, c = (p.read_bytes() for p in paths)
+    assert a == b and a != c
+
+
+def test_reconstructions_show_the_inputs_and_the_decoded_means(images, tmp_path):
+    params = funcvae.init(seed=0, hidden=(32,), latent=5)
+    path = pictures.reconstructions(params, images[:1], tmp_path / "one.png")
+    pixels = grey(path)
+    top = pixels[2:30, 2:30]
+    torch.testing.assert_close(top, images[0, 0], atol=1 / 255, rtol=0)  # PNG holds 8-bit levels
+    mean, _ = funcvae.encode(params, images[:1])
+    bottom = torch.sigmoid(funcvae.decode(params, mean)).reshape(28, 28)
+    torch.testing.assert_close(pixels[32:60, 2:30], bottom, atol=1 / 255, rtol=0)
+
+
+def test_traversal_rows_follow_the_most_variable_dims(images, tmp_path):
+    params = funcvae.init(seed=0, hidden=(32,), latent=5)
+    path = pictures.traversal(params, images, tmp_path / "w.png", dims=2, steps=3, span=2.0)
+    assert size(path) == grid_size(2, 3)
+    pixels = grey(path)
+    # Row 0, column 0: the mean code with the most variable dim set to -span.
+    mean, _ = funcvae.encode(params, images)
+    top = int(torch.argmax(mean.var(0, correction=0)))
+    z = mean.mean(0).clone()
+    z[top] = -2.0
+    expected = torch.sigmoid(funcvae.decode(params, z[None])).reshape(28, 28)
+    torch.testing.assert_close(pixels[2:30, 2:30], expected, atol=1 / 255, rtol=0)
+
+
+def test_interpolations_need_pairs(images, tmp_path):
+    params = funcvae.init(seed=0, hidden=(32,), latent=5)
+    with pytest.raises(ValueError, match="as many examples"):
+        pictures.interpolations(params, images[:2], images[:3], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="steps must be an int >= 2"):
+        pictures.interpolations(params, images[:2], images[2:4], tmp_path / "x.png", steps=1)
+
+
+def test_loss_curves_plot_train_and_held_out(tmp_path):
+    history = [{"epoch": e, "recon": 300.0 - e, "kl": 10.0 + e, "loss": 310.0, "val_recon": 305.0 - e,
+                "val_kl": 10.0 + e, "val_loss": 315.0, "beta": 1.0, "seconds": 1.0} for e in range(1, 6)]
+    path = pictures.loss_curves(history, tmp_path / "sub" / "curves.png", dpi=50)
+    assert path.is_file() and size(path) == (12 * 50, int(3.5 * 50))
+    no_val = [{**h, "val_recon": None, "val_kl": None, "val_loss": None} for h in history]
+    assert size(pictures.loss_curves(no_val, tmp_path / "train_only.png", dpi=50)) == (600, 175)
+    with pytest.raises(ValueError, match="empty"):
+        pictures.loss_curves([], tmp_path / "none.png")
