@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import funcvae.sweep
 from funcvae import diagnostics, iwae, pictures
 from funcvae.model import ARCHS, LIKELIHOODS
 from funcvae.interrupt import Interrupted
-from funcvae.train import CHECKPOINT_FILE, NonFiniteError, _val_sets, check_settings
+from funcvae.train import CHECKPOINT_FILE, NonFiniteError, check_settings, held_out_sets
 
 COLUMNS = ("Epoch", "Reconstruction Loss", "KL Divergence", "Total ELBO Loss", "Val Recon", "Val KL",
            "Val Total", "s")
@@ -24,6 +25,8 @@ KEYS = ("epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "seco
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # The compiler's note that a CPU-only machine has no CUDA runtime would land in the middle of the table.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return args.run(args)
 
 
@@ -246,7 +249,7 @@ def _held_out(args, config: dict):
     x = funcvae.data.load(config["dataset"], "test", root=args.data_root, binarize=static, seed=seed)
     x = x.reshape(x.shape[0], -1)
     if config["binarize"] == "dynamic":  # the one fixed draw fit scored its held-out data on
-        x = _val_sets(x, [seed], "dynamic")[0]
+        x = held_out_sets(x, [seed], "dynamic")[0]
     if args.n is not None and args.n > x.shape[0]:
         args.parser.error(f"--n {args.n} is more than the {x.shape[0]} held-out examples")
     return x[:args.n]
@@ -290,7 +293,8 @@ def format_eval_table(result: dict) -> str:
             ("mutual information I(x;z)", result["mutual_information"], None)]
     width = max(len(label) for label, _, _ in rows)
     lines = [f"{'nats per example'.ljust(width)} | {'value':>9} | std err"]
-    lines += [f"{label.ljust(width)} | {value:9.2f} | {'-' if se is None else f'{se:.2f}':>7}" for label, value, se in rows]
+    lines += [f"{label.ljust(width)} | {value:9.2f} | {'-' if se is None else f'{se:.2f}':>7}"
+              for label, value, se in rows]
     lines.append(f"{'active units'.ljust(width)} | {str(result['active_units']) + '/' + str(result['latent']):>9} | "
                  f"{'-':>7}")
     lines.append("KL per latent dim: " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))

@@ -112,8 +112,8 @@ def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float |
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     like = optree.tree_leaves(params.tree)[0]
     x = _examples(data, params, scale, like, binarize, "data")
-    x_vals = None if val_data is None else _val_sets(_examples(val_data, params, scale, like, binarize, "val_data"),
-                                                     seeds, binarize)
+    x_vals = None if val_data is None else held_out_sets(
+        _examples(val_data, params, scale, like, binarize, "val_data"), seeds, binarize)
     if batch_size > x.shape[0]:
         raise ValueError(f"batch_size {batch_size} is larger than the data ({x.shape[0]} examples)")
     world = distributed.join(x.device)
@@ -332,7 +332,7 @@ def _examples(data, params: Params, scale, like: Tensor, binarize, name: str) ->
     return x
 
 
-def _val_sets(x_val: Tensor, seeds: list[int], binarize) -> list[Tensor]:
+def held_out_sets(x_val: Tensor, seeds: list[int], binarize) -> list[Tensor]:
     """The held-out set each model is scored on: one fixed binary draw per seed under dynamic binarisation."""
     if binarize != "dynamic":
         return [x_val] * len(seeds)

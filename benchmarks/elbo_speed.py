@@ -1,0 +1,649 @@
+"""Speed of funcvae's training step, per-example gradients and model stacks, against the classic eager
+``nn.Module`` VAE, JAX (when installed) and this machine's measured GEMM rate.
+
+Run (2 to 4 minutes on 2 CPU cores, about a minute of it compilation; ``--quick`` is a smoke run whose time is
+mostly compilation, from a few seconds with a warm compile cache to a minute cold):
+
+    python benchmarks/elbo_speed.py --json benchmarks/results/elbo_speed_cpu.json
+
+Options: ``--only step,per-example,stack,batch-sizes,gemm`` (any subset; batch-sizes brings gemm along for
+its percentages), ``--device cuda`` (everything on the GPU, data included), ``--rounds``, ``--block-ms``,
+``--warmup``, ``--quick``, ``--threads N`` (torch's and JAX's CPU threads; default: each library's own), ``--json
+PATH`` (every figure and sample, the settings and the machine).
+JAX is optional (``pip install jax``); without it the JAX rows say "jax not installed".
+
+Model: the MLP VAE 784-400-20, ReLU, Bernoulli decoder (logits l, log p = x l - softplus(l)), analytic KL,
+fp32, one latent sample per example. Data: one fixed batch of uniform pixels and fixed noise (the speed does
+not depend on the values). Every training step's outputs (params, optimiser state) feed the next one.
+
+Sections (reference variant first; ratios are times over the reference's, < 1 is faster):
+  step         one full training step (loss, gradients, Adam update, lr 1e-3) at batch 128:
+               baseline   ``ClassicVAE`` of baseline_vae.py, ``torch.optim.Adam``, eager, summed loss (its noise
+                          is passed in rather than drawn inside, so every side gets the same inputs);
+               eager      ``partial(funcvae.step.train_step, spec, funcvae.optim.adam(1e-3))``;
+               compiled   the same through ``funcvae.compiling.make_step(step, device, True)`` (inductor,
+                          fullgraph; CUDA graphs on a GPU);
+               jax jit    the same model, loss and Adam in jax.numpy under ``jax.jit`` (state donated).
+               funcvae's step also does its non-finite guard (every gradient checked, the update selected on
+               the device); the baseline and JAX steps have none.
+  per-example  per-example gradients of the one-example loss at batch 32: a Python loop of single-example
+               ``torch.func.grad`` calls (reference; the gradients stay a list), ``example_grads``
+               (``vmap(grad)``) eager and under ``torch.compile`` (fullgraph), JAX ``jit(vmap(grad))``.
+  stack        8 models: one compiled ``funcvae.step.stacked_train_step`` (``adam(1.0)``, per-model lrs) against
+               8 calls of the compiled single-model step (reference), which is what 8 separate fits pay per
+               step (one model's chain called 8 times: no two live states share a compiled graph, which
+               CUDA graphs would not allow).
+  batch-sizes  the compiled step and the baseline at batch 32, 128, 512, 1024, 4096; ratios per batch size,
+               examples/s, GFLOP/s and GFLOP/s as a percentage of the peak GEMM rate.
+  gemm         the peak: a 1024^3 fp32 product by ``torch.mm`` and, on CPU, by oneDNN
+               (``torch.ops.mkldnn._linear_pointwise(X, W, None, "none", [], "")``, i.e. X W^T); the best of
+               them is the physical limit the step figures are compared with.
+
+Figures: ms per call (median over rounds, interquartile range), ratio and speed-up (its inverse) against
+the reference, GFLOP/s = matmul FLOPs / median time, compile s = the first call's time minus the median
+("reused": the graph came from an earlier variant), recompiles = graphs compiled after a variant's first
+call (must be 0), and a check that no graph is compiled while timing.
+
+FLOPs of one step, matmuls only (elementwise work and Adam not counted), B = batch size:
+    forward   F = 2 B (784*400 + 400*40 + 20*400 + 400*784)      (400*40: the mean and logvar heads)
+    backward  2 F - 2 B 784*400   (weight and input gradients of every layer, except the input gradient of
+                                   the first layer, which nothing needs)
+    step      3 F - 2 B 784*400   = 419.8 MFLOP at B = 128
+Per-example gradients count the same (per-example weight gradients are the same products, unsummed); a stack
+of N counts N steps.
+
+Method: one process; the variants of a section are timed interleaved, round-robin for ``--rounds`` rounds
+(the first variant of a round rotates), each turn timing a block of consecutive calls lasting about
+``--block-ms`` (block length fixed per variant after warm-up). The first call (compilation) and ``--warmup``
+more calls come before. On CUDA the device is synchronised before each clock reading.
+
+Targets (pass / miss): compiled step <= 0.5x the baseline and <= 1.0x JAX jit at batch 128; at batch >= 1024
+the compiled step reaches >= 60% of the peak GEMM rate; per-example gradients (compiled) at batch 32 no
+slower than JAX jit(vmap(grad)) and >= 2x faster than the loop; 8 stacked models >= 1.5x faster than 8
+sequential compiled steps on CPU (>= 4x on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import optree
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch._dynamo.utils import counters
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this checkout's funcvae
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import funcvae  # noqa: E402
+from baseline_vae import ClassicVAE, machine  # noqa: E402
+from funcvae.compiling import compile_backend, make_step  # noqa: E402
+from funcvae.optim import adam  # noqa: E402
+from funcvae.per_example import example_grads  # noqa: E402
+from funcvae.step import stacked_train_step, train_step  # noqa: E402
+
+SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm")
+BATCH_SIZES = (32, 128, 512, 1024, 4096)
+LR, B1, B2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
+N_MODELS = 8
+LATENT = 20
+NOISY = 0.2  # an interquartile range above this fraction of the median flags a disturbed measurement
+
+
+def step_flops(batch: int) -> int:
+    """Matmul FLOPs of one training step (forward + backward) of the 784-400-20 VAE; see the docstring."""
+    forward = 2 * batch * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784)
+    return 3 * forward - 2 * batch * 784 * 400
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: torch.device
+    rounds: int
+    block_s: float
+    warmup: int
+    batch_sizes: tuple[int, ...]
+
+
+@dataclass
+class Variant:
+    """One timed thing: ``call`` runs one step (its state kept inside); ``ref`` names its reference."""
+
+    name: str
+    call: Callable[[], object]
+    sync: Callable[[], None]
+    settle: Callable[[], None] = lambda: None  # after each block, off the clock
+    flops: float | None = None
+    examples: int | None = None
+    ref: str | None = None
+    compiled: bool = False
+    batch: int | None = None
+    stats: dict = field(default_factory=dict)
+
+
+class Chain:
+    """A training loop reduced to its step: ``fn(*state, *args)`` returns the next state first."""
+
+    def __init__(self, fn: Callable, state: tuple, args: tuple, keep: int):
+        self.fn, self.state, self.args, self.keep = fn, tuple(state), tuple(args), keep
+
+    def __call__(self):
+        self.state = tuple(self.fn(*self.state, *self.args)[:self.keep])
+
+    def own_memory(self):
+        """Copy the state out of a CUDA graph's output buffers, which another variant's replay may reuse."""
+        self.state = optree.tree_map(torch.clone, self.state)
+
+
+# ---------------------------------------------------------------- timing
+
+
+def graph_count() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def measure(variants: list[Variant], cfg: Settings) -> None:
+    """Warm up each variant, then time them interleaved; fills each ``variant.stats``."""
+    for v in variants:
+        v.stats = warm_up(v, cfg)
+    before = graph_count()
+    samples = {v.name: [] for v in variants}
+    for r in range(cfg.rounds):
+        k = r % len(variants)
+        for v in variants[k:] + variants[:k]:
+            samples[v.name].append(time_block(v, v.stats["calls_per_block"]))
+    compiled_while_timing = graph_count() - before
+    for v in variants:
+        v.stats.update(summarise(samples[v.name], v))
+        v.stats["graphs_compiled_while_timing"] = compiled_while_timing
+        first = v.stats["first_call_s"] - v.stats["median_s"]
+        v.stats["compile_s"] = max(first, 0.0) if v.compiled else None
+
+
+def warm_up(v: Variant, cfg: Settings) -> dict:
+    """The first call (timed: compilation), ``cfg.warmup`` more, then the block length for ``cfg.block_s``."""
+    g0 = graph_count()
+    v.sync()
+    t0 = time.perf_counter()
+    v.call()
+    v.sync()
+    first = time.perf_counter() - t0
+    g1 = graph_count()
+    for _ in range(cfg.warmup):
+        v.call()
+    v.sync()
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < cfg.block_s / 4:
+        v.call()
+        v.sync()
+        n += 1
+    per_call = (time.perf_counter() - t0) / n
+    v.settle()
+    return {"first_call_s": first, "graphs": g1 - g0, "recompiles": graph_count() - g1,
+            "calls_per_block": max(1, round(cfg.block_s / per_call))}
+
+
+def time_block(v: Variant, n: int) -> float:
+    """Seconds per call over ``n`` consecutive calls."""
+    v.sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        v.call()
+    v.sync()
+    seconds = (time.perf_counter() - t0) / n
+    v.settle()
+    return seconds
+
+
+def summarise(samples: list[float], v: Variant) -> dict:
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    median = statistics.median(samples)
+    out = {"median_s": median, "median_ms": median * 1e3, "iqr_ms": (q3 - q1) * 1e3,
+           "samples_ms": [s * 1e3 for s in samples], "gflops": None, "examples_per_s": None}
+    if v.flops is not None:
+        out["gflops"] = v.flops / median / 1e9
+    if v.examples is not None:
+        out["examples_per_s"] = v.examples / median
+    return out
+
+
+# ---------------------------------------------------------------- the torch side
+
+
+def syncer(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def batch_data(batch: int, device: torch.device, models: int | None = None, seed: int = 0):
+    """A fixed batch: x uniform in [0, 1], eps standard normal (K = 1), beta 1, weights 1 (no padding)."""
+    g = torch.Generator().manual_seed(seed)
+    lead = (batch,) if models is None else (models, batch)
+    x = torch.rand(*lead, 784, generator=g).to(device)
+    eps = torch.randn(*lead, 1, LATENT, generator=g).to(device)
+    beta = torch.ones(() if models is None else (models,), device=device)
+    return x, eps, beta, torch.ones(batch, device=device)
+
+
+def baseline_variant(batch: int, device: torch.device, name: str) -> Variant:
+    """The classic eager nn.Module step: summed BCE + KL, backward, torch.optim.Adam."""
+    torch.manual_seed(0)
+    model = ClassicVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    x, eps, _, _ = batch_data(batch, device)
+    eps = eps[:, 0]
+
+    def call():
+        mu, logvar = model.encode(x)
+        logits = model.decode(mu + torch.exp(0.5 * logvar) * eps)
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+        opt.zero_grad()
+        (recon.sum() + kl.sum()).backward()
+        opt.step()
+    return Variant(name, call, syncer(device), flops=step_flops(batch), examples=batch, batch=batch)
+
+
+def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1) -> Variant:
+    """funcvae's ``train_step`` on one model, eager or through ``make_step``; ``calls`` steps per call."""
+    params = funcvae.init(seed=0, device=device)
+    optimizer = adam(LR)
+    step = partial(train_step, params.spec, optimizer)
+    if compiled:
+        step = make_step(step, device, True)
+    chain = Chain(step, (params.tree, optimizer.init(params.tree)), batch_data(batch, device), keep=2)
+
+    def call():
+        for _ in range(calls):
+            chain()
+    settle = chain.own_memory if compiled and device.type == "cuda" else (lambda: None)
+    return Variant(name, call, syncer(device), settle, flops=calls * step_flops(batch), examples=calls * batch,
+                   compiled=compiled, batch=batch)
+
+
+def stacked_variant(device: torch.device) -> Variant:
+    """N_MODELS models in one compiled ``stacked_train_step``, lrs spread over 3e-4 .. 3e-3."""
+    params = funcvae.stack([funcvae.init(seed=i, device=device) for i in range(N_MODELS)])
+    lrs = tuple(3e-4 * 10 ** (i / (N_MODELS - 1)) for i in range(N_MODELS))  # as fit passes them: floats
+    optimizer = adam(1.0)
+    step = make_step(partial(stacked_train_step, params.spec, optimizer, lrs), device, True)
+    chain = Chain(step, (params.tree, optimizer.init(params.tree)), batch_data(128, device, N_MODELS), keep=2)
+    settle = chain.own_memory if device.type == "cuda" else (lambda: None)
+    return Variant(f"stacked compiled step, {N_MODELS} models", chain, syncer(device), settle,
+                   flops=N_MODELS * step_flops(128), examples=N_MODELS * 128, compiled=True, batch=128)
+
+
+def _one_loss(tree: dict, spec, x: Tensor, eps: Tensor, beta: Tensor):
+    terms = funcvae.example_terms(spec, tree, x, eps, beta)
+    return terms["loss"], terms
+
+
+def per_example_variants(device: torch.device, batch: int = 32) -> list[Variant]:
+    """Loop of single-example grads (the reference), vmap(grad) eager and compiled."""
+    params = funcvae.init(seed=0, device=device)
+    spec, tree = params.spec, params.tree
+    x, eps, beta, _ = batch_data(batch, device)
+    one = torch.func.grad(_one_loss, has_aux=True)
+    backend = compile_backend(True, device)
+    compiled = example_grads if backend is None else torch.compile(example_grads, backend=backend,
+                                                                   fullgraph=True, dynamic=False)
+    loop = "loop of torch.func.grad (eager)"
+    sync, flops = syncer(device), step_flops(batch)
+    return [Variant(loop, lambda: [one(tree, spec, x[i], eps[i], beta) for i in range(batch)], sync,
+                    flops=flops, examples=batch, batch=batch),
+            Variant("vmap(grad) eager", lambda: example_grads(tree, spec, x, eps, beta), sync, flops=flops,
+                    examples=batch, ref=loop, batch=batch),
+            Variant("vmap(grad) compiled", lambda: compiled(tree, spec, x, eps, beta), sync, flops=flops,
+                    examples=batch, ref=loop, compiled=backend is not None, batch=batch)]
+
+
+def gemm_variants(device: torch.device, size: int = 1024) -> list[Variant]:
+    """A size^3 fp32 product by torch.mm and, on CPU, by oneDNN's linear (X W^T)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
+    flops = 2 * size**3
+    out = [Variant("torch.mm", lambda: torch.mm(a, b), syncer(device), flops=flops)]
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        linear = torch.ops.mkldnn._linear_pointwise.default  # (X, W, B, attr, scalars, algorithm) -> X W^T + B
+        out.append(Variant("mkldnn._linear_pointwise", lambda: linear(a, b, None, "none", [], ""),
+                           syncer(device), flops=flops, ref="torch.mm"))
+    return out
+
+
+# ---------------------------------------------------------------- JAX (optional)
+
+
+def jax_or_reason(device: torch.device):
+    """(jax module, None) when JAX is importable and has a backend for ``device``, else (None, reason)."""
+    try:
+        import jax
+    except ImportError:
+        return None, "jax not installed"
+    platform = "gpu" if device.type == "cuda" else "cpu"
+    try:
+        jax.devices(platform)
+    except RuntimeError:
+        return None, f"jax {jax.__version__} has no {platform} backend here"
+    return jax, None
+
+
+def _jax_loss(jax, p: dict, x, eps, beta):
+    """Per-example loss (recon + beta * kl) in nats; x (..., 784), eps (..., 20); the same maths as funcvae."""
+    jnp = jax.numpy
+
+    def dense(q, h):
+        return h @ q["kernel"].T + q["bias"]
+    enc, dec = p["encoder"], p["decoder"]
+    h = jax.nn.relu(dense(enc["hidden_0"], x))
+    mean, logvar = dense(enc["mean"], h), dense(enc["logvar"], h)
+    logits = dense(dec["out"], jax.nn.relu(dense(dec["hidden_0"], mean + jnp.exp(0.5 * logvar) * eps)))
+    recon = -(x * logits - jax.nn.softplus(logits)).sum(-1)
+    kl = -0.5 * (1.0 + logvar - mean**2 - jnp.exp(logvar)).sum(-1)
+    return recon + beta * kl
+
+
+def _jax_step(jax, p, state, x, eps, beta, weights):
+    """One step: weighted mean loss, its gradient, Adam with torch.optim.Adam's arithmetic."""
+    jnp, tree_map = jax.numpy, jax.tree_util.tree_map
+
+    def objective(q):
+        return (_jax_loss(jax, q, x, eps, beta) * weights).sum() / weights.sum()
+    loss, g = jax.value_and_grad(objective)(p)
+    count, mu, nu = state
+    count = count + 1.0
+    mu = tree_map(lambda m, d: B1 * m + (1.0 - B1) * d, mu, g)
+    nu = tree_map(lambda v, d: B2 * v + (1.0 - B2) * d * d, nu, g)
+    step, root = LR / (1.0 - B1**count), jnp.sqrt(1.0 - B2**count)
+    p = tree_map(lambda w, m, v: w - step * m / (jnp.sqrt(v) / root + ADAM_EPS), p, mu, nu)
+    return p, (count, mu, nu), loss
+
+
+def _to_jax(jax, device: torch.device, *tensors):
+    target = jax.devices("gpu" if device.type == "cuda" else "cpu")[0]
+    return jax.device_put(optree.tree_map(lambda t: t.detach().cpu().numpy(), tensors), target)
+
+
+def jax_step_variant(jax, device: torch.device, batch: int = 128) -> Variant:
+    """``jax.jit`` of the whole step, params and optimiser state donated, from funcvae's initial params."""
+    params = funcvae.init(seed=0).tree
+    p, x, eps, beta, weights = _to_jax(jax, device, params, *batch_data(batch, torch.device("cpu")))
+    zeros = jax.tree_util.tree_map(jax.numpy.zeros_like, p)
+    state = (jax.numpy.zeros((), jax.numpy.float32), zeros, jax.tree_util.tree_map(jax.numpy.zeros_like, p))
+    chain = Chain(jax.jit(partial(_jax_step, jax), donate_argnums=(0, 1)), (p, state),
+                  (x, eps[:, 0], beta, weights), keep=2)
+    return Variant("jax jit", chain, lambda: jax.block_until_ready(chain.state), flops=step_flops(batch),
+                   examples=batch, compiled=True, batch=batch)
+
+
+def jax_per_example_variant(jax, device: torch.device, ref: str, batch: int = 32) -> Variant:
+    """``jit(vmap(grad))`` of the one-example loss."""
+    p, x, eps, beta, _ = _to_jax(jax, device, funcvae.init(seed=0).tree, *batch_data(batch, torch.device("cpu")))
+    fn = jax.jit(jax.vmap(jax.grad(partial(_jax_loss, jax)), in_axes=(None, 0, 0, None)))
+    last = []
+
+    def call():
+        last[:] = [fn(p, x, eps[:, 0], beta)]
+    return Variant("jax jit(vmap(grad))", call, lambda: jax.block_until_ready(last), flops=step_flops(batch),
+                   examples=batch, ref=ref, compiled=True, batch=batch)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def run_step(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    dev = cfg.device
+    variants = [baseline_variant(128, dev, "baseline nn.Module eager"),
+                funcvae_variant(128, dev, False, "funcvae eager"), funcvae_variant(128, dev, True, "funcvae compiled")]
+    if jax is not None:
+        variants.append(jax_step_variant(jax, dev))
+    for v in variants[1:]:
+        v.ref = variants[0].name
+    measure(variants, cfg)
+    return section("step: MLP 784-400-20, batch 128, fp32, loss + gradients + Adam; ratio vs the baseline",
+                   variants, [f"jax jit: {why_no_jax}"] if jax is None else [])
+
+
+def run_per_example(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    variants = per_example_variants(cfg.device)
+    if jax is not None:
+        variants.append(jax_per_example_variant(jax, cfg.device, ref=variants[0].name))
+    measure(variants, cfg)
+    return section("per-example: gradient of each example's loss, batch 32; ratio vs the loop", variants,
+                   [f"jax jit(vmap(grad)): {why_no_jax}"] if jax is None else [])
+
+
+def run_stack(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    sequential = funcvae_variant(128, cfg.device, True, f"{N_MODELS} sequential compiled steps", calls=N_MODELS)
+    stacked = stacked_variant(cfg.device)
+    stacked.ref = sequential.name
+    variants = [sequential, stacked]
+    measure(variants, cfg)
+    return section(f"stack: {N_MODELS} models, batch 128 each, one step of all; ratio vs sequential steps", variants,
+                   [f"sequential: the compiled single-model step called {N_MODELS} times (8 separate fits)"])
+
+
+def run_batch_sizes(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    variants = []
+    for b in cfg.batch_sizes:
+        base = baseline_variant(b, cfg.device, f"baseline nn.Module eager B={b}")
+        comp = funcvae_variant(b, cfg.device, True, f"funcvae compiled B={b}")
+        comp.ref = base.name
+        variants += [base, comp]
+    measure(variants, cfg)
+    return section("batch-sizes: one training step; ratio vs the baseline at the same batch size", variants, [])
+
+
+def run_gemm(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    variants = gemm_variants(cfg.device)
+    measure(variants, cfg)
+    out = section("gemm: 1024 x 1024 x 1024 fp32 product; the peak is the best of these", variants, [])
+    best = max(out["rows"], key=lambda r: r["gflops"])
+    out["peak"] = {"gflops": best["gflops"], "kernel": best["name"]}
+    return out
+
+
+RUNNERS = {"step": run_step, "per-example": run_per_example, "stack": run_stack, "gemm": run_gemm,
+           "batch-sizes": run_batch_sizes}  # gemm before batch-sizes: its percentages need the peak
+
+
+def section(title: str, variants: list[Variant], notes: list[str]) -> dict:
+    """A section's rows: each variant's stats, its ratio to its reference and how compile time is shown."""
+    by_name = {v.name: v for v in variants}
+    rows = []
+    for v in variants:
+        ref = by_name[v.ref] if v.ref else v
+        ratio = v.stats["median_s"] / ref.stats["median_s"]
+        reused = v.compiled and v.stats["graphs"] == 0 and not v.name.startswith("jax")
+        rows.append({"name": v.name, "batch": v.batch, "ref": ref.name, "ratio": ratio, "speedup": 1.0 / ratio,
+                     "compile_reused": reused, **v.stats})
+    timing = max(v.stats["graphs_compiled_while_timing"] for v in variants)
+    if timing:
+        notes = notes + [f"WARNING: {timing} graph(s) compiled while timing (a recompile): figures are suspect"]
+    for r in rows:
+        if r["recompiles"]:
+            notes = notes + [f"WARNING: {r['name']} compiled {r['recompiles']} graph(s) after its first call"]
+    noisy = [r["name"] for r in rows if r["iqr_ms"] > NOISY * r["median_ms"]]
+    if noisy:
+        notes = notes + [f"noisy (IQR > {NOISY:.0%} of the median; a busy machine?): {', '.join(noisy)}"]
+    return {"title": title, "rows": rows, "notes": notes}
+
+
+def attach_peak(results: dict) -> None:
+    """GFLOP/s as a percentage of the measured peak, on every row of batch-sizes."""
+    if "gemm" in results and "batch-sizes" in results:
+        peak = results["gemm"]["peak"]["gflops"]
+        for r in results["batch-sizes"]["rows"]:
+            r["pct_peak"] = 100.0 * r["gflops"] / peak
+
+
+# ---------------------------------------------------------------- report
+
+
+def _cell(value, fmt: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
+
+
+def print_section(result: dict) -> None:
+    rows = result["rows"]
+    extra = "pct_peak" in rows[0]
+    head = (f"{'variant':<38}{'ms/call':>10}{'IQR ms':>9}{'ratio':>8}{'speed-up':>9}{'GFLOP/s':>9}"
+            + (f"{'ex/s':>10}{'% peak':>8}" if extra else "") + f"{'compile s':>11}")
+    print(f"\n{result['title']}\n{head}\n{'-' * len(head)}")
+    for r in rows:
+        compile_s = "reused" if r["compile_reused"] else ("-" if r["compile_s"] is None else f"{r['compile_s']:.1f}")
+        line = (f"{r['name']:<38}{r['median_ms']:>10.3f}{r['iqr_ms']:>9.3f}{r['ratio']:>7.2f}x{r['speedup']:>8.2f}x"
+                + _cell(r["gflops"], ".1f", 9))
+        if extra:
+            line += _cell(r["examples_per_s"], ".0f", 10) + _cell(r.get("pct_peak"), ".1f", 8)
+        print(line + f"{compile_s:>11}")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+    if "peak" in result:
+        print(f"  peak GEMM: {result['peak']['gflops']:.1f} GFLOP/s ({result['peak']['kernel']})")
+
+
+def _row(results: dict, section_name: str, name: str) -> dict | None:
+    rows = results.get(section_name, {}).get("rows", [])
+    return next((r for r in rows if r["name"] == name), None)
+
+
+def _target(text: str, value: float | None, goal: float, at_most: bool, unit: str, why: str) -> dict:
+    ok = None if value is None else (value <= goal if at_most else value >= goal)
+    return {"target": text, "value": value, "goal": goal, "at_most": at_most, "unit": unit, "pass": ok,
+            "why_not_measured": None if value is not None else why}
+
+
+def _time_ratio(results: dict, section_name: str, name: str, ref: str) -> float | None:
+    a, b = _row(results, section_name, name), _row(results, section_name, ref)
+    return None if a is None or b is None else a["median_s"] / b["median_s"]
+
+
+def targets(results: dict, device: torch.device, why_no_jax: str | None) -> list[dict]:
+    """The speed targets of the issue, each with its measured value (None where it was not measured)."""
+    jax_why = why_no_jax or "section not run"
+    out = [_target("compiled step <= 0.5x the baseline (batch 128)",
+                   _time_ratio(results, "step", "funcvae compiled", "baseline nn.Module eager"), 0.5, True, "x",
+                   "section step not run"),
+           _target("compiled step <= 1.0x JAX jit (batch 128)",
+                   _time_ratio(results, "step", "funcvae compiled", "jax jit"), 1.0, True, "x", jax_why)]
+    for b in (b for b in BATCH_SIZES if b >= 1024):
+        row = _row(results, "batch-sizes", f"funcvae compiled B={b}")
+        out.append(_target(f"compiled step >= 60% of peak GEMM (batch {b})", row and row.get("pct_peak"),
+                           60.0, False, "%", "sections batch-sizes and gemm not run at this batch size"))
+    out.append(_target("per-example grads (compiled) <= 1.0x JAX jit(vmap(grad)) (batch 32)",
+                       _time_ratio(results, "per-example", "vmap(grad) compiled", "jax jit(vmap(grad))"),
+                       1.0, True, "x", jax_why))
+    loop = _time_ratio(results, "per-example", "loop of torch.func.grad (eager)", "vmap(grad) compiled")
+    out.append(_target("per-example grads (compiled) >= 2x faster than the loop (batch 32)", loop, 2.0, False, "x",
+                       "section per-example not run"))
+    goal = 4.0 if device.type == "cuda" else 1.5
+    seq = _time_ratio(results, "stack", f"{N_MODELS} sequential compiled steps",
+                      f"stacked compiled step, {N_MODELS} models")
+    out.append(_target(f"{N_MODELS} stacked models >= {goal}x faster than {N_MODELS} sequential compiled steps",
+                       seq, goal, False, "x", "section stack not run"))
+    return out
+
+
+def print_targets(rows: list[dict]) -> None:
+    print("\ntargets")
+    for t in rows:
+        if t["value"] is None:
+            print(f"  {t['target']:<72} {'':>9}  n/a ({t['why_not_measured']})")
+        else:
+            value = f"{t['value']:.1f}%" if t["unit"] == "%" else f"{t['value']:.2f}x"
+            print(f"  {t['target']:<72} {value:>9}  {'pass' if t['pass'] else 'MISS'}")
+
+
+def describe_machine(device: torch.device, jax) -> dict:
+    """baseline_vae.py's machine() plus the device, the CPU kernels torch uses and JAX's version."""
+    info = machine()
+    info.update({"device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                 "jax": None if jax is None else jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS"),
+                 "inductor_cpp_compiler": funcvae.compiling.has_cpp_compiler()})
+    return info
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 20 ms blocks, batch size 128 only")
+    p.add_argument("--rounds", type=int, default=None, help="timed blocks per variant (default 15, quick 3)")
+    p.add_argument("--block-ms", type=float, default=None, help="length of a timed block (default 200, quick 20)")
+    p.add_argument("--warmup", type=int, default=None, help="calls after the first, untimed (default 5, quick 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and JAX (default: torch's default, JAX's own pool)")
+    p.add_argument("--json", type=Path, default=None, help="write every figure and the machine here")
+    args = p.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    if args.rounds is not None and args.rounds < 3:
+        p.error("--rounds must be at least 3 (medians and quartiles)")
+    return args
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads, and JAX's (through XLA_FLAGS, read when JAX is first imported)."""
+    torch.set_num_threads(n)
+    eigen = "false" if n == 1 else "true"
+    flags = f"--xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={n}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    pick = lambda value, full, short: value if value is not None else (short if quick else full)  # noqa: E731
+    return Settings(device=torch.device(args.device), rounds=pick(args.rounds, 15, 3),
+                    block_s=pick(args.block_ms, 200.0, 20.0) / 1e3, warmup=pick(args.warmup, 5, 1),
+                    batch_sizes=(128,) if quick else BATCH_SIZES)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = settings(args)
+    if args.threads is not None:
+        set_threads(args.threads)
+    wanted = set(args.only) | ({"gemm"} if "batch-sizes" in args.only else set())
+    jax, why_no_jax = jax_or_reason(cfg.device)
+    info = describe_machine(cfg.device, jax)
+    print(f"{info['processor']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads), "
+          f"torch {info['torch']}, device {cfg.device}, jax {info['jax'] or '-'}; rounds {cfg.rounds}, "
+          f"blocks of {cfg.block_s * 1e3:.0f} ms")
+    start, results = time.perf_counter(), {}
+    for name, runner in RUNNERS.items():
+        if name in wanted:
+            results[name] = runner(cfg, jax, why_no_jax)
+            attach_peak(results)
+            print_section(results[name])
+    goals = targets(results, cfg.device, why_no_jax)
+    print_targets(goals)
+    print(f"\n{time.perf_counter() - start:.0f} s in all")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"command": " ".join(["python", "benchmarks/elbo_speed.py"] + (argv or sys.argv[1:])),
+                  "settings": {**vars(cfg), "device": str(cfg.device)}, "machine": info,
+                  "sections": results, "targets": goals, "seconds": time.perf_counter() - start}
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Rate-distortion sweeps: one model per KL weight beta, all trained together as a stack in one vmapped step,
+then each scored on held-out data by its rate (KL) and distortion (reconstruction), in nats per example.
+
+At beta = 1 the objective is the negative ELBO; beta < 1 buys a lower distortion with a higher rate, beta > 1
+the reverse (Alemi et al. 2018, "Fixing a Broken ELBO"). Whatever beta a model was trained with, it is scored
+with beta = 1, so that rate + distortion = -ELBO and the points are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from torch import Tensor
+
+from funcvae.diagnostics import active_units
+from funcvae.elbo import elbo
+from funcvae.model import Params, check_params
+from funcvae.stack import stack, unstack
+from funcvae.train import fit
+from funcvae.validate import as_examples, check_nonnegative
+
+#: The table's columns and the row keys they show (``format_table``).
+COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units")
+
+
+def check_betas(betas: Sequence[float]) -> list[float]:
+    """``betas`` as a list of floats; raises ValueError unless there are at least 2, each finite and >= 0,
+    and no two equal (a repeated beta would train the same model twice)."""
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__iter__"):
+        raise ValueError(f"betas must be a sequence of numbers, got {betas!r}")
+    betas = list(betas)
+    if len(betas) < 2:
+        raise ValueError(f"a rate-distortion sweep needs at least 2 betas, got {betas}")
+    for beta in betas:
+        check_nonnegative("beta", beta)
+    repeated = sorted({float(b) for b in betas if sum(float(c) == float(b) for c in betas) > 1})
+    if repeated:
+        raise ValueError(f"betas must be distinct, got {repeated} more than once in {betas}")
+    return [float(b) for b in betas]
+
+
+def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int, val_data, seed: int = 0,
+                    batch_size: int = 128, lr: float = 1e-3, compile=None, progress: bool | None = None) -> list[dict]:
+    """Train one copy of ``params`` per beta (as ONE stacked model, one vmapped step) and score each on
+    ``val_data``.
+
+    Args:
+      params: the starting model (from ``funcvae.init``); every beta starts from these same params.
+      data: training examples, as for ``funcvae.fit``.
+      betas: KL weights, at least 2, each >= 0, distinct.
+      epochs, batch_size, lr, compile, progress: as for ``funcvae.fit``.
+      val_data: held-out examples, as for ``funcvae.fit``; the scores are computed on them.
+      seed: ``fit``'s seed, the same for every beta (same batch order and noise: common random numbers),
+        and the seed of the held-out noise (``funcvae.elbo``'s draw, also the same for every beta).
+
+    Returns:
+      One dict per beta, in the order given: ``beta``; ``rate`` (mean KL) and ``distortion`` (mean recon)
+      on ``val_data`` in nats per example, with their standard errors ``rate_se`` and ``distortion_se``;
+      ``loss`` = rate + distortion = -ELBO (at beta = 1) and ``loss_se``; ``elbo`` = -loss;
+      ``active_units`` (``funcvae.diagnostics.active_units`` on ``val_data``) out of ``latent``; ``history``:
+      that model's per-epoch records from ``fit``.
+
+    Example:
+      >>> rows = rate_distortion(funcvae.init(seed=0), x_train, betas=[0.1, 1, 10], epochs=5, val_data=x_test)
+    """
+    betas = check_betas(betas)
+    check_params(params)
+    if val_data is None:
+        raise ValueError("val_data is required: the rate and distortion are measured on held-out data")
+    x_val = as_examples(val_data, params.spec, like=params.tree["encoder"]["mean"]["kernel"], name="val_data")
+    stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
+                             seed=seed, beta=betas, val_data=x_val, compile=compile, progress=progress)
+    return [{"beta": beta, **score(model, x_val, seed=seed), "history": history}
+            for beta, model, history in zip(betas, unstack(stacked), histories)]
+
+
+def score(params: Params, x, *, seed: int) -> dict:
+    """Rate, distortion and -ELBO (means and standard errors, nats per example) and active units of ONE
+    model on ``x``, with ``funcvae.elbo``'s noise for ``seed`` at beta = 1 (keys as ``rate_distortion``'s)."""
+    terms = elbo(params, x, seed=seed, beta=1.0)
+    active = active_units(params, x)
+    (rate, rate_se), (distortion, distortion_se), (loss, loss_se) = (mean_se(terms[k]) for k in ("kl", "recon", "loss"))
+    return {"rate": rate, "rate_se": rate_se, "distortion": distortion, "distortion_se": distortion_se, "loss": loss,
+            "loss_se": loss_se, "elbo": -loss, "active_units": active.count, "latent": params.spec.latent}
+
+
+def mean_se(values: Tensor) -> tuple[float, float]:
+    """Mean and its standard error (sample std / sqrt(N); 0 for one value) of (N,) per-example numbers."""
+    n = values.shape[0]
+    se = float(values.double().std() / math.sqrt(n)) if n > 1 else 0.0
+    return float(values.double().mean()), se
+
+
+def format_table(rows: list[dict]) -> str:
+    """The sweep as a text table (header, then one line per beta), each cell right-aligned under its heading."""
+    widths = [max(len(c), 8) for c in COLUMNS]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(COLUMNS, widths))]
+    for r in rows:
+        cells = (f"{r['beta']:g}", f"{r['rate']:.2f}", f"{r['distortion']:.2f}", f"{r['loss']:.2f}",
+                 f"{r['active_units']}/{r['latent']}")
+        lines.append(" | ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def rate_distortion_plot(rows: list[dict], path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Distortion against rate, one point per beta labelled with it, joined in order of beta; the dotted
+    line is rate + distortion = the best -ELBO of the sweep (points on it are equally good bounds).
+
+    Args:
+      rows: from ``rate_distortion``.
+      path: the PNG to write.
+      dpi: pixels per inch of the 6 x 4.5 inch figure.
+
+    Returns:
+      ``path``: a (6 dpi) x (4.5 dpi) pixel PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no global pyplot state
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    rows = sorted(rows, key=lambda r: r["beta"])
+    fig = Figure(figsize=(6, 4.5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    rate, distortion = [r["rate"] for r in rows], [r["distortion"] for r in rows]
+    ax.plot(rate, distortion, marker="o")
+    for r in rows:
+        ax.annotate(f"β={r['beta']:g}", (r["rate"], r["distortion"]), textcoords="offset points", xytext=(5, 5))
+    best = min(r["loss"] for r in rows)
+    ends = [min(rate), max(rate)]
+    ax.plot(ends, [best - e for e in ends], ls=":", color="grey", label=f"-ELBO = {best:.2f} (best)")
+    ax.set(xlabel="rate: KL (nats per example)", ylabel="distortion: recon (nats per example)",
+           title="rate-distortion on held-out data")
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the end points
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

@@ -1,0 +1,291 @@
+"""``python -m funcvae eval | sample | sweep`` on a slice of real Fashion-MNIST: the files they write, that
+their printed tables and their JSON agree, and that the numbers are the library's."""
+
+import contextlib
+import io
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import funcvae
+import funcvae.cli
+import funcvae.sweep
+from funcvae import diagnostics, pictures
+
+N, K, SEED = 100, 1000, 5  # eval's --n, --k, --seed
+CELL = 28 + pictures.PADDING
+FLOATS = ("recon", "recon_se", "kl", "kl_se", "loss", "loss_se", "elbo", "iwae", "iwae_se", "nll", "gap", "gap_se",
+          "iwae_seconds", "mutual_information")
+
+
+def grid(rows, cols):
+    """(width, height) of a save_image grid of 28 x 28 images."""
+    return pictures.PADDING + cols * CELL, pictures.PADDING + rows * CELL
+
+
+def size(path):
+    with Image.open(path) as image:
+        return image.size
+
+
+def fake_load(subset, calls):
+    """A stand-in for funcvae.data.load serving the subset (binarised like the real one when asked)."""
+    def load(name, split, root=None, binarize=None, seed=0):
+        calls.append(dict(name=name, split=split, root=root, binarize=binarize, seed=seed))
+        x = subset[split].clone()
+        return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+    return load
+
+
+def cli(*args):
+    """Run the CLI; returns (exit code, printed lines)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = funcvae.cli.main([str(a) for a in args])
+    return code, out.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def subset(fashion):
+    return {"train": fashion[0][:512].clone(), "test": fashion[1][:256].clone()}
+
+
+@pytest.fixture(scope="module")
+def trained(subset, tmp_path_factory):
+    """A run folder written by ``train``, and the lines and eval.json of one ``eval`` of it."""
+    out = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(funcvae.data, "load", fake_load(subset, []))
+        assert cli("train", "--out", out, "--quiet", "--no-compile", "--epochs", "1", "--hidden", "32",
+                   "--latent", "4")[0] == 0
+        (run_dir,) = out.iterdir()
+        code, lines = cli("eval", run_dir, "--k", K, "--n", N, "--seed", SEED)
+    assert code == 0
+    return run_dir, lines, json.loads((run_dir / "eval.json").read_text())
+
+
+@pytest.fixture
+def loads(subset, monkeypatch):
+    calls = []
+    monkeypatch.setattr(funcvae.data, "load", fake_load(subset, calls))
+    return calls
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    """A copy of the trained run folder as train left it (without eval's files), for a test to write into."""
+    return Path(shutil.copytree(trained[0], tmp_path / trained[0].name,
+                                ignore=shutil.ignore_patterns("eval.json", "*.png")))
+
+
+def test_eval_writes_finite_numbers_that_add_up(trained):
+    _, _, result = trained
+    assert {"run", "dataset", "split", "binarize", "n", "seed", "iwae_k", "kl_per_dim", "active_units", "latent",
+            "active_variance", "findings", "files", *FLOATS} <= set(result)
+    assert (result["dataset"], result["split"], result["binarize"]) == ("fashion-mnist", "test", None)
+    assert (result["n"], result["iwae_k"], result["seed"], result["latent"]) == (N, K, SEED, 4)
+    assert all(isinstance(result[k], float) and math.isfinite(result[k]) for k in FLOATS), result
+    assert result["loss"] == pytest.approx(result["recon"] + result["kl"], rel=1e-5)
+    assert (result["elbo"], result["nll"]) == (-result["loss"], -result["iwae"])
+    assert result["gap"] == pytest.approx(result["iwae"] - result["elbo"], rel=1e-4)
+    assert len(result["kl_per_dim"]) == len(result["active_variance"]) == 4
+    assert sum(result["kl_per_dim"]) == pytest.approx(result["kl"], rel=1e-4)
+    assert 0 <= result["active_units"] <= 4
+    assert -0.05 <= result["mutual_information"] <= math.log(N) + 1e-4
+    assert all({"name", "severity", "evidence", "advice"} == set(f) for f in result["findings"])
+
+
+def test_eval_numbers_are_the_librarys(trained, subset):
+    run_dir, _, result = trained
+    params = funcvae.load_params(run_dir / "params.safetensors")
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    x = subset["test"][:N]
+    terms = funcvae.elbo(params, x, seed=SEED)
+    bound = funcvae.iwae.iwae(params, x, k=K, seed=SEED)
+    for key, values in (("recon", terms["recon"]), ("kl", terms["kl"]), ("loss", terms["loss"]), ("iwae", bound)):
+        assert result[key] == pytest.approx(float(values.double().mean()), rel=1e-6), key
+        assert result[f"{key}_se"] == pytest.approx(float(values.double().std() / math.sqrt(N)), rel=1e-5), key
+    assert result["kl_per_dim"] == pytest.approx(diagnostics.kl_per_dim(params, x).tolist(), rel=1e-6)
+    active = diagnostics.active_units(params, x)
+    assert result["active_units"] == active.count
+    assert result["active_variance"] == pytest.approx(active.variance.tolist())
+    assert result["mutual_information"] == pytest.approx(float(diagnostics.mutual_information(params, x, seed=SEED)))
+    assert result["findings"] == diagnostics.diagnose(history, kl_per_dim=diagnostics.kl_per_dim(params, x),
+                                                      active=active)
+
+
+def test_iwae_is_at_least_the_elbo_within_monte_carlo_error(trained, subset):
+    """E[IWAE_k] >= ELBO for every example; the paired per-example differences carry the Monte Carlo error."""
+    run_dir, _, result = trained
+    params = funcvae.load_params(run_dir / "params.safetensors")
+    x = subset["test"][:N]
+    diff = (funcvae.iwae.iwae(params, x, k=K, seed=SEED) + funcvae.elbo(params, x, seed=SEED)["loss"]).double()
+    se = float(diff.std() / math.sqrt(N))
+    assert float(diff.mean()) >= -4 * se
+    assert result["iwae"] - result["elbo"] >= -4 * result["gap_se"]
+    assert result["nll"] <= result["loss"] + 4 * result["gap_se"]  # NLL estimate below -ELBO
+    assert result["gap_se"] == pytest.approx(se, rel=1e-4)
+
+
+def test_eval_draws_the_pictures_with_their_sizes(trained):
+    run_dir, _, result = trained
+    want = {"reconstructions": grid(2, 10), "samples": grid(8, 8), "interpolations": grid(5, 10),
+            "traversal": grid(4, 9), "loss_curves": (1200, 350)}  # latent 4: 4 traversal rows
+    assert result["files"] == {name: str(run_dir / f"{name}.png") for name in want}
+    for name, pixels in want.items():
+        assert size(run_dir / f"{name}.png") == pixels, name
+
+
+def test_eval_prints_what_it_saves(trained):
+    run_dir, lines, result = trained
+    assert lines[0] == f"run folder: {run_dir}"
+    assert re.fullmatch(rf"IWAE_{K} took \d+\.\d s", next(line for line in lines if line.endswith(" s")))
+    rows = {cells[0].strip(): cells[1:] for cells in (line.split(" | ") for line in lines) if len(cells) == 3}
+    assert list(rows)[0] == "nats per example"
+    for label, key, se in (("reconstruction (distortion)", "recon", "recon_se"), ("KL (rate)", "kl", "kl_se"),
+                           ("-ELBO", "loss", "loss_se"), (f"-IWAE_{K} (NLL estimate)", "nll", "iwae_se"),
+                           (f"IWAE_{K} - ELBO", "gap", "gap_se"),
+                           ("mutual information I(x;z)", "mutual_information", None)):
+        value, err = (c.strip() for c in rows[label])
+        assert value == f"{result[key]:.2f}", label
+        assert err == ("-" if se is None else f"{result[se]:.2f}"), label
+    assert rows["active units"][0].strip() == f"{result['active_units']}/4"
+    assert f"KL per latent dim: {' '.join(f'{v:.2f}' for v in result['kl_per_dim'])}" in lines
+    report = diagnostics.format_report(result["findings"], [json.loads(line) for line in
+                                                            (run_dir / "history.jsonl").read_text().splitlines()])
+    assert report in "\n".join(lines)
+    assert lines[-1] == f"wrote {run_dir / 'eval.json'}, " + ", ".join(result["files"].values())
+
+
+@pytest.mark.parametrize("binarize", ["static", "dynamic"])
+def test_eval_scores_the_held_out_data_binarised_as_in_training(tmp_path, loads, subset, binarize):
+    assert cli("train", "--out", tmp_path, "--quiet", "--no-compile", "--epochs", "1", "--hidden", "16", "--latent",
+               "2", "--binarize", binarize, "--seed", "3")[0] == 0
+    (run_dir,) = tmp_path.iterdir()
+    loads.clear()
+    assert cli("eval", run_dir, "--k", "10", "--n", "20")[0] == 0
+    assert loads == [dict(name="fashion-mnist", split="test", root=None, binarize=binarize if binarize == "static"
+                          else None, seed=3)]
+    x = subset["test"].reshape(256, -1)
+    if binarize == "static":  # data.load's own draw, seeded as train's
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(3))
+    else:  # the fixed draw fit scored its held-out data on (funcvae.train)
+        x = torch.bernoulli(x, generator=funcvae.rng.generator(3, "val-binarize"))
+    result = json.loads((run_dir / "eval.json").read_text())
+    params = funcvae.load_params(run_dir / "params.safetensors")
+    assert result["loss"] == pytest.approx(float(funcvae.elbo(params, x[:20], seed=0)["loss"].double().mean()),
+                                           rel=1e-6)
+    assert result["binarize"] == binarize
+
+
+def test_eval_of_all_held_out_examples_by_default(run_dir, loads):
+    assert cli("eval", run_dir, "--k", "2")[0] == 0
+    assert json.loads((run_dir / "eval.json").read_text())["n"] == 256
+
+
+def test_sample_writes_the_same_picture_for_the_same_seed(run_dir):
+    code, lines = cli("sample", run_dir, "--n", "10", "--seed", "4")
+    assert code == 0
+    path = run_dir / "samples-seed4.png"
+    assert lines[-1] == f"wrote {path}, {run_dir / 'samples.json'}"
+    assert size(path) == grid(2, 8)  # 8 per row
+    assert json.loads((run_dir / "samples.json").read_text()) == {"n": 10, "seed": 4, "path": str(path)}
+    first = path.read_bytes()
+    assert cli("sample", run_dir, "--n", "10", "--seed", "4")[0] == 0
+    assert path.read_bytes() == first
+    assert cli("sample", run_dir, "--n", "10", "--seed", "5")[0] == 0
+    assert (run_dir / "samples-seed5.png").read_bytes() != first
+    params = funcvae.load_params(run_dir / "params.safetensors")
+    assert pictures.prior_samples(params, run_dir / "lib.png", n=10, seed=4).read_bytes() == first
+
+
+def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, loads, subset):
+    args = ["--betas", "0.1", "1", "10", "--epochs", "1", "--hidden", "16", "--latent", "3", "--seed", "2",
+            "--batch-size", "128", "--lr", "2e-3"]
+    code, lines = cli("sweep", "--out", tmp_path, "--quiet", "--no-compile", *args)
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert re.fullmatch(r"\d{8}-\d{6}-sweep-fashion-mnist", run_dir.name)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "rate_distortion.png", "sweep.json"]
+    assert lines[0] == f"run folder: {run_dir}"
+    assert [(c["split"], c["root"]) for c in loads] == [("train", None), ("test", None)]
+    saved = json.loads((run_dir / "sweep.json").read_text())
+    assert (saved["n_train"], saved["n_test"]) == (512, 256)
+    assert saved["fit"] == dict(betas=[0.1, 1.0, 10.0], epochs=1, seed=2, batch_size=128, lr=2e-3, compile=False)
+    assert size(run_dir / "rate_distortion.png") == (600, 450)
+
+    # The table is format_table of the saved rows, and the rows are what the library computes.
+    header = lines.index(funcvae.sweep.format_table([]))
+    assert "\n".join(lines[header:header + 4]) == funcvae.sweep.format_table(saved["rows"])
+    for line, row in zip(lines[header + 1:header + 4], saved["rows"], strict=True):
+        beta, rate, distortion, loss, active = (c.strip() for c in line.split(" | "))
+        assert (float(beta), rate, distortion, loss, active) == (row["beta"], f"{row['rate']:.2f}",
+                                                                 f"{row['distortion']:.2f}", f"{row['loss']:.2f}",
+                                                                 f"{row['active_units']}/3")
+    params = funcvae.init(seed=2, **saved["model"])
+    want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
+                                         **saved["fit"])
+    for row in [*want, *saved["rows"]]:
+        for record in row["history"]:
+            record.pop("seconds")  # wall-clock time: the one number that may differ
+    assert json.loads(json.dumps(want)) == saved["rows"]
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["sweep", "--betas", "1"], "at least 2 betas"),
+    (["sweep", "--betas", "1", "2", "1"], "betas must be distinct"),
+    (["sweep", "--betas", "-1", "1"], "beta must be a finite number >= 0, got -1.0"),
+    (["sweep", "--betas", "nan", "1"], "beta must be a finite number >= 0, got nan"),
+    (["sweep", "--betas", "one", "2"], "argument --betas: invalid float value: 'one'"),
+    (["sweep", "--epochs", "0"], "epochs must be an int >= 1"),
+    (["sweep", "--latent", "0"], "latent"),
+    (["eval", "RUN", "--k", "0"], "argument --k: must be an int >= 1, got 0"),
+    (["eval", "RUN", "--n", "1"], "argument --n: must be an int >= 2, got 1"),
+    (["eval", "RUN", "--n", "many"], "argument --n: invalid int value: 'many'"),
+    (["sample", "RUN", "--n", "0"], "argument --n: must be an int >= 1, got 0"),
+])
+def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys, loads, args, complaint):
+    args = [a.replace("RUN", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) as info:
+        funcvae.cli.main([*args, "--out", str(tmp_path)] if args[0] == "sweep" else args)
+    assert info.value.code == 2
+    assert complaint in capsys.readouterr().err
+    assert loads == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_folder_that_is_not_a_finished_run_exits_2(tmp_path, capsys, loads, command):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as info:
+        funcvae.cli.main([command, str(tmp_path)])
+    assert info.value.code == 2
+    assert f"{tmp_path}: no params.safetensors there" in capsys.readouterr().err
+    assert loads == []
+
+
+def test_eval_refuses_more_examples_than_held_out(run_dir, capsys, loads):
+    with pytest.raises(SystemExit) as info:
+        funcvae.cli.main(["eval", str(run_dir), "--n", "257"])
+    assert info.value.code == 2
+    assert "--n 257 is more than the 256 held-out examples" in capsys.readouterr().err
+    assert not (run_dir / "eval.json").exists()
+
+
+@pytest.mark.parametrize("command, options", [
+    ("eval", ("--k", "--n", "--seed", "--data-root", "--quiet")),
+    ("sample", ("--n", "--seed", "--data-root", "--quiet")),
+    ("sweep", ("--betas", "--epochs", "--dataset", "--hidden", "--latent", "--arch", "--lr", "--batch-size", "--seed",
+               "--no-compile", "--out", "--data-root", "--quiet")),
+])
+def test_help_lists_the_options(capsys, command, options):
+    with pytest.raises(SystemExit) as info:
+        funcvae.cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(option in out for option in options)
