@@ -33,24 +33,14 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m funcvae", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    train = sub.add_parser("train", help="train a VAE on real images and save the run")
-    train.add_argument("--dataset", default="fashion-mnist", choices=sorted(funcvae.data.DATASETS))
+    model = _model_options()
+    train = sub.add_parser("train", parents=[model], help="train a VAE on real images and save the run")
     train.add_argument("--data-root", default=None, help="folder to look in first (and download into)")
     train.add_argument("--binarize", default=None, choices=["static", "dynamic"])
-    train.add_argument("--arch", default="mlp", choices=ARCHS)
-    train.add_argument("--hidden", default=[400], type=int, nargs="*", help="hidden sizes (default: 400)")
-    train.add_argument("--latent", default=20, type=int)
-    train.add_argument("--activation", default="relu", choices=sorted(funcvae.nn.ACTIVATIONS))
-    train.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
-    train.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
     train.add_argument("--epochs", default=None, type=int, help="default 10; with --resume, extends the run")
-    train.add_argument("--batch-size", default=128, type=int)
-    train.add_argument("--lr", default=1e-3, type=float)
     train.add_argument("--beta", default=1.0, type=float)
     train.add_argument("--kl-warmup", default=0, type=float, help="epochs of linear KL warm-up")
     train.add_argument("--seed", default=0, type=int)
-    train.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
-    train.add_argument("--no-compile", action="store_true", help="run the eager step (no torch.compile)")
     train.add_argument("--checkpoint-every", default=None, type=int, metavar="STEPS",
                        help="checkpoint inside epochs too (always: after each epoch, and on Ctrl-C / SIGTERM)")
     train.add_argument("--on-nonfinite", default="raise", choices=["raise", "skip"])
@@ -60,8 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     common = _common_options()
     _add_eval(sub, common)
     _add_sample(sub, common)
-    _add_sweep(sub, common)
+    _add_sweep(sub, common, model)
     return parser
+
+
+def _model_options() -> argparse.ArgumentParser:
+    """The options train and sweep share: data set, architecture, optimiser, compiling, output folder."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(funcvae.data.DATASETS))
+    p.add_argument("--arch", default="mlp", choices=ARCHS)
+    p.add_argument("--hidden", default=[400], type=int, nargs="*", help="hidden sizes (default: 400)")
+    p.add_argument("--latent", default=20, type=int)
+    p.add_argument("--activation", default="relu", choices=sorted(funcvae.nn.ACTIVATIONS))
+    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
+    p.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
+    p.add_argument("--batch-size", default=128, type=int)
+    p.add_argument("--lr", default=1e-3, type=float)
+    p.add_argument("--no-compile", action="store_true", help="run the eager step (no torch.compile)")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    return p
 
 
 def _train(args) -> int:
@@ -180,21 +187,10 @@ def _add_sample(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_sample, parser=p)
 
 
-def _add_sweep(sub, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("sweep", parents=[common], help="rate-distortion: one model per KL weight, one stacked fit")
+def _add_sweep(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("sweep", parents=[common, model], help="rate-distortion: one model per KL weight, one stacked fit")
     p.add_argument("--betas", default=[0.1, 0.5, 1.0, 2.0, 4.0, 8.0], type=float, nargs="+", help="KL weights")
     p.add_argument("--epochs", default=10, type=int)
-    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(funcvae.data.DATASETS))
-    p.add_argument("--arch", default="mlp", choices=ARCHS)
-    p.add_argument("--hidden", default=[400], type=int, nargs="*", help="hidden sizes (default: 400)")
-    p.add_argument("--latent", default=20, type=int)
-    p.add_argument("--activation", default="relu", choices=sorted(funcvae.nn.ACTIVATIONS))
-    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
-    p.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
-    p.add_argument("--batch-size", default=128, type=int)
-    p.add_argument("--lr", default=1e-3, type=float)
-    p.add_argument("--no-compile", action="store_true", help="run the eager step (no torch.compile)")
-    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     p.set_defaults(run=_sweep, parser=p)
 
 

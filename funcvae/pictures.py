@@ -141,13 +141,9 @@ def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100)
     Returns:
       ``path``: a (12 dpi) x (3.5 dpi) pixel PNG.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no global pyplot state
-    from matplotlib.figure import Figure
-
     if not history:
         raise ValueError("history is empty: nothing to plot")
-    fig = Figure(figsize=(12, 3.5), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(12, 3.5, dpi)
     epochs = [h["epoch"] for h in history]
     for ax, (key, title) in zip(fig.subplots(1, 3), (("recon", "reconstruction"), ("kl", "KL"), ("loss", "total"))):
         ax.plot(epochs, [h[key] for h in history], marker="o", label="train")
@@ -160,3 +156,14 @@ def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def figure(width: float, height: float, dpi: int):
+    """A matplotlib Figure of ``width`` x ``height`` inches drawn by Agg: no display and no global pyplot
+    state (matplotlib is imported only when a plot is made)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig

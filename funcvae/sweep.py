@@ -18,6 +18,7 @@ from torch import Tensor
 from funcvae.diagnostics import active_units
 from funcvae.elbo import elbo
 from funcvae.model import Params, check_params
+from funcvae.pictures import figure
 from funcvae.stack import stack, unstack
 from funcvae.train import fit
 from funcvae.validate import as_examples, check_nonnegative
@@ -117,14 +118,10 @@ def rate_distortion_plot(rows: list[dict], path: str | os.PathLike, *, dpi: int 
     Returns:
       ``path``: a (6 dpi) x (4.5 dpi) pixel PNG.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display, no global pyplot state
-    from matplotlib.figure import Figure
-
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
     rows = sorted(rows, key=lambda r: r["beta"])
-    fig = Figure(figsize=(6, 4.5), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(6, 4.5, dpi)
     ax = fig.subplots()
     rate, distortion = [r["rate"] for r in rows], [r["distortion"] for r in rows]
     ax.plot(rate, distortion, marker="o")
