@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -118,11 +119,12 @@ def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float |
         raise ValueError(f"batch_size {batch_size} is larger than the data ({x.shape[0]} examples)")
     world = distributed.join(x.device)
     try:
-        run = _Run(params.spec, n_models, x, x_vals, seeds, lrs, betas, batch_size, epochs, kl_warmup, binarize,
-                   clip_norm, noise_multiplier * (clip_norm or 0.0), free_bits, world, None, checkpoint_every,
-                   on_nonfinite,
-                   None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE, callback,
-                   (sys.stderr.isatty() if progress is None else progress) and world.is_main)
+        run = _Run(spec=params.spec, n_models=n_models, x=x, x_vals=x_vals, seeds=seeds, lrs=lrs, betas=betas,
+                   batch_size=batch_size, epochs=epochs, kl_warmup=kl_warmup, binarize=binarize, clip_norm=clip_norm,
+                   noise_std=noise_multiplier * (clip_norm or 0.0), free_bits=free_bits, world=world, step=None,
+                   checkpoint_every=checkpoint_every, on_nonfinite=on_nonfinite,
+                   checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE,
+                   callback=callback, show=(sys.stderr.isatty() if progress is None else progress) and world.is_main)
         run = replace(run, step=_make_runner(run, compile))
         state = _start(run, params, resume)
         with deferred_signals(checkpoint_dir is not None) as received:
@@ -216,13 +218,15 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
         if stop:
             if done == run.steps_per_epoch:
                 break  # the epoch is complete: finish it and save it as an epoch boundary below
-            raise Interrupted(received[0] if received else 15, str(run.checkpoint))
+            # A process that got no signal itself stops because another one did (they agree through the
+            # all-reduce); torchrun forwards SIGTERM, so that is what it reports.
+            raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
     history = _close_epoch(run, epoch, acc, tree, began)
     state = Checkpoint(Params(run.spec, tree), opt_state, epoch, 0, state.config,
                        [h + [r] for h, r in zip(state.history, history)])
     _save(run, state)
     if stop:
-        raise Interrupted(received[0] if received else 15, str(run.checkpoint))
+        raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
     return state
 
 
