@@ -13,21 +13,24 @@ from typing import Callable
 import torch
 
 
-def make_step(step: Callable, device: torch.device, compile: bool | str | Callable | None) -> Callable:
+def make_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
+              cuda_graphs: bool = True) -> Callable:
     """``step`` as it will run: compiled as one graph (``fullgraph=True``) or eager.
 
     Args:
       compile: None compiles where it can (a GPU, or a C++ compiler for the CPU) and warns where it cannot;
         True insists (still falling back, with the warning, when no compiler exists); False runs eagerly;
         a backend name (e.g. "aot_eager") or a backend callable is passed to ``torch.compile``.
+      cuda_graphs: replay the step as a CUDA graph on a GPU (``compile_mode``). A replay reuses its output
+        buffers, so a function whose outputs the caller keeps must pass False.
     """
     backend = compile_backend(compile, device)
     if backend is None:
         return step
-    key = _key(step, backend, device)
+    mode = compile_mode(backend, device) if cuda_graphs else None
+    key = _key(step, backend, device, mode)
     if key is None or key not in _COMPILED:
-        compiled = torch.compile(_with_own_code(step), backend=backend, mode=compile_mode(backend, device),
-                                 fullgraph=True, dynamic=False)
+        compiled = torch.compile(_with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False)
         if key is None:
             return compiled
         _COMPILED[key] = compiled
@@ -58,11 +61,11 @@ def clear() -> None:
     _COMPILED.clear()
 
 
-def _key(step: Callable, backend, device: torch.device):
+def _key(step: Callable, backend, device: torch.device, mode: str | None):
     """A hashable description of a ``functools.partial`` step, or None when it has none."""
     if not isinstance(step, partial):
         return None
-    key = (step.func, step.args, tuple(sorted(step.keywords.items())), backend, device.type, device.index)
+    key = (step.func, step.args, tuple(sorted(step.keywords.items())), backend, mode, device.type, device.index)
     try:
         hash(key)
     except TypeError:

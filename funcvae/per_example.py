@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from funcvae.compiling import make_step
 from funcvae.elbo import example_terms
 from funcvae.model import ModelSpec, Params, check_params
 from funcvae.rng import generator
-from funcvae.compiling import compile_backend
 from funcvae.validate import as_examples, check_int, check_nonnegative
 
 
@@ -41,9 +41,6 @@ def clipped_noisy_mean(grads: dict, weights: Tensor, clip_norm: float, noise: di
     return optree.tree_unflatten(spec, noisy)
 
 
-_COMPILED: dict = {}
-
-
 def per_example_grads(params: Params, x, *, seed: int, beta: float = 1.0, scale: float | None = None,
                       compile: bool | str | Callable | None = None) -> Params:
     """Each example's gradient of its own loss (one reparameterised sample, noise from ``seed``).
@@ -57,8 +54,7 @@ def per_example_grads(params: Params, x, *, seed: int, beta: float = 1.0, scale:
     x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"], name="x")
     eps = torch.randn(x.shape[0], 1, params.spec.latent, generator=generator(seed, "per-example", device=x.device),
                       device=x.device, dtype=x.dtype)
-    fn = _maybe_compiled(compile, x.device)
-    grads, _ = fn(params.tree, params.spec, x, eps, beta)
+    grads, _ = _grads_for(params.spec, compile, x.device)(params.tree, x, eps, beta)
     return Params(params.spec, grads)
 
 
@@ -73,12 +69,12 @@ def gradient_snr(params: Params, x, *, seed: int, beta: float = 1.0, scale: floa
     if x.shape[0] < 2:
         raise ValueError("gradient_snr needs at least 2 examples")
     gen = generator(seed, "snr", device=x.device)
-    fn = _maybe_compiled(compile, x.device)
+    fn = _grads_for(params.spec, compile, x.device)
     total = optree.tree_map(torch.zeros_like, params.tree)
     square = optree.tree_map(torch.zeros_like, params.tree)
     for xb in x.split(chunk_size):
         eps = torch.randn(xb.shape[0], 1, params.spec.latent, generator=gen, device=x.device, dtype=x.dtype)
-        g, _ = fn(params.tree, params.spec, xb, eps, beta)
+        g, _ = fn(params.tree, xb, eps, beta)
         total = optree.tree_map(lambda s, t: s + t.sum(0), total, g)
         square = optree.tree_map(lambda s, t: s + t.pow(2).sum(0), square, g)
     n = x.shape[0]
@@ -90,14 +86,15 @@ def gradient_snr(params: Params, x, *, seed: int, beta: float = 1.0, scale: floa
     return snr
 
 
-def _maybe_compiled(compile, device: torch.device):
-    backend = compile_backend(compile, device)
-    if backend is None:
-        return example_grads
-    key = (backend, device.type)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(example_grads, backend=backend, fullgraph=True, dynamic=False)
-    return _COMPILED[key]
+def _grads_for(spec: ModelSpec, compile, device: torch.device) -> Callable:
+    """``example_grads`` for one spec, compiled as the training step is: one graph with a code object of its
+    own per spec, kept for reuse. No CUDA graphs: the gradients are handed to the caller, and a replay would
+    overwrite them."""
+    return make_step(partial(_spec_example_grads, spec), device, compile, cuda_graphs=False)
+
+
+def _spec_example_grads(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta) -> tuple[dict, dict]:
+    return example_grads(tree, spec, x, eps, beta)
 
 
 def _paths(tree: dict) -> list[str]:

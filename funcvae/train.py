@@ -204,8 +204,8 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
     for b, (xb, eps, weights) in enumerate(tqdm(batches, total=run.steps_per_epoch - start, leave=False,
                                                   desc=f"epoch {epoch}/{run.epochs}", disable=not run.show,
                                                   file=sys.stderr), start=start):
-        tree, opt_state, stats, stop = run.step(tree, opt_state, xb, eps, _beta(run, epoch, b), weights,
-                                                 _count(run, b), gens[0], received)
+        tree, opt_state, stats, stop = run.step(tree, opt_state, xb, eps, _beta(run, epoch, b), weights, b,
+                                                 gens[0], received)
         acc = acc + _accumulate(stats).view_as(acc)
         if run.on_nonfinite == "raise":
             _raise_if_skipped(run, stats, epoch, b)
@@ -231,8 +231,9 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
 
 
 def _make_runner(run: _Run, compile) -> Callable:
-    """The step as fit calls it: ``(tree, opt_state, x, eps, beta, weights, count, gen, received) ->
-    (tree, opt_state, stats, stop)``, compiled; ``stop`` says a signal asks to stop (agreed by all processes)."""
+    """The step as fit calls it: ``(tree, opt_state, x, eps, beta, weights, b, gen, received) ->
+    (tree, opt_state, stats, stop)`` for batch ``b``, compiled; ``stop`` says a signal asks to stop (agreed by
+    all processes)."""
     device, spec = run.x.device, run.spec
     if run.world.size > 1:
         if run.n_models is not None or run.clip_norm is not None or run.free_bits:
@@ -243,8 +244,8 @@ def _make_runner(run: _Run, compile) -> Callable:
         grads_of = make_step(partial(batch_grads, spec), device, compile)
         update = make_step(partial(guarded_update, adam(run.lrs[0])), device, compile)
 
-        def parallel(tree, opt_state, xb, eps, beta, weights, count, gen, received):
-            grads, stats = grads_of(tree, xb, eps, beta, weights, count)
+        def parallel(tree, opt_state, xb, eps, beta, weights, b, gen, received):
+            grads, stats = grads_of(tree, xb, eps, beta, weights, _count(run, b))
             grads, stats, flag = distributed.all_reduce_sum(grads, stats, float(bool(received)))
             return (*update(tree, opt_state, grads, stats), flag > 0)
         return parallel
@@ -256,7 +257,7 @@ def _make_runner(run: _Run, compile) -> Callable:
     else:
         step = make_step(partial(train_step, spec, adam(run.lrs[0]), free_bits=run.free_bits), device, compile)
 
-    def local(tree, opt_state, xb, eps, beta, weights, count, gen, received):
+    def local(tree, opt_state, xb, eps, beta, weights, b, gen, received):
         noise = () if run.clip_norm is None else (_noise(tree, gen, run.noise_std),)
         return (*step(tree, opt_state, xb, eps, beta, weights, *noise), bool(received))
     return local
