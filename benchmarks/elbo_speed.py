@@ -23,6 +23,8 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                eager      ``partial(funcvae.step.train_step, spec, funcvae.optim.adam(1e-3))``;
                compiled   the same through ``funcvae.compiling.make_step(step, device, True)`` (inductor,
                           fullgraph; CUDA graphs on a GPU);
+               compiled bf16 products   the same with ``matmul_dtype=torch.bfloat16`` (the matrix products
+                          in bfloat16, all else fp32; not one of the fp32 targets);
                jax jit    the same model, loss and Adam in jax.numpy under ``jax.jit`` (state donated).
                funcvae's step also does its non-finite guard (every gradient checked, the update selected on
                the device); the baseline and JAX steps have none.
@@ -33,11 +35,13 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                8 calls of the compiled single-model step (reference), which is what 8 separate fits pay per
                step (one model's chain called 8 times: no two live states share a compiled graph, which
                CUDA graphs would not allow).
-  batch-sizes  the compiled step and the baseline at batch 32, 128, 512, 1024, 4096; ratios per batch size,
-               examples/s, GFLOP/s and GFLOP/s as a percentage of the peak GEMM rate.
-  gemm         the peak: a 1024^3 fp32 product by ``torch.mm`` and, on CPU, by oneDNN
+  batch-sizes  the compiled step (fp32 and with bf16 products) and the baseline at batch 32, 128, 512, 1024,
+               4096; ratios per batch size, examples/s, GFLOP/s and GFLOP/s as a percentage of the peak GEMM
+               rate of the row's product dtype.
+  gemm         the peaks: a 1024^3 fp32 product by ``torch.mm`` and, on CPU, by oneDNN
                (``torch.ops.mkldnn._linear_pointwise(X, W, None, "none", [], "")``, i.e. X W^T); the best of
-               them is the physical limit the step figures are compared with.
+               them is the physical limit the fp32 step figures are compared with; the same product in bf16
+               by ``torch.mm`` is the limit for the bf16 rows.
 
 Figures: ms per call (median over rounds, interquartile range), ratio and speed-up (its inverse) against
 the reference, GFLOP/s = matmul FLOPs / median time, compile s = the first call's time minus the median
@@ -127,6 +131,7 @@ class Variant:
     ref: str | None = None
     compiled: bool = False
     batch: int | None = None
+    products: str = "fp32"  # the dtype of its matrix products: which peak its GFLOP/s compare with
     stats: dict = field(default_factory=dict)
 
 
@@ -252,11 +257,13 @@ def baseline_variant(batch: int, device: torch.device, name: str) -> Variant:
     return Variant(name, call, syncer(device), flops=step_flops(batch), examples=batch, batch=batch)
 
 
-def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1) -> Variant:
-    """funcvae's ``train_step`` on one model, eager or through ``make_step``; ``calls`` steps per call."""
+def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1,
+                    bf16: bool = False) -> Variant:
+    """funcvae's ``train_step`` on one model, eager or through ``make_step``; ``calls`` steps per call; ``bf16``:
+    matrix products in bfloat16 (``matmul_dtype``), all else in fp32."""
     params = funcvae.init(seed=0, device=device)
     optimizer = adam(LR)
-    step = partial(train_step, params.spec, optimizer)
+    step = partial(train_step, params.spec, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None)
     if compiled:
         step = make_step(step, device, True)
     chain = Chain(step, (params.tree, optimizer.init(params.tree)), batch_data(batch, device), keep=2)
@@ -266,7 +273,7 @@ def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str,
             chain()
     settle = chain.own_memory if compiled and device.type == "cuda" else (lambda: None)
     return Variant(name, call, syncer(device), settle, flops=calls * step_flops(batch), examples=calls * batch,
-                   compiled=compiled, batch=batch)
+                   compiled=compiled, batch=batch, products="bf16" if bf16 else "fp32")
 
 
 def stacked_variant(device: torch.device) -> Variant:
@@ -306,15 +313,19 @@ def per_example_variants(device: torch.device, batch: int = 32) -> list[Variant]
 
 
 def gemm_variants(device: torch.device, size: int = 1024) -> list[Variant]:
-    """A size^3 fp32 product by torch.mm and, on CPU, by oneDNN's linear (X W^T)."""
+    """A size^3 fp32 product by torch.mm and, on CPU, by oneDNN's linear (X W^T); the same bf16 product by
+    torch.mm (the peak of the bf16 rows)."""
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
+    a16, b16 = a.bfloat16(), b.bfloat16()
     flops = 2 * size**3
     out = [Variant("torch.mm", lambda: torch.mm(a, b), syncer(device), flops=flops)]
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
         linear = torch.ops.mkldnn._linear_pointwise.default  # (X, W, B, attr, scalars, algorithm) -> X W^T + B
         out.append(Variant("mkldnn._linear_pointwise", lambda: linear(a, b, None, "none", [], ""),
                            syncer(device), flops=flops, ref="torch.mm"))
+    out.append(Variant("torch.mm bf16", lambda: torch.mm(a16, b16), syncer(device), flops=flops, ref="torch.mm",
+                       products="bf16"))
     return out
 
 
@@ -401,13 +412,15 @@ def jax_per_example_variant(jax, device: torch.device, ref: str, batch: int = 32
 def run_step(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     dev = cfg.device
     variants = [baseline_variant(128, dev, "baseline nn.Module eager"),
-                funcvae_variant(128, dev, False, "funcvae eager"), funcvae_variant(128, dev, True, "funcvae compiled")]
+                funcvae_variant(128, dev, False, "funcvae eager"), funcvae_variant(128, dev, True, "funcvae compiled"),
+                funcvae_variant(128, dev, True, "funcvae compiled bf16 products", bf16=True)]
     if jax is not None:
         variants.append(jax_step_variant(jax, dev))
     for v in variants[1:]:
         v.ref = variants[0].name
     measure(variants, cfg)
-    return section("step: MLP 784-400-20, batch 128, fp32, loss + gradients + Adam; ratio vs the baseline",
+    return section("step: MLP 784-400-20, batch 128, fp32 (bf16 products where named), loss + gradients + Adam; "
+                   "ratio vs the baseline",
                    variants, [f"jax jit: {why_no_jax}"] if jax is None else [])
 
 
@@ -435,8 +448,9 @@ def run_batch_sizes(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     for b in cfg.batch_sizes:
         base = baseline_variant(b, cfg.device, f"baseline nn.Module eager B={b}")
         comp = funcvae_variant(b, cfg.device, True, f"funcvae compiled B={b}")
-        comp.ref = base.name
-        variants += [base, comp]
+        bf16 = funcvae_variant(b, cfg.device, True, f"funcvae compiled bf16 B={b}", bf16=True)
+        comp.ref = bf16.ref = base.name
+        variants += [base, comp, bf16]
     measure(variants, cfg)
     return section("batch-sizes: one training step; ratio vs the baseline at the same batch size", variants, [])
 
@@ -444,9 +458,12 @@ def run_batch_sizes(cfg: Settings, jax, why_no_jax: str | None) -> dict:
 def run_gemm(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     variants = gemm_variants(cfg.device)
     measure(variants, cfg)
-    out = section("gemm: 1024 x 1024 x 1024 fp32 product; the peak is the best of these", variants, [])
-    best = max(out["rows"], key=lambda r: r["gflops"])
-    out["peak"] = {"gflops": best["gflops"], "kernel": best["name"]}
+    out = section("gemm: 1024 x 1024 x 1024 product; the peak of each dtype is the best of its rows", variants, [])
+    out["peaks"] = {}
+    for products in ("fp32", "bf16"):
+        best = max((r for r in out["rows"] if r["products"] == products), key=lambda r: r["gflops"])
+        out["peaks"][products] = {"gflops": best["gflops"], "kernel": best["name"]}
+    out["peak"] = out["peaks"]["fp32"]
     return out
 
 
@@ -462,7 +479,8 @@ def section(title: str, variants: list[Variant], notes: list[str]) -> dict:
         ref = by_name[v.ref] if v.ref else v
         ratio = v.stats["median_s"] / ref.stats["median_s"]
         reused = v.compiled and v.stats["graphs"] == 0 and not v.name.startswith("jax")
-        rows.append({"name": v.name, "batch": v.batch, "ref": ref.name, "ratio": ratio, "speedup": 1.0 / ratio,
+        rows.append({"name": v.name, "batch": v.batch, "products": v.products, "ref": ref.name, "ratio": ratio,
+                     "speedup": 1.0 / ratio,
                      "compile_reused": reused, **v.stats})
     timing = max(v.stats["graphs_compiled_while_timing"] for v in variants)
     if timing:
@@ -477,11 +495,11 @@ def section(title: str, variants: list[Variant], notes: list[str]) -> dict:
 
 
 def attach_peak(results: dict) -> None:
-    """GFLOP/s as a percentage of the measured peak, on every row of batch-sizes."""
+    """GFLOP/s as a percentage of the measured peak of the row's product dtype, on every row of batch-sizes."""
     if "gemm" in results and "batch-sizes" in results:
-        peak = results["gemm"]["peak"]["gflops"]
+        peaks = results["gemm"]["peaks"]
         for r in results["batch-sizes"]["rows"]:
-            r["pct_peak"] = 100.0 * r["gflops"] / peak
+            r["pct_peak"] = 100.0 * r["gflops"] / peaks[r["products"]]["gflops"]
 
 
 # ---------------------------------------------------------------- report
@@ -506,8 +524,8 @@ def print_section(result: dict) -> None:
         print(line + f"{compile_s:>11}")
     for note in result["notes"]:
         print(f"  note: {note}")
-    if "peak" in result:
-        print(f"  peak GEMM: {result['peak']['gflops']:.1f} GFLOP/s ({result['peak']['kernel']})")
+    for products, peak in result.get("peaks", {}).items():
+        print(f"  peak {products} GEMM: {peak['gflops']:.1f} GFLOP/s ({peak['kernel']})")
 
 
 def _row(results: dict, section_name: str, name: str) -> dict | None:

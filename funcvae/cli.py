@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", default=None, type=int, metavar="STEPS",
                        help="checkpoint inside epochs too (always: after each epoch, and on Ctrl-C / SIGTERM)")
     train.add_argument("--on-nonfinite", default="raise", choices=["raise", "skip"])
+    train.add_argument("--bf16", action="store_true",
+                       help="matrix products in bfloat16, everything else in float32 (mixed precision)")
     train.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this run folder")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train, parser=train)
@@ -120,9 +122,10 @@ def _new_run(args) -> tuple[None, dict]:
     settings = dict(epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, beta=args.beta,
                     kl_warmup=args.kl_warmup, binarize="dynamic" if args.binarize == "dynamic" else None,
                     compile=False if args.no_compile else None, checkpoint_every=args.checkpoint_every,
-                    on_nonfinite=args.on_nonfinite)
+                    on_nonfinite=args.on_nonfinite, matmul_dtype="bfloat16" if args.bf16 else None)
     try:
-        check_settings(**{k: v for k, v in settings.items() if k not in ("seed", "compile")}, seeds=[args.seed])
+        check_settings(**{k: v for k, v in settings.items() if k not in ("seed", "compile", "matmul_dtype")},
+                       seeds=[args.seed])
         spec = funcvae.ModelSpec(**model)
     except ValueError as e:
         args.parser.error(str(e))

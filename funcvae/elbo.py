@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from funcvae import distributions as D
-from funcvae.model import ModelSpec, Params, check_params, decode_one, encode_one, obs_logvar
+from funcvae.model import ModelSpec, Params, check_params, decode_one, encode_one, obs_logvar, with_matmul_dtype
 from funcvae.rng import generator
 from funcvae.validate import as_examples, check_int, check_nonnegative
 
@@ -24,7 +24,7 @@ def log_likelihood(spec: ModelSpec, tree: dict, out: Tensor, x: Tensor) -> Tenso
     """log p(x | z) summed over features, from the decoder output ``out``: (..., F) -> (...)."""
     if spec.likelihood == "bernoulli":
         return D.bernoulli_log_prob(out, x).sum(-1)
-    return D.gaussian_log_prob(out, obs_logvar(spec, tree), x).sum(-1)
+    return D.gaussian_log_prob(out, obs_logvar(spec, tree, out), x).sum(-1)
 
 
 def example_terms(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta: Tensor | float) -> dict:
@@ -55,7 +55,8 @@ def batch_terms(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta: Tenso
 
 
 def objective(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta: Tensor | float,
-              weights: Tensor | None = None, count: Tensor | None = None, free_bits: float = 0.0):
+              weights: Tensor | None = None, count: Tensor | None = None, free_bits: float = 0.0,
+              matmul_dtype: torch.dtype | None = None):
     """Mean loss over the batch (what gradients follow) and, as aux, the batch SUMS of each term.
 
     ``weights`` (B,) of 0s and 1s marks padding rows (0) that must not count: a short last batch is padded
@@ -66,8 +67,11 @@ def objective(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta: Tensor 
     ``free_bits`` > 0 (Kingma et al. 2016) optimises ``recon + beta * sum_d max(free_bits, KL_d)`` with KL_d
     the batch-mean KL of latent dimension d: below the floor a dimension's KL exerts no pull towards the
     prior, so the encoder can start using it. The reported sums are the true terms.
+
+    ``matmul_dtype`` (e.g. ``torch.bfloat16``): run the layers' matrix products in it (see
+    ``model.with_matmul_dtype``); the terms, their sums and the gradients stay in the params' dtype.
     """
-    terms = batch_terms(spec, tree, x, eps, beta)
+    terms = batch_terms(spec, with_matmul_dtype(tree, matmul_dtype), x, eps, beta)
     w = torch.ones_like(terms["recon"]) if weights is None else weights
     n = w.sum() if count is None else count
     sums = {k: (terms[k] * w).sum() for k in TERMS}
@@ -78,7 +82,7 @@ def objective(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta: Tensor 
 
 
 #: ``(grads, (mean_loss, sums)) = loss_and_grad(tree, spec, x, eps, beta, weights=None, count=None,
-#: free_bits=0.0)``:
+#: free_bits=0.0, matmul_dtype=None)``:
 #: gradients w.r.t. ``tree``.
 loss_and_grad = grad_and_value(objective, has_aux=True)
 

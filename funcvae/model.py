@@ -205,11 +205,28 @@ def decode_one(spec: ModelSpec, tree: dict, z: Tensor) -> Tensor:
     return h.reshape(-1)
 
 
-def obs_logvar(spec: ModelSpec, tree: dict) -> Tensor:
-    """The Gaussian decoder's per-pixel log-variance (features,): the learned one (floored) or the fixed one."""
+def obs_logvar(spec: ModelSpec, tree: dict, like: Tensor) -> Tensor:
+    """The Gaussian decoder's per-pixel log-variance (features,): the learned one (floored) or the fixed one
+    (in ``like``'s dtype and device)."""
     if spec.obs_std is not None:
-        return tree["encoder"]["mean"]["kernel"].new_full((spec.features,), 2.0 * math.log(spec.obs_std))
+        return like.new_full((spec.features,), 2.0 * math.log(spec.obs_std))
     return torch.clamp(tree["decoder"]["obs_logvar"], min=MIN_OBS_LOGVAR)
+
+
+#: Dtypes ``with_matmul_dtype`` takes besides None. Not float16: its narrow range would need loss scaling.
+MATMUL_DTYPES = (torch.bfloat16,)
+
+
+def with_matmul_dtype(tree: dict, dtype: torch.dtype | None) -> dict:
+    """``tree`` with every layer's kernel and bias cast to ``dtype`` (None: ``tree`` itself), other leaves
+    as they are. Layers compute in their kernel's dtype, so a model run on this tree does its matrix
+    products in ``dtype``; called inside a differentiated function, the gradients still come back in
+    the dtype of ``tree`` (mixed precision with full-precision master params)."""
+    if dtype is None:
+        return tree
+    if tree.keys() == {"kernel", "bias"}:
+        return {name: t.to(dtype) for name, t in tree.items()}
+    return {name: with_matmul_dtype(t, dtype) if isinstance(t, dict) else t for name, t in tree.items()}
 
 
 def check_params(params: Params) -> None:

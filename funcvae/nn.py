@@ -4,6 +4,10 @@ Each ``*_init(generator, ...)`` returns a dict ``{"kernel": ..., "bias": ...}`` 
 ``torch.nn`` layer's default (uniform in +-1/sqrt(fan_in)), so a funcvae model starts from the same
 distribution as its ``nn.Module`` twin. Each apply is a pure function of its params and input and works
 on one example (the caller batches with ``vmap``) as well as on a batch.
+
+A layer computes its product in its kernel's dtype and returns its input's dtype: with a bfloat16 copy
+of the params (``model.with_matmul_dtype``) only the matrix products run in bfloat16, everything between
+them in the input's float32.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def dense_init(generator: torch.Generator, n_in: int, n_out: int, *, dtype=torch
 
 def dense(params: dict, x: Tensor) -> Tensor:
     """(..., n_in) -> (..., n_out)."""
-    return F.linear(x, params["kernel"], params["bias"])
+    kernel = params["kernel"]
+    return F.linear(x.to(kernel.dtype), kernel, params["bias"]).to(x.dtype)
 
 
 def conv_init(generator: torch.Generator, c_in: int, c_out: int, size: int, *, dtype=torch.float32, device=None) -> dict:
@@ -56,7 +61,8 @@ def conv_init(generator: torch.Generator, c_in: int, c_out: int, size: int, *, d
 
 def conv(params: dict, x: Tensor, *, stride: int, padding: int) -> Tensor:
     """(C_in, H, W) or (N, C_in, H, W) -> the same with C_out and the strided size."""
-    return F.conv2d(x, params["kernel"], params["bias"], stride=stride, padding=padding)
+    kernel = params["kernel"]
+    return F.conv2d(x.to(kernel.dtype), kernel, params["bias"], stride=stride, padding=padding).to(x.dtype)
 
 
 def conv_transpose_init(
@@ -73,4 +79,5 @@ def conv_transpose_init(
 
 def conv_transpose(params: dict, x: Tensor, *, stride: int, padding: int) -> Tensor:
     """(C_in, H, W) or (N, C_in, H, W) -> the same with C_out and the upsampled size."""
-    return F.conv_transpose2d(x, params["kernel"], params["bias"], stride=stride, padding=padding)
+    kernel = params["kernel"]
+    return F.conv_transpose2d(x.to(kernel.dtype), kernel, params["bias"], stride=stride, padding=padding).to(x.dtype)

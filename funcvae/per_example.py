@@ -13,20 +13,22 @@ from torch.func import grad, vmap
 
 from funcvae.compiling import make_step
 from funcvae.elbo import example_terms
-from funcvae.model import ModelSpec, Params, check_params
+from funcvae.model import ModelSpec, Params, check_params, with_matmul_dtype
 from funcvae.rng import generator
 from funcvae.validate import as_examples, check_int, check_nonnegative
 
 
-def _example_loss(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta):
-    terms = example_terms(spec, tree, x, eps, beta)
+def _example_loss(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta, matmul_dtype):
+    terms = example_terms(spec, with_matmul_dtype(tree, matmul_dtype), x, eps, beta)
     return terms["loss"], terms
 
 
-def example_grads(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta) -> tuple[dict, dict]:
+def example_grads(tree: dict, spec: ModelSpec, x: Tensor, eps: Tensor, beta,
+                  matmul_dtype: torch.dtype | None = None) -> tuple[dict, dict]:
     """Gradients of each example's loss: x (B, F), eps (B, K, latent) -> (grads with leaves (B, ...),
-    terms of shape (B,), and ``kl_dims`` (B, latent))."""
-    return vmap(grad(_example_loss, has_aux=True), in_dims=(None, None, 0, 0, None))(tree, spec, x, eps, beta)
+    terms of shape (B,), and ``kl_dims`` (B, latent)); ``matmul_dtype``: as in ``elbo.objective``."""
+    return vmap(grad(_example_loss, has_aux=True), in_dims=(None, None, 0, 0, None, None))(
+        tree, spec, x, eps, beta, matmul_dtype)
 
 
 def clipped_noisy_mean(grads: dict, weights: Tensor, clip_norm: float, noise: dict) -> dict:

@@ -63,6 +63,8 @@ CASES = {
                                  dict(hidden=(32,), latent=20), dict(batch_size=100, kl_warmup=2.0, binarize=None)),
     "dynamic-binarised": (["--epochs", "1", "--hidden", "32", "--binarize", "dynamic", "--seed", "1"],
                           dict(hidden=(32,)), dict(seed=1, binarize="dynamic")),
+    "bfloat16-products": (["--epochs", "1", "--hidden", "32", "--bf16"], dict(hidden=(32,)),
+                          dict(matmul_dtype="bfloat16")),
 }
 
 
@@ -83,7 +85,8 @@ def test_train_prints_the_table_and_saves_the_run(tmp_path, capsys, loads, args,
     assert funcvae.ModelSpec.from_dict(config["model"]) == params.spec
     assert all(getattr(params.spec, k) == v for k, v in model.items())
     assert set(config["fit"]) == {"epochs", "batch_size", "lr", "seed", "beta", "kl_warmup", "binarize", "compile",
-                                  "checkpoint_every", "on_nonfinite"}
+                                  "checkpoint_every", "on_nonfinite", "matmul_dtype"}
+    assert config["fit"]["matmul_dtype"] == ("bfloat16" if "--bf16" in args else None)
     assert config["fit"]["compile"] is False  # --no-compile
     assert all(config["fit"][k] == v for k, v in settings.items())
     assert (config["dataset"], config["n_train"], config["n_test"]) == ("fashion-mnist", 512, 256)

@@ -44,6 +44,37 @@ def test_a_non_finite_recon_stops_the_run_naming_batch_and_term(tmp_path, monkey
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
 
 
+def test_raise_freezes_the_run_at_the_bad_step_and_keeps_the_checkpoint_before_it(tmp_path, monkeypatch):
+    # The device is read only at the next checkpoint (or the epoch's end): the steps between the bad one and
+    # that read must change nothing, so the last checkpoint is the one written just before the bad step.
+    monkeypatch.setattr(T, "model_batches", poisoned_batches(1, math.nan))
+    with pytest.raises(funcvae.NonFiniteError, match=r"non-finite recon at epoch 1, batch 2 of 4"):
+        funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=1, batch_size=50, checkpoint_dir=tmp_path,
+                    checkpoint_every=3, compile=False)
+    assert not (tmp_path / CHECKPOINT_FILE).exists()  # batch 3's checkpoint was never written
+    monkeypatch.undo()
+    monkeypatch.setattr(T, "model_batches", poisoned_batches(3, math.nan))
+    with pytest.raises(funcvae.NonFiniteError, match=r"batch 4 of 4"):
+        funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=1, batch_size=50, checkpoint_dir=tmp_path,
+                    checkpoint_every=3, compile=False)
+    assert funcvae.load(tmp_path / CHECKPOINT_FILE).step == 3
+
+
+def test_a_stack_names_the_model_whose_step_went_bad(monkeypatch):
+    real = T.model_batches
+
+    def batches(*args, **kwargs):
+        for b, (x, eps, w) in enumerate(real(*args, **kwargs)):
+            if b == 2:
+                x = x.clone()
+                x[1, 0, 0] = math.inf
+            yield x, eps, w
+    monkeypatch.setattr(T, "model_batches", batches)
+    stack = funcvae.stack([funcvae.init(seed=s, **SMALL) for s in (0, 1, 2)])
+    with pytest.raises(funcvae.NonFiniteError, match=r"non-finite recon of model 1 at epoch 1, batch 3 of 4"):
+        funcvae.fit(stack, data(), epochs=1, batch_size=50, seed=[0, 1, 2], compile=False)
+
+
 def test_skip_leaves_the_params_untouched_by_the_bad_step_and_counts_it(monkeypatch):
     params = funcvae.init(seed=0, **SMALL)
     monkeypatch.setattr(T, "model_batches", poisoned_batches(1, math.inf))

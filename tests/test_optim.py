@@ -75,3 +75,19 @@ def test_adam_converges(loss, start, optimum, lr, steps):
 def test_bad_hyperparameters_are_refused(kwargs):
     with pytest.raises(ValueError):
         adam(**kwargs)
+
+
+def test_moments_of_a_stopped_gradient_reach_zero_instead_of_sticking_subnormal():
+    smallest = 2.0 ** -149  # the smallest float32 subnormal
+    # Plain decays stick there (0.9 and 0.999 of it round back up), where CPU arithmetic is slow.
+    stuck = torch.full((4,), smallest)
+    assert torch.equal(torch.lerp(stuck, torch.zeros(4), 0.1), stuck) and torch.equal(stuck * 0.999, stuck)
+    params, zero = {"w": torch.ones(4)}, {"w": torch.zeros(4)}
+    opt = adam(1e-3)
+    state = opt.update(zero, AdamState(torch.tensor(10), {"w": stuck}, {"w": stuck}), params)[1]
+    assert torch.equal(state.mu["w"], zero["w"]) and torch.equal(state.nu["w"], zero["w"])
+    # A gradient that stops: its first moment reaches exactly zero (0.9**1000 * 1e-3 < 2**-149).
+    state = opt.update({"w": torch.full((4,), 1e-3)}, opt.init(params), params)[1]
+    for _ in range(1000):
+        state = opt.update(zero, state, params)[1]
+    assert torch.equal(state.mu["w"], zero["w"])

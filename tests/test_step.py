@@ -36,10 +36,11 @@ def test_the_step_is_traced_once_across_epochs_and_a_short_last_batch():
     assert backend.graphs == 1
 
 
-def test_compiled_and_eager_steps_give_the_same_numbers():
+@pytest.mark.parametrize("matmul_dtype", [None, torch.bfloat16])
+def test_compiled_and_eager_steps_give_the_same_numbers(matmul_dtype):
     params = funcvae.init(seed=0, hidden=(32,), latent=4)
     runs = [funcvae.fit(params, small_data(), val_data=small_data(50, 1), epochs=2, batch_size=128,
-                        compile=c) for c in (False, "aot_eager")]
+                        matmul_dtype=matmul_dtype, compile=c) for c in (False, "aot_eager")]
     (eager, h_eager), (compiled, h_compiled) = runs
     for path, t in funcvae.leaves_by_path(eager).items():
         torch.testing.assert_close(funcvae.leaves_by_path(compiled)[path], t, msg=path)

@@ -88,3 +88,89 @@ def test_every_architecture_and_likelihood_learns(fashion, model):
     trained, _ = funcvae.fit(params, train[:1024], epochs=2, batch_size=64, seed=0, **EAGER)
     drop = before - funcvae.elbo(trained, test[:300], seed=1)["loss"]
     assert float(drop.mean()) > 5 * float(drop.std() / math.sqrt(len(drop)))
+
+
+class DeviceReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor methods that read a value back to the host (on a GPU each waits for the device)."""
+
+    READS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", None) in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+@pytest.mark.parametrize("stacked", [False, True])
+def test_an_epoch_reads_the_device_a_fixed_number_of_times_whatever_its_length(on_nonfinite, stacked):
+    # What a GPU needs to run an epoch without waiting on the host: no read per step (the compiled step
+    # itself is one graph, so the eager step stands for it here).
+    params = funcvae.init(seed=0, hidden=(8,), latent=2)
+    params = funcvae.stack([params, params]) if stacked else params
+    x = torch.rand(240, 784, generator=torch.Generator().manual_seed(0))
+    reads = []
+    for batch_size in (120, 30):  # 2 and 8 steps per epoch
+        with DeviceReads() as counter:
+            funcvae.fit(params, x, epochs=2, batch_size=batch_size, kl_warmup=1, on_nonfinite=on_nonfinite,
+                        seed=[0, 1] if stacked else 0, compile=False, progress=False)
+        reads.append(counter.count)
+    assert reads[0] == reads[1]
+
+
+def test_bfloat16_products_give_float32_gradients_close_to_the_float32_ones():
+    from funcvae.step import batch_grads
+
+    params = funcvae.init(seed=0)
+    gen = torch.Generator().manual_seed(1)
+    x, eps = torch.rand(128, 784, generator=gen).bernoulli(generator=gen), torch.randn(128, 1, 20, generator=gen)
+    args = (params.spec, params.tree, x, eps, torch.tensor(1.0), torch.ones(128))
+    exact, exact_stats = batch_grads(*args)
+    mixed, mixed_stats = batch_grads(*args, matmul_dtype=torch.bfloat16)
+    # bfloat16 keeps 8 significant bits (unit roundoff u = 2^-9); a gradient here passes through up to 8
+    # rounded products (4 layers, forward and back), each adding a few u of relative error: allow 64 u in
+    # norm per leaf (3% measured at the worst leaf).
+    u = 2.0 ** -9
+    for path, a, b in zip(optree.tree_paths(exact), optree.tree_leaves(exact), optree.tree_leaves(mixed)):
+        assert b.dtype == torch.float32, path
+        assert float((a - b).norm() / a.norm()) < 64 * u, path
+    # The batch sums of the terms are float32 arithmetic on the rounded network outputs.
+    torch.testing.assert_close(mixed_stats, exact_stats, rtol=8 * u, atol=0)
+
+
+def test_bfloat16_products_train_as_well_as_float32(fashion):
+    train, test = fashion
+
+    def held_out(seed, matmul_dtype):
+        params, _ = funcvae.fit(funcvae.init(seed=seed), train, epochs=3, seed=seed, matmul_dtype=matmul_dtype,
+                                **EAGER)
+        return float(funcvae.elbo(params, test, seed=7)["loss"].mean())
+
+    exact, mixed, other_seed = held_out(0, None), held_out(0, "bfloat16"), held_out(1, None)
+    # Rounding the products must move the result less than the run-to-run spread that a seed gives.
+    assert abs(mixed - exact) < abs(other_seed - exact) / 2
+
+
+@pytest.mark.parametrize("kind", ["stack", "clip_norm"])
+def test_every_step_kind_takes_bfloat16_products_and_keeps_float32_state(kind, tmp_path):
+    params = funcvae.init(seed=0, hidden=(16,), latent=3)
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+    options = dict(seed=[0, 1]) if kind == "stack" else dict(clip_norm=1.0, noise_multiplier=0.5)
+    start = funcvae.stack([params, params]) if kind == "stack" else params
+    trained, _ = funcvae.fit(start, x, epochs=1, batch_size=32, matmul_dtype=torch.bfloat16, checkpoint_dir=tmp_path,
+                             **options, **EAGER)
+    state = funcvae.load(tmp_path / "checkpoint.safetensors")
+    leaves = [*optree.tree_leaves(trained.tree), *optree.tree_leaves(state.opt_state.mu),
+              *optree.tree_leaves(state.opt_state.nu)]
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in leaves)
+    assert state.config["matmul_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("bad", [torch.float16, "bf16", torch.int8])
+def test_an_unsupported_matmul_dtype_is_refused_before_any_work(bad):
+    with pytest.raises(ValueError, match="matmul_dtype must be None or one of"):
+        funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), torch.rand(10, 784), epochs=1, batch_size=5,
+                    matmul_dtype=bad, **EAGER)
