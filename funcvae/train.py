@@ -143,7 +143,10 @@ def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float |
                 state = _run_epoch(run, state, received)
     finally:
         distributed.leave(world)
-    return state.params, state.history[0] if n_models is None else state.history
+    # On a GPU the compiled step's outputs live in its CUDA graph's memory, which the next replay of that
+    # graph (a later fit of the same model) overwrites: the caller gets params of its own.
+    params = Params(state.params.spec, optree.tree_map(torch.clone, state.params.tree))
+    return params, state.history[0] if n_models is None else state.history
 
 
 @dataclass(frozen=True)
