@@ -25,6 +25,8 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                           fullgraph; CUDA graphs on a GPU);
                compiled bf16 products   the same with ``matmul_dtype=torch.bfloat16`` (the matrix products
                           in bfloat16, all else fp32; not one of the fp32 targets);
+               compiled, no guard   the compiled step without its non-finite guard, as the baseline and
+                          JAX steps are: what the guard costs (fit always runs the guarded step);
                jax jit    the same model, loss and Adam in jax.numpy under ``jax.jit`` (state donated).
                funcvae's step also does its non-finite guard (every gradient checked, the update selected on
                the device); the baseline and JAX steps have none.
@@ -91,9 +93,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import funcvae  # noqa: E402
 from baseline_vae import ClassicVAE, machine  # noqa: E402
 from funcvae.compiling import compile_backend, make_step  # noqa: E402
-from funcvae.optim import adam  # noqa: E402
+from funcvae.optim import adam, apply_updates  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
-from funcvae.step import stacked_train_step, train_step  # noqa: E402
+from funcvae.step import batch_grads, stacked_train_step, train_step  # noqa: E402
 
 SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm")
 BATCH_SIZES = (32, 128, 512, 1024, 4096)
@@ -257,13 +259,21 @@ def baseline_variant(batch: int, device: torch.device, name: str) -> Variant:
     return Variant(name, call, syncer(device), flops=step_flops(batch), examples=batch, batch=batch)
 
 
+def unguarded_step(spec, optimizer, tree, opt_state, x, eps, beta, weights):
+    """``train_step`` without its non-finite guard (what the baseline and JAX steps do): for scale only."""
+    grads, stats = batch_grads(spec, tree, x, eps, beta, weights)
+    updates, opt_state = optimizer.update(grads, opt_state, tree)
+    return apply_updates(tree, updates), opt_state, stats
+
+
 def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1,
-                    bf16: bool = False) -> Variant:
+                    bf16: bool = False, guarded: bool = True) -> Variant:
     """funcvae's ``train_step`` on one model, eager or through ``make_step``; ``calls`` steps per call; ``bf16``:
-    matrix products in bfloat16 (``matmul_dtype``), all else in fp32."""
+    matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: ``unguarded_step``."""
     params = funcvae.init(seed=0, device=device)
     optimizer = adam(LR)
-    step = partial(train_step, params.spec, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None)
+    step = (partial(train_step, params.spec, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None) if guarded
+            else partial(unguarded_step, params.spec, optimizer))
     if compiled:
         step = make_step(step, device, True)
     chain = Chain(step, (params.tree, optimizer.init(params.tree)), batch_data(batch, device), keep=2)
@@ -413,7 +423,8 @@ def run_step(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     dev = cfg.device
     variants = [baseline_variant(128, dev, "baseline nn.Module eager"),
                 funcvae_variant(128, dev, False, "funcvae eager"), funcvae_variant(128, dev, True, "funcvae compiled"),
-                funcvae_variant(128, dev, True, "funcvae compiled bf16 products", bf16=True)]
+                funcvae_variant(128, dev, True, "funcvae compiled bf16 products", bf16=True),
+                funcvae_variant(128, dev, True, "funcvae compiled, no guard", guarded=False)]
     if jax is not None:
         variants.append(jax_step_variant(jax, dev))
     for v in variants[1:]:

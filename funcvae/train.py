@@ -79,7 +79,7 @@ def fit(params: Params, data, *, epochs: int, batch_size: int = 128, lr: float |
         reported ``kl`` and ``loss`` stay the true ones. Not with ``clip_norm`` or data parallelism.
       matmul_dtype: ``torch.bfloat16`` (or "bfloat16") runs the layers' matrix products in bfloat16 (mixed
         precision: the params, gradients, Adam state, loss terms and everything between the products stay
-        in the params' dtype). Steps 1.2x faster at batch 128 and 2.3x at batch 1024 on a 2-core CPU with AMX
+        in the params' dtype). Steps 1.2x faster at batch 128 and 2.2x at batch 1024 on a 2-core CPU with AMX
         (benchmarks/elbo_speed.py); on a GPU it uses the tensor cores; a CPU without AMX or AVX512-BF16
         emulates bfloat16 products and gets slower, not faster. The training terms then carry
         bfloat16 rounding (about 3 significant digits per product), the held-out evaluation does not.
