@@ -44,10 +44,15 @@ def dense_init(generator: torch.Generator, n_in: int, n_out: int, *, dtype=torch
     }
 
 
+def _in_kernel_dtype(op: Callable, params: dict, x: Tensor, **options) -> Tensor:
+    """``op(x, kernel, bias, **options)`` computed in the kernel's dtype, returned in ``x``'s."""
+    kernel = params["kernel"]
+    return op(x.to(kernel.dtype), kernel, params["bias"], **options).to(x.dtype)
+
+
 def dense(params: dict, x: Tensor) -> Tensor:
     """(..., n_in) -> (..., n_out)."""
-    kernel = params["kernel"]
-    return F.linear(x.to(kernel.dtype), kernel, params["bias"]).to(x.dtype)
+    return _in_kernel_dtype(F.linear, params, x)
 
 
 def conv_init(generator: torch.Generator, c_in: int, c_out: int, size: int, *, dtype=torch.float32, device=None) -> dict:
@@ -61,8 +66,7 @@ def conv_init(generator: torch.Generator, c_in: int, c_out: int, size: int, *, d
 
 def conv(params: dict, x: Tensor, *, stride: int, padding: int) -> Tensor:
     """(C_in, H, W) or (N, C_in, H, W) -> the same with C_out and the strided size."""
-    kernel = params["kernel"]
-    return F.conv2d(x.to(kernel.dtype), kernel, params["bias"], stride=stride, padding=padding).to(x.dtype)
+    return _in_kernel_dtype(F.conv2d, params, x, stride=stride, padding=padding)
 
 
 def conv_transpose_init(
@@ -79,5 +83,4 @@ def conv_transpose_init(
 
 def conv_transpose(params: dict, x: Tensor, *, stride: int, padding: int) -> Tensor:
     """(C_in, H, W) or (N, C_in, H, W) -> the same with C_out and the upsampled size."""
-    kernel = params["kernel"]
-    return F.conv_transpose2d(x.to(kernel.dtype), kernel, params["bias"], stride=stride, padding=padding).to(x.dtype)
+    return _in_kernel_dtype(F.conv_transpose2d, params, x, stride=stride, padding=padding)
