@@ -16,15 +16,16 @@ from funcvae.train import CHECKPOINT_FILE
 SMALL = dict(hidden=(16,), latent=3)
 
 
-def poisoned_batches(bad_batch: int, value: float):
-    """model_batches with one value of batch ``bad_batch`` (of every epoch) replaced by ``value``."""
+def poisoned_batches(bad_batch: int, value: float, at: tuple = (0, 0)):
+    """model_batches with the value at index ``at`` of batch ``bad_batch`` (of every epoch) replaced by
+    ``value``."""
     real = T.model_batches
 
     def batches(*args, **kwargs):
         for b, (x, eps, w) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
             if b == bad_batch:
                 x = x.clone()
-                x[0, 0] = value
+                x[at] = value
             yield x, eps, w
     return batches
 
@@ -61,15 +62,7 @@ def test_raise_freezes_the_run_at_the_bad_step_and_keeps_the_checkpoint_before_i
 
 
 def test_a_stack_names_the_model_whose_step_went_bad(monkeypatch):
-    real = T.model_batches
-
-    def batches(*args, **kwargs):
-        for b, (x, eps, w) in enumerate(real(*args, **kwargs)):
-            if b == 2:
-                x = x.clone()
-                x[1, 0, 0] = math.inf
-            yield x, eps, w
-    monkeypatch.setattr(T, "model_batches", batches)
+    monkeypatch.setattr(T, "model_batches", poisoned_batches(2, math.inf, at=(1, 0, 0)))  # model 1's batch
     stack = funcvae.stack([funcvae.init(seed=s, **SMALL) for s in (0, 1, 2)])
     with pytest.raises(funcvae.NonFiniteError, match=r"non-finite recon of model 1 at epoch 1, batch 3 of 4"):
         funcvae.fit(stack, data(), epochs=1, batch_size=50, seed=[0, 1, 2], compile=False)
