@@ -20,7 +20,8 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
   step         one full training step (loss, gradients, Adam update, lr 1e-3) at batch 128:
                baseline   ``ClassicVAE`` of baseline_vae.py, ``torch.optim.Adam``, eager, summed loss (its noise
                           is passed in rather than drawn inside, so every side gets the same inputs);
-               eager      ``partial(funcvae.step.train_step, spec, funcvae.optim.adam(1e-3))``;
+               eager      ``funcvae.make_train_step(model, objectives.elbo(), optim.apply_if_finite(optim.adam(
+                          1e-3), freeze=True))``, the step ``fit`` runs, over a ``TrainState``;
                compiled   the same through ``funcvae.compiling.make_step(step, device, True)`` (inductor,
                           fullgraph; CUDA graphs on a GPU);
                compiled bf16 products   the same with ``matmul_dtype=torch.bfloat16`` (the matrix products
@@ -33,7 +34,8 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
   per-example  per-example gradients of the one-example loss at batch 32: a Python loop of single-example
                ``torch.func.grad`` calls (reference; the gradients stay a list), ``example_grads``
                (``vmap(grad)``) eager and under ``torch.compile`` (fullgraph), JAX ``jit(vmap(grad))``.
-  stack        8 models: one compiled ``funcvae.step.stacked_train_step`` (``adam(1.0)``, per-model lrs) against
+  stack        8 models: one compiled ``funcvae.step.stacked(step)`` (vmap of the step; per-model lrs in the
+               stacked optimiser states) against
                8 calls of the compiled single-model step (reference), which is what 8 separate fits pay per
                step (one model's chain called 8 times: no two live states share a compiled graph, which
                CUDA graphs would not allow).
@@ -92,10 +94,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import funcvae  # noqa: E402
 from baseline_vae import ClassicVAE, machine  # noqa: E402
+from funcvae import objectives  # noqa: E402
 from funcvae.compiling import compile_backend, make_step  # noqa: E402
-from funcvae.optim import adam, apply_updates  # noqa: E402
+from funcvae.optim import adam, apply_if_finite  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
-from funcvae.step import batch_grads, stacked_train_step, train_step  # noqa: E402
+from funcvae.step import Batch, init_state, make_train_step, stacked  # noqa: E402
 
 SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm")
 BATCH_SIZES = (32, 128, 512, 1024, 4096)
@@ -259,24 +262,23 @@ def baseline_variant(batch: int, device: torch.device, name: str) -> Variant:
     return Variant(name, call, syncer(device), flops=step_flops(batch), examples=batch, batch=batch)
 
 
-def unguarded_step(spec, optimizer, tree, opt_state, x, eps, beta, weights):
-    """``train_step`` without its non-finite guard (what the baseline and JAX steps do): for scale only."""
-    grads, stats = batch_grads(spec, tree, x, eps, beta, weights)
-    updates, opt_state = optimizer.update(grads, opt_state, tree)
-    return apply_updates(tree, updates), opt_state, stats
+def funcvae_step(params: funcvae.Params, lr: float = LR, bf16: bool = False, guarded: bool = True):
+    """The step ``fit`` runs (guarded) or the same without its non-finite guard (what the baseline and JAX
+    steps do: for scale only), and its starting state."""
+    objective = objectives.elbo()
+    optimizer = apply_if_finite(adam(lr), freeze=True) if guarded else adam(lr)
+    step = make_train_step(params.model, objective, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None)
+    return step, init_state(params, objective, optimizer)
 
 
 def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1,
                     bf16: bool = False, guarded: bool = True) -> Variant:
-    """funcvae's ``train_step`` on one model, eager or through ``make_step``; ``calls`` steps per call; ``bf16``:
-    matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: ``unguarded_step``."""
-    params = funcvae.init(seed=0, device=device)
-    optimizer = adam(LR)
-    step = (partial(train_step, params.spec, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None) if guarded
-            else partial(unguarded_step, params.spec, optimizer))
-    if compiled:
-        step = make_step(step, device, True)
-    chain = Chain(step, (params.tree, optimizer.init(params.tree)), batch_data(batch, device), keep=2)
+    """funcvae's training step on one model, eager or through ``make_step``; ``calls`` steps per call; ``bf16``:
+    matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: without the guard."""
+    step, state = funcvae_step(funcvae.init(seed=0, device=device), bf16=bf16, guarded=guarded)
+    run = make_step(step, device, True, key=step.key) if compiled else step
+    x, eps, _, weights = batch_data(batch, device)
+    chain = Chain(run, (state,), (Batch(x, eps, weights),), keep=1)
 
     def call():
         for _ in range(calls):
@@ -287,26 +289,27 @@ def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str,
 
 
 def stacked_variant(device: torch.device) -> Variant:
-    """N_MODELS models in one compiled ``stacked_train_step``, lrs spread over 3e-4 .. 3e-3."""
-    params = funcvae.stack([funcvae.init(seed=i, device=device) for i in range(N_MODELS)])
-    lrs = tuple(3e-4 * 10 ** (i / (N_MODELS - 1)) for i in range(N_MODELS))  # as fit passes them: floats
-    optimizer = adam(1.0)
-    step = make_step(partial(stacked_train_step, params.spec, optimizer, lrs), device, True)
-    chain = Chain(step, (params.tree, optimizer.init(params.tree)), batch_data(128, device, N_MODELS), keep=2)
+    """N_MODELS models in one compiled ``stacked(step)``, lrs spread over 3e-4 .. 3e-3."""
+    lrs = [3e-4 * 10 ** (i / (N_MODELS - 1)) for i in range(N_MODELS)]
+    pairs = [funcvae_step(funcvae.init(seed=i, device=device), lr=lr) for i, lr in enumerate(lrs)]
+    step = pairs[0][0]
+    states = optree.tree_map(lambda *t: torch.stack(t), *[state for _, state in pairs])
+    run = make_step(stacked(step), device, True, key=(step.key, "stack"))
+    x, eps, _, weights = batch_data(128, device, N_MODELS)
+    chain = Chain(run, (states,), (Batch(x, eps, weights.expand(N_MODELS, -1)),), keep=1)
     settle = chain.own_memory if device.type == "cuda" else (lambda: None)
     return Variant(f"stacked compiled step, {N_MODELS} models", chain, syncer(device), settle,
                    flops=N_MODELS * step_flops(128), examples=N_MODELS * 128, compiled=True, batch=128)
 
 
-def _one_loss(tree: dict, spec, x: Tensor, eps: Tensor, beta: Tensor):
-    terms = funcvae.example_terms(spec, tree, x, eps, beta)
+def _one_loss(params: funcvae.Params, x: Tensor, eps: Tensor, beta: Tensor):
+    terms = objectives.elbo().terms(params, x, eps, {"beta": beta})
     return terms["loss"], terms
 
 
 def per_example_variants(device: torch.device, batch: int = 32) -> list[Variant]:
     """Loop of single-example grads (the reference), vmap(grad) eager and compiled."""
     params = funcvae.init(seed=0, device=device)
-    spec, tree = params.spec, params.tree
     x, eps, beta, _ = batch_data(batch, device)
     one = torch.func.grad(_one_loss, has_aux=True)
     backend = compile_backend(True, device)
@@ -314,11 +317,11 @@ def per_example_variants(device: torch.device, batch: int = 32) -> list[Variant]
                                                                    fullgraph=True, dynamic=False)
     loop = "loop of torch.func.grad (eager)"
     sync, flops = syncer(device), step_flops(batch)
-    return [Variant(loop, lambda: [one(tree, spec, x[i], eps[i], beta) for i in range(batch)], sync,
+    return [Variant(loop, lambda: [one(params, x[i], eps[i], beta) for i in range(batch)], sync,
                     flops=flops, examples=batch, batch=batch),
-            Variant("vmap(grad) eager", lambda: example_grads(tree, spec, x, eps, beta), sync, flops=flops,
+            Variant("vmap(grad) eager", lambda: example_grads(params, x, eps, beta), sync, flops=flops,
                     examples=batch, ref=loop, batch=batch),
-            Variant("vmap(grad) compiled", lambda: compiled(tree, spec, x, eps, beta), sync, flops=flops,
+            Variant("vmap(grad) compiled", lambda: compiled(params, x, eps, beta), sync, flops=flops,
                     examples=batch, ref=loop, compiled=backend is not None, batch=batch)]
 
 

@@ -5,19 +5,28 @@
     params = funcvae.init(seed=0)                       # MLP 784-400-20, Bernoulli decoder
     params, history = funcvae.fit(params, x_train, epochs=10, seed=0)
     terms = funcvae.elbo(params, x_train[:100], seed=1) # per-example recon, kl, loss in nats
+
+A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
 """
 
-from funcvae import data, distributions, nn, optim
+from funcvae import data, distributions, likelihoods, models, nn, objectives, optim, priors, schedules
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
-from funcvae.elbo import elbo, example_terms
-from funcvae.model import ModelSpec, Params, init, leaves_by_path
+from funcvae.codec import decode, encode
+from funcvae.config import FitConfig
+from funcvae.elbo import elbo
+from funcvae.importance import iwae
+from funcvae.interrupt import Interrupted
+from funcvae.model import Model, Params, leaves_by_path
+from funcvae.models import ModelSpec, init
+from funcvae.objectives import loss_and_grad
 from funcvae.per_example import gradient_snr, per_example_grads
 from funcvae.stack import stack, unstack
-from funcvae.codec import decode, encode
-from funcvae.interrupt import Interrupted
-from funcvae.train import NonFiniteError, fit
+from funcvae.step import Batch, TrainState, init_state, make_train_step
+from funcvae.train import CHECKPOINT_FILE, NonFiniteError, fit
 
 __all__ = [
-    "Checkpoint", "Interrupted", "ModelSpec", "NonFiniteError", "Params", "load", "save", "data", "decode", "distributions", "elbo", "encode", "example_terms", "fit", "init", "nn",
-    "gradient_snr", "leaves_by_path", "load_params", "optim", "per_example_grads", "save_params", "stack", "unstack",
+    "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "Interrupted", "Model", "ModelSpec", "NonFiniteError", "Params", "TrainState",
+    "data", "decode", "distributions", "elbo", "encode", "fit", "gradient_snr", "init", "init_state", "iwae",
+    "leaves_by_path", "likelihoods", "load", "load_params", "loss_and_grad", "make_train_step", "models", "nn",
+    "objectives", "optim", "per_example_grads", "priors", "save", "save_params", "schedules", "stack", "unstack",
 ]

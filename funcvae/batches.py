@@ -7,11 +7,11 @@ from torch import Tensor
 
 
 def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int, binarize: str | None, *,
-                  start: int = 0, rng_state: Tensor | None = None, shard: tuple[int, int] = (0, 1)):
+                  samples: int = 1, start: int = 0, rng_state: Tensor | None = None, shard: tuple[int, int] = (0, 1)):
     """Yield one epoch's batches ``(x, eps, weights)`` of static shapes.
 
     The order is the generator's first draw; then, per batch, the binarisation (``binarize="dynamic"``)
-    and the noise eps (B, 1, latent). The last batch is zero-padded and its padding rows weighted 0, so no
+    and the noise eps (B, samples, latent). The last batch is zero-padded and its padding rows weighted 0, so no
     example is dropped or counted twice.
 
     Args:
@@ -32,24 +32,23 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
         xb = x[idx]
         if binarize == "dynamic":
             xb = torch.bernoulli(xb, generator=gen)
-        eps = torch.randn(idx.numel(), 1, latent, generator=gen, device=x.device, dtype=x.dtype)
+        eps = torch.randn(idx.numel(), samples, latent, generator=gen, device=x.device, dtype=x.dtype)
         weights = full if idx.numel() == batch_size else pad_rows(full[:idx.numel()], batch_size)
         yield pad_rows(xb, batch_size)[rows], pad_rows(eps, batch_size)[rows], weights[rows]
 
 
 def model_batches(x: Tensor, batch_size: int, gens: list, latent: int, binarize: str | None, stacked: bool, *,
-                  start: int = 0, rng_states: list | None = None, shard: tuple[int, int] = (0, 1)):
-    """Each model's batches from its own generator; for a stack, stacked along a new leading dimension
-    (the padding mask is the same for every model, so one is passed)."""
+                  samples: int = 1, start: int = 0, rng_states: list | None = None, shard: tuple[int, int] = (0, 1)):
+    """Each model's batches from its own generator; for a stack, stacked along a new leading dimension."""
     states = rng_states if rng_states is not None else [None] * len(gens)
-    streams = [epoch_batches(x, batch_size, g, latent, binarize, start=start, rng_state=s, shard=shard)
+    streams = [epoch_batches(x, batch_size, g, latent, binarize, samples=samples, start=start, rng_state=s, shard=shard)
                for g, s in zip(gens, states)]
     for per_model in zip(*streams):
         if not stacked:
             yield per_model[0]
         else:
             xs, eps, weights = zip(*per_model)
-            yield torch.stack(xs), torch.stack(eps), weights[0]
+            yield torch.stack(xs), torch.stack(eps), torch.stack(weights)
 
 
 def pad_rows(t: Tensor, rows: int) -> Tensor:

@@ -10,25 +10,41 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import optree
 
 import torch
 from torch import Tensor
 import safetensors.torch
 from safetensors import SafetensorError
 
-from funcvae.model import ModelSpec, Params, check_params, leaves_by_path, stack_size
-from funcvae.optim import AdamState
+from funcvae import models
+from funcvae.model import Model, Params, check_params, leaves_by_path, paths_and_leaves, stack_size
 
 _SPEC_KEY = "funcvae_spec"
+_MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
-_FORMAT = "funcvae-checkpoint-1"
+_FORMAT = "funcvae-checkpoint-2"
+
+
+def describe(model: Model) -> dict:
+    """What a file records of its model: the built-in spec (enough to rebuild it), or for a user's model its
+    likelihood, prior, shapes and the names of its functions (to name a mismatch, not to rebuild it)."""
+    if model.spec is not None:
+        return {"spec": model.spec.to_dict()}
+    return {"custom": {"encode": _name(model.encode), "decode": _name(model.decode), "init": _name(model.init_fn),
+                       "likelihood": model.likelihood.to_dict(), "prior": model.prior.to_dict(),
+                       "input_shape": list(model.input_shape), "latent": model.latent}}
 
 
 def save_params(path: str | os.PathLike, params: Params) -> None:
-    """Write ``params`` to ``path`` (a .safetensors file) atomically."""
+    """Write ``params`` to ``path`` (a .safetensors file) atomically; leaves by path, the model described."""
     check_params(params)
     tensors = {k: v.detach().contiguous().cpu() for k, v in leaves_by_path(params).items()}
-    _write(Path(path), tensors, {_SPEC_KEY: json.dumps(params.spec.to_dict())})
+    meta = describe(params.model)
+    _write(Path(path), tensors, {_MODEL_KEY: json.dumps(meta)} | (
+        {_SPEC_KEY: json.dumps(meta["spec"])} if "spec" in meta else {}))
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,16 +53,20 @@ class Checkpoint:
 
     Attributes:
       params: one model or a stack.
-      opt_state: the optimiser's state (Adam's count, mu, nu).
+      opt_state: the optimiser's state; as saved, a dict ``{path: tensor}`` unless ``load`` was given the
+        ``template`` to rebuild its structure from.
+      hyper: the objective's numbers (``objective.init()``); ``count``: steps taken (0-d int64).
       epoch: epochs completed; ``step``: steps done within epoch ``epoch + 1`` (0 at an epoch boundary).
       config: the run's settings (seeds among them) and a fingerprint of its data, as plain JSON values.
-      history: the per-epoch records so far (one list per model for a stack).
+      history: the per-epoch records so far (one list per model).
       rng: mid-epoch only: the state of each model's generator (uint8, one row per model) and ``sums``,
         the epoch's running metric sums, so the rest of the epoch draws and reports exactly as it would have.
     """
 
     params: Params
-    opt_state: AdamState
+    opt_state: Any
+    hyper: dict
+    count: Tensor
     epoch: int
     step: int = 0
     config: dict = field(default_factory=dict)
@@ -59,22 +79,30 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
     """Write ``state`` to ``path`` atomically (see ``Checkpoint``)."""
     stack_size(state.params)
     tensors = {f"params/{k}": v for k, v in leaves_by_path(state.params).items()}
-    tensors["opt/count"] = state.opt_state.count
-    for name in ("mu", "nu"):
-        tensors.update({f"opt/{name}/{k}": v for k, v in leaves_by_path(Params(state.params.spec,
-                                                                              getattr(state.opt_state, name))).items()})
+    tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.opt_state)})
+    tensors.update({f"hyper/{k}": v for k, v in state.hyper.items()})
+    tensors["count"] = state.count
     for name in ("rng", "sums"):
         if getattr(state, name) is not None:
             tensors[name] = getattr(state, name)
-    meta = {"format": _FORMAT, "spec": state.params.spec.to_dict(), "epoch": state.epoch, "step": state.step,
+    meta = {"format": _FORMAT, "model": describe(state.params.model), "epoch": state.epoch, "step": state.step,
             "config": state.config, "history": state.history}
     _write(Path(path), {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
            {_STATE_KEY: json.dumps(meta, allow_nan=False)})
 
 
-def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Checkpoint:
-    """Read a ``Checkpoint`` written by ``save``; a corrupt, truncated or mismatched file raises ValueError
-    naming what is wrong, a missing one FileNotFoundError."""
+def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: Model | None = None,
+         template=None) -> Checkpoint:
+    """Read a ``Checkpoint`` written by ``save``.
+
+    Args:
+      model: the model of a user's (not built-in) model; a built-in one rebuilds itself from the file.
+      template: an optimiser state of the run's structure (``optimizer.init(...)``, stacked for a stack);
+        its leaves are replaced by the file's, by path. Without it ``opt_state`` is ``{path: tensor}``.
+
+    Raises:
+      ValueError: a corrupt, truncated or mismatched file (naming what is wrong); FileNotFoundError.
+    """
     path = Path(path)
     tensors, meta = _read(path, device)
     if _STATE_KEY not in meta:
@@ -83,44 +111,108 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Chec
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else state!r}")
     try:
-        spec = ModelSpec.from_dict(state["spec"])
-        tree = _tree_from_paths(tensors, path)
-        params = Params(spec, tree.pop("params"))
-        opt = tree.pop("opt")
-        opt_state = AdamState(opt["count"], opt["mu"], opt["nu"])
-        _check_state(params, opt_state)
-        return Checkpoint(params, opt_state, int(state["epoch"]), int(state["step"]), state["config"],
-                          state["history"], tree.pop("rng", None), tree.pop("sums", None))
-    except (KeyError, TypeError, ValueError) as e:
+        model = _model_of(state["model"], model, path)
+        tree = _tree_from_paths({k: v for k, v in tensors.items() if k.startswith("params/")}, path)["params"]
+        params = Params(model, tree)
+        _check_leaves(params, path)
+        opt = {k.removeprefix("opt/"): v for k, v in tensors.items() if k.startswith("opt/")}
+        hyper = {k.removeprefix("hyper/"): v for k, v in tensors.items() if k.startswith("hyper/")}
+        return Checkpoint(params, opt if template is None else restore(template, opt, path), hyper,
+                          tensors["count"], int(state["epoch"]), int(state["step"]), state["config"],
+                          state["history"], tensors.get("rng"), tensors.get("sums"))
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a consistent funcvae checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _check_state(params: Params, opt_state: AdamState) -> None:
-    n = stack_size(params)
-    if not isinstance(opt_state.count, Tensor) or opt_state.count.ndim != 0:
-        raise ValueError("the optimiser's step count must be a 0-d tensor")
-    for name in ("mu", "nu"):
-        moments = Params(params.spec, getattr(opt_state, name))
-        if stack_size(moments) != n:
-            raise ValueError(f"the optimiser's {name} does not match the params")
+def restore(template, flat: dict, path: Path):
+    """An optimiser state of ``template``'s structure with the leaves of ``flat`` (``{path: tensor}``, as ``load``
+    returns it without a template); ValueError naming the file and the paths that differ."""
+    want = dict(paths_and_leaves(template))
+    missing, extra = sorted(want.keys() - flat.keys()), sorted(flat.keys() - want.keys())
+    if missing or extra:
+        raise ValueError(f"{path}: its optimiser state does not match this run's optimiser (missing {missing[:5]}, "
+                         f"unexpected {extra[:5]})")
+    for k, t in want.items():
+        if flat[k].shape != t.shape or flat[k].dtype != t.dtype:
+            raise ValueError(f"{path}: optimiser leaf {k} has shape {tuple(flat[k].shape)} and dtype "
+                             f"{flat[k].dtype}, this run's has {tuple(t.shape)} and {t.dtype}")
+    treespec = optree.tree_structure(template, namespace="funcvae")
+    return optree.tree_unflatten(treespec, [flat[k] for k in want])
 
 
-def load_params(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Params:
-    """Read params written by ``save_params``; raises ValueError naming what is wrong with a bad file."""
+def load_params(path: str | os.PathLike, *, model: Model | None = None, device: torch.device | str = "cpu") -> Params:
+    """Read params written by ``save_params``.
+
+    Args:
+      model: the ``Model`` of a user's model (required for one; a built-in model rebuilds itself from the
+        file, and when passed must match it).
+
+    Raises:
+      ValueError: a bad file, a user's model without ``model=``, or a model whose leaves differ from the
+        file's (naming them).
+    """
     path = Path(path)
     tensors, meta = _read(path, device)
-    if _SPEC_KEY not in meta:
-        raise ValueError(f"{path} has no funcvae spec in its metadata; was it written by funcvae.save_params?")
+    if _MODEL_KEY in meta:
+        described = _from_json(meta[_MODEL_KEY], path)
+    elif _SPEC_KEY in meta:  # written before models were open: a built-in spec alone
+        described = {"spec": _from_json(meta[_SPEC_KEY], path)}
+    else:
+        raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
+    params = Params(_model_of(described, model, path), _tree_from_paths(tensors, path))
+    _check_leaves(params, path)
+    return params
+
+
+def _model_of(described, model: Model | None, path: Path) -> Model:
+    """The model a file describes: ``model`` when given (it must be of the same kind), else the built-in
+    model its spec rebuilds."""
+    if not isinstance(described, dict) or not ({"spec", "custom"} & described.keys()):
+        raise ValueError(f"{path}: the model metadata is not a funcvae model description: {described!r}")
+    if model is not None:
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a funcvae.Model, got {type(model).__name__}")
+        mine = json.loads(json.dumps(describe(model)))  # as it reads back (tuples become lists)
+        if "spec" in described and "spec" in mine and described["spec"] != mine["spec"]:
+            raise ValueError(f"{path} holds a {described['spec']} model, not {model}")
+        saved, given = _facts(described, path), _facts(mine, path)
+        differ = {k: (saved[k], given[k]) for k in saved if saved[k] != given[k]}
+        if differ:
+            raise ValueError(f"{path} holds a model that differs from the one passed in " + "; ".join(
+                f"{k}: file {a!r}, model {b!r}" for k, (a, b) in differ.items()))
+        return model
+    if "custom" in described:
+        c = described["custom"]
+        raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
+                         "pass it: load_params(path, model=model)")
     try:
-        spec = ModelSpec.from_dict(_from_json(meta[_SPEC_KEY], path))
+        return models.from_spec(models.ModelSpec.from_dict(described["spec"]))
     except TypeError as e:
         raise ValueError(f"{path}: the spec metadata does not describe a funcvae model ({e})") from e
-    params = Params(spec, _tree_from_paths(tensors, path))
+
+
+def _facts(described: dict, path: Path) -> dict:
+    """The likelihood, prior, input shape and latent size a description states (a built-in's from its spec)."""
+    if "custom" in described:
+        c = described["custom"]
+        return {k: c.get(k) for k in ("likelihood", "prior", "input_shape", "latent")}
     try:
-        check_params(params)
+        model = models.from_spec(models.ModelSpec.from_dict(described["spec"]))
+    except TypeError as e:
+        raise ValueError(f"{path}: the spec metadata does not describe a funcvae model ({e})") from e
+    return {"likelihood": model.likelihood.to_dict(), "prior": model.prior.to_dict(),
+            "input_shape": list(model.input_shape), "latent": model.latent}
+
+
+def _check_leaves(params: Params, path: Path) -> None:
+    try:
+        stack_size(params)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
-    return params
+
+
+def _name(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _write(path: Path, tensors: dict, metadata: dict) -> None:

@@ -8,28 +8,29 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from funcvae.model import Params, check_params, decode_one, encode_one
-from funcvae.validate import as_examples
+from funcvae.model import Params, check_params, some_leaf
+from funcvae.validate import examples_of
 
 
 def encode(params: Params, x, *, scale: float | None = None) -> tuple[Tensor, Tensor]:
     """q(z | x) for a batch: x as (N, F), (N, H, W) or (N, C, H, W) -> (mean, logvar), each (N, latent)."""
-    check_params(params)
-    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"], name="x")
-    return vmap(partial(encode_one, params.spec, params.tree))(x)
+    x = examples_of(params, x, scale=scale)
+    return vmap(partial(params.model.encode_one, params.tree))(x)
 
 
 def decode(params: Params, z: Tensor) -> Tensor:
-    """The decoder for a batch of latents: z (N, latent) -> (N, F) Bernoulli logits or Gaussian means
-    (reshape with ``.view(-1, *params.spec.input_shape)`` for images)."""
+    """The decoder for a batch of latents: z (N, latent) -> the likelihood's parameters with a leading N (for
+    the built-in models: (N, F) Bernoulli logits or Gaussian means, or a (mean, logvar) pair for a learned
+    variance); ``params.model.likelihood.mean(out)`` gives the mean images, (N, F)."""
     check_params(params)
     if not isinstance(z, Tensor):
         raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
-    if z.ndim != 2 or z.shape[1] != params.spec.latent:
-        raise ValueError(f"z must have shape (N, {params.spec.latent}), got {tuple(z.shape)}")
+    latent = params.model.latent
+    if z.ndim != 2 or z.shape[1] != latent:
+        raise ValueError(f"z must have shape (N, {latent}), got {tuple(z.shape)}")
     if not z.is_floating_point():
         raise TypeError(f"z must be floating-point, got {z.dtype}")
     if not bool(torch.isfinite(z).all()):
         raise ValueError("z holds NaN or Inf values")
-    like = params.tree["encoder"]["mean"]["kernel"]
-    return vmap(partial(decode_one, params.spec, params.tree))(z.to(dtype=like.dtype, device=like.device))
+    like = some_leaf(params)
+    return vmap(partial(params.model.decode_one, params.tree))(z.to(dtype=like.dtype, device=like.device))

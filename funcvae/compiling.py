@@ -14,13 +14,15 @@ import torch
 
 
 def make_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
-              cuda_graphs: bool = True) -> Callable:
+              key=None, cuda_graphs: bool = True) -> Callable:
     """``step`` as it will run: compiled as one graph (``fullgraph=True``) or eager.
 
     Args:
       compile: None compiles where it can (a GPU, or a C++ compiler for the CPU) and warns where it cannot;
         True insists (still falling back, with the warning, when no compiler exists); False runs eagerly;
         a backend name (e.g. "aot_eager") or a backend callable is passed to ``torch.compile``.
+      key: hashable, what ``step`` computes: a later call with an equal key reuses the compiled step (default:
+        the function and arguments of a ``functools.partial``; other steps are compiled afresh).
       cuda_graphs: replay the step as a CUDA graph on a GPU (``compile_mode``). A replay reuses its output
         buffers, so a function whose outputs the caller keeps must pass False.
     """
@@ -28,7 +30,7 @@ def make_step(step: Callable, device: torch.device, compile: bool | str | Callab
     if backend is None:
         return step
     mode = compile_mode(backend, device) if cuda_graphs else None
-    key = _key(step, backend, device, mode)
+    key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
     if key is None or key not in _COMPILED:
         compiled = torch.compile(_with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False)
         if key is None:

@@ -59,6 +59,14 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, binarize:
     return images
 
 
+def held_out(x: Tensor, seed: int, binarize: str | None) -> Tensor:
+    """The held-out set a run scores itself on: ``x`` itself, or under ``binarize="dynamic"`` (fit's option)
+    one fixed Bernoulli draw of it for ``seed``, the same every epoch (what ``fit`` and ``eval`` use)."""
+    if binarize != "dynamic":
+        return x
+    return torch.bernoulli(x, generator=generator(seed, "val-binarize", device=x.device))
+
+
 def _dataset(name: str, train: bool, root):
     cls, system_dir = DATASETS[name]
     looked = []

@@ -52,7 +52,9 @@ class ActiveUnits(NamedTuple):
 
 
 def kl_per_dim(params: Params, x, *, scale: float | None = None) -> Tensor:
-    """KL(q(z_i | x) || N(0, 1)) of each latent dimension, analytic, averaged over the examples.
+    """KL(q(z_i | x) || p(z_i)) of each latent dimension, analytic, averaged over the examples. Defined for a
+    prior that factorises over the dimensions (N(0, I)); a mixture prior such as the VampPrior does not, and
+    raises ValueError (its total KL is ``funcvae.elbo(...)["kl"]``; active units and MI work for any prior).
 
     Args:
       params: the model.
@@ -63,8 +65,12 @@ def kl_per_dim(params: Params, x, *, scale: float | None = None) -> Tensor:
       (d,) nats per example; sums to the mean of the ELBO's ``kl`` term. A dim with ~0 carries nothing.
     """
     mean, logvar = encode(params, x, scale=scale)
-    # kl_standard_normal sums over its last axis; a trailing axis of one keeps the dims apart.
-    return D.kl_standard_normal(mean[..., None], logvar[..., None]).mean(0)
+    kl = params.model.prior.kl_dims(params.tree, params.model, mean, logvar)
+    if kl is None:
+        raise ValueError(f"the {params.model.prior} does not factorise over latent dimensions, so a KL per dimension "
+                         "is not defined for it; its total KL is funcvae.elbo(...)['kl'], and active units and the "
+                         "mutual information work for any prior")
+    return kl.mean(0)
 
 
 def active_units(params: Params, x, threshold: float = ACTIVE_VARIANCE, *, scale: float | None = None) -> ActiveUnits:
@@ -118,13 +124,16 @@ def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, s
     return (log_q_own - log_q_z).mean()
 
 
-def diagnose(history: list[dict], *, kl_per_dim: Tensor | None = None, active: ActiveUnits | None = None) -> list[dict]:
+def diagnose(history: list[dict], *, kl_per_dim: Tensor | None = None, active: ActiveUnits | None = None,
+             factorised_prior: bool = True) -> list[dict]:
     """Verdicts on a training run: posterior collapse, overfitting, instability.
 
     Args:
       history: ``fit``'s per-epoch records (``epoch``, ``recon``, ``kl``, ``loss``, ``val_*``).
       kl_per_dim: (d,) from ``kl_per_dim`` on held-out data, for collapse; optional.
       active: from ``active_units`` on held-out data, for collapse; optional.
+      factorised_prior: False for a prior without a per-dimension KL (the VampPrior): the advice then leaves
+        out free bits, which need one.
 
     Returns:
       A list of findings, each ``{"name", "severity" ("error" | "warning"), "evidence" (dict of numbers),
@@ -135,7 +144,7 @@ def diagnose(history: list[dict], *, kl_per_dim: Tensor | None = None, active: A
     if not isinstance(history[0], dict):
         raise TypeError("history must be one model's list of epoch records; for a stack of models, "
                         "diagnose each: diagnose(histories[i])")
-    checks = (_collapse(history, kl_per_dim, active), _overfitting(history), *_instability(history))
+    checks = (_collapse(history, kl_per_dim, active, factorised_prior), _overfitting(history), *_instability(history))
     return [finding for finding in checks if finding is not None]
 
 
@@ -149,7 +158,8 @@ def _last_kl(history: list[dict]) -> tuple[float, str]:
     return (last["val_kl"], "val_kl") if last.get("val_kl") is not None else (last["kl"], "kl")
 
 
-def _collapse(history: list[dict], kl_dims: Tensor | None, active: ActiveUnits | None) -> dict | None:
+def _collapse(history: list[dict], kl_dims: Tensor | None, active: ActiveUnits | None,
+              factorised_prior: bool) -> dict | None:
     kl, which = _last_kl(history)
     evidence = {which: kl, "epoch": history[-1]["epoch"]}
     collapsed = math.isfinite(kl) and kl < COLLAPSE_KL
@@ -162,11 +172,13 @@ def _collapse(history: list[dict], kl_dims: Tensor | None, active: ActiveUnits |
         collapsed = collapsed or (latent >= 2 and active.count < COLLAPSE_ACTIVE_FRACTION * latent)
     if not collapsed:
         return None
+    free_bits = ("free bits (fit(..., free_bits=0.2): a floor of a few tenths of a nat of KL per latent "
+                 "dimension), " if factorised_prior else "")
     return _finding("posterior collapse", "error", evidence, (
         "The decoder ignores the latent code: q(z|x) has fallen onto the prior. Try KL warm-up "
-        "(fit(..., kl_warmup=10)), free bits (a floor of a few tenths of a nat of KL per latent dimension), "
-        "or a weaker decoder (fewer or smaller layers). Do NOT raise the KL weight beta: a larger beta pulls "
-        "q(z|x) harder onto the prior and makes the collapse worse (a beta below 1 is the direction that helps)."))
+        f"(fit(..., kl_warmup=10)), {free_bits}or a weaker decoder (fewer or smaller layers). Do NOT raise the KL "
+        "weight beta: a larger beta pulls q(z|x) harder onto the prior and makes the collapse worse (a beta below "
+        "1 is the direction that helps)."))
 
 
 def _overfitting(history: list[dict]) -> dict | None:

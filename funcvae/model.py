@@ -1,216 +1,199 @@
-"""The VAE: an architecture spec, its parameter pytree, and the pure encoder and decoder.
+"""A VAE is a ``Model`` (pure functions for ONE example, plus static facts) and ``Params`` (the model with its
+tree of tensors).
 
-How the architecture travels with the params: ``init`` returns a ``Params`` node holding the static
-``ModelSpec`` (sizes, activation, likelihood) beside the tree of tensors. ``Params`` is registered with
-optree (namespace ``"funcvae"``) and with torch's pytree, so ``torch.func`` transforms and
-``optree.tree_map(..., namespace="funcvae")`` see only the tensors and carry the spec through as
-metadata. ``fit``, ``elbo``, ``encode`` and ``decode`` need nothing but a ``Params``.
+The user writes three pure functions and names the rest::
+
+    model = funcvae.Model(init=init, encode=encode, decode=decode, likelihood="bernoulli",
+                          input_shape=(1, 28, 28), latent=32)
+    params = model.init(seed=0)
+
+- ``init(generator) -> tree``: any nested dict of floating-point tensors, drawn from the generator.
+- ``encode(tree, x) -> (mean, logvar)``: one flattened example (features,) to the diagonal Gaussian
+  posterior q(z | x), each (latent,).
+- ``decode(tree, z) -> out``: one latent (latent,) to the likelihood's parameters (see
+  ``funcvae.likelihoods``).
+
+Batches, samples and stacks of models come from ``torch.func.vmap`` of these. ``Params`` is registered with
+optree (namespace ``"funcvae"``) and torch's pytree, so transforms see only the tensors and carry the model
+through as static metadata: ``fit``, ``elbo``, ``iwae``, the diagnostics and checkpoints need nothing else.
+A prior with parameters (the VampPrior) keeps them in the tree under ``"prior"``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
+import functools
+from typing import Callable
 
 import optree
 import torch
 import torch.utils._pytree as torch_pytree
 from torch import Tensor
 
-from funcvae import nn
+from funcvae import likelihoods, priors
 from funcvae.rng import generator
 
-ARCHS = ("mlp", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian")
-# A learned Gaussian variance is floored at the variance of 8-bit quantisation noise on [0, 1] data,
-# (1/255)^2/12: a density narrower than one grey level measures rounding, not the image, and would let
-# constant pixels drive the likelihood to +inf.
-MIN_OBS_LOGVAR = math.log((1.0 / 255.0) ** 2 / 12.0)
 # The posterior's log-variance is kept where exp() of it (and of half of it) is finite and far from float32's
 # limits: variances from 2e-13 to 5e8 cover every useful posterior, and a wild encoder output early in
 # training can no longer overflow the KL or the sample.
 LOGVAR_RANGE = (-30.0, 20.0)
+#: The top-level key of the tree that holds a prior's own parameters.
+PRIOR_KEY = "prior"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Static description of a VAE; everything a pure apply needs beside the tensors.
+class Model:
+    """A VAE as pure functions of ONE example and static facts; frozen and hashable (compiled steps are cached
+    per model, so a model made once is compiled once).
 
-    Attributes:
-      arch: "mlp" (dense layers) or "conv" (strided convolutions, then dense layers).
-      input_shape: (channels, height, width) of one example.
-      hidden: dense hidden sizes of the encoder; the decoder mirrors them.
-      latent: latent dimension.
-      activation: a key of ``funcvae.nn.ACTIVATIONS``.
-      channels: conv only, channels of each stride-2 convolution (each halves height and width).
-      likelihood: "bernoulli" (decoder gives logits) or "gaussian" (decoder gives the mean).
-      obs_std: gaussian only: a fixed observation std, or None to learn a per-pixel log-variance.
+    Args:
+      init: ``init(generator) -> tree``, nested dicts of floating-point tensors.
+      encode: ``encode(tree, x) -> (mean, logvar)``, x (features,) flattened, each output (latent,).
+      decode: ``decode(tree, z) -> out``, z (latent,), ``out`` the likelihood's parameters.
+      likelihood: "bernoulli", "gaussian" (decode returns ``(mean, logvar)``) or an object from
+        ``funcvae.likelihoods`` (e.g. ``gaussian(std=0.1)``).
+      input_shape: (channels, height, width) of one example; ``features`` is their product.
+      latent: the latent dimension.
+      prior: "normal" (default), "vamp" or an object from ``funcvae.priors``.
+      spec: set by the built-in models (``funcvae.models``): the description they rebuild themselves from
+        when a file is loaded. A model without one needs ``load_params(path, model=...)``.
     """
 
-    arch: str = "mlp"
-    input_shape: tuple[int, int, int] = (1, 28, 28)
-    hidden: tuple[int, ...] = (400,)
-    latent: int = 20
-    activation: str = "relu"
-    channels: tuple[int, ...] = (32, 64)
-    likelihood: str = "bernoulli"
-    obs_std: float | None = None
+    __slots__ = ("init_fn", "encode", "decode", "likelihood", "input_shape", "latent", "prior", "spec")
 
-    def __post_init__(self):
-        for name in ("input_shape", "hidden", "channels"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        _require(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
-        _require(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        _require(self.activation in nn.ACTIVATIONS,
-                 f"activation must be one of {tuple(nn.ACTIVATIONS)}, got {self.activation!r}")
-        _require(len(self.input_shape) == 3 and min(self.input_shape) >= 1,
-                 f"input_shape must be (channels, height, width), got {self.input_shape}")
-        _require(self.latent >= 1 and all(h >= 1 for h in self.hidden), "latent and hidden sizes must be >= 1")
-        if self.arch == "conv":
-            factor = 2 ** len(self.channels)
-            _require(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "conv needs channels >= 1")
-            _require(self.input_shape[1] % factor == 0 and self.input_shape[2] % factor == 0,
-                     f"conv with {len(self.channels)} stride-2 layers needs height and width divisible by "
-                     f"{factor}, got {self.input_shape[1:]}")
-        if self.obs_std is not None:
-            _require(self.likelihood == "gaussian", "obs_std applies to the gaussian likelihood only")
-            _require(math.isfinite(self.obs_std) and self.obs_std > 0, f"obs_std must be > 0, got {self.obs_std}")
+    def __init__(self, *, init: Callable, encode: Callable, decode: Callable, likelihood="bernoulli",
+                 input_shape=(1, 28, 28), latent: int, prior="normal", spec=None):
+        for name, fn in (("init", init), ("encode", encode), ("decode", decode)):
+            if not callable(fn):
+                raise TypeError(f"Model's {name} must be a function, got {type(fn).__name__}")
+        shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+        if shape is None or len(shape) != 3 or not all(_is_count(v) for v in shape):
+            raise ValueError(f"input_shape must be (channels, height, width) of ints >= 1, got {input_shape!r}")
+        if not _is_count(latent):
+            raise ValueError(f"latent must be an int >= 1, got {latent!r}")
+        values = dict(init_fn=init, encode=encode, decode=decode, likelihood=likelihoods.get(likelihood),
+                      input_shape=tuple(int(v) for v in shape), latent=int(latent), prior=priors.get(prior),
+                      spec=spec)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a Model is frozen; make a new one")
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Model) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        if self.spec is not None:
+            return f"Model({self.spec})"
+        return (f"Model(encode={_name(self.encode)}, decode={_name(self.decode)}, likelihood={self.likelihood}, "
+                f"prior={self.prior}, input_shape={self.input_shape}, latent={self.latent})")
+
+    def replace(self, **changes) -> "Model":
+        """A new model with ``changes`` (e.g. ``prior=funcvae.priors.vamp(500)``); a built-in model's
+        ``spec`` no longer describes the result, so it is dropped."""
+        fields = {"init": self.init_fn, "encode": self.encode, "decode": self.decode, "likelihood": self.likelihood,
+                  "input_shape": self.input_shape, "latent": self.latent, "prior": self.prior}
+        unknown = set(changes) - fields.keys()
+        if unknown:
+            raise TypeError(f"Model has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        return Model(**{**fields, **changes})
 
     @property
     def features(self) -> int:
         """Numbers in one flattened example (784 for 1x28x28)."""
-        return math.prod(self.input_shape)
+        c, h, w = self.input_shape
+        return c * h * w
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def init(self, seed: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+             ) -> "Params":
+        """Fresh ``Params``: the user's ``init`` with a generator for ``seed`` (the same seed, the same params),
+        then the prior's own parameters from a stream of their own, every leaf cast to ``dtype`` on ``device``."""
+        tree = self.init_fn(generator(seed, "init"))
+        _check_tree(tree, "init(generator)")
+        prior_tree = self.prior.init(generator(seed, "init", PRIOR_KEY), self)
+        if prior_tree is not None:
+            if PRIOR_KEY in tree:
+                raise ValueError(f"the model's init returned a top-level {PRIOR_KEY!r} entry, which the {self.prior} "
+                                 "keeps its own parameters in; rename it")
+            tree = {**tree, PRIOR_KEY: prior_tree}
+        tree = optree.tree_map(lambda t: t.to(dtype=dtype, device=device), tree)
+        return Params(self, tree)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        return cls(**d)
+    def encode_one(self, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The user's ``encode`` with its log-variance kept within ``LOGVAR_RANGE``."""
+        mean, logvar = self.encode(tree, x)
+        return mean, torch.clamp(logvar, *LOGVAR_RANGE)
+
+    def decode_one(self, tree: dict, z: Tensor):
+        return self.decode(tree, z)
 
 
-@dataclass(frozen=True, eq=False)
+@functools.lru_cache(maxsize=None)
+def structure(model: Model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{path: (shape, dtype)}`` of the model's freshly initialised tree, once the model has shown that it
+    works: its ``encode`` and ``decode`` run on one example and give the shapes the likelihood needs. Raises
+    ValueError naming what is wrong; cached per model (one init, encode and decode per model and process)."""
+    params = model.init(0)
+    leaves = leaves_by_path(params)
+    with torch.no_grad():
+        x = torch.zeros(model.features)
+        out = model.encode(params.tree, x)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+            raise ValueError(f"the model's encode must return (mean, logvar), got {_describe(out)}")
+        for name, t in zip(("mean", "logvar"), out):
+            if tuple(t.shape) != (model.latent,):
+                raise ValueError(f"the model's encode returned a {name} of shape {tuple(t.shape)} for one example "
+                                 f"of shape ({model.features},); expected ({model.latent},) (latent={model.latent})")
+        _check_decoded(model, model.decode(params.tree, torch.zeros(model.latent)))
+    return {path: (tuple(t.shape), t.dtype) for path, t in leaves.items()}
+
+
+def _check_decoded(model: Model, out) -> None:
+    want = (model.features,)
+    learned = isinstance(model.likelihood, likelihoods.Gaussian) and model.likelihood.std is None
+    parts = out if learned and isinstance(out, (tuple, list)) and len(out) == 2 else (out,) if not learned else None
+    if parts is None or not all(isinstance(t, Tensor) and tuple(t.shape) == want for t in parts):
+        expected = f"(mean, logvar), each of shape {want}" if learned else f"one tensor of shape {want}"
+        raise ValueError(f"the model's decode must return {expected} for the {model.likelihood} likelihood, got "
+                         f"{_describe(out)}")
+
+
 class Params:
-    """A VAE's parameters: ``tree`` (nested dicts of tensors, leaves addressed by path such as
-    ``encoder/hidden_0/kernel``) and the static ``spec`` that says how to apply them."""
+    """A VAE's parameters: ``model`` (static) and ``tree`` (nested dicts of tensors, leaves addressed by path
+    such as ``encoder/hidden_0/kernel``)."""
 
-    spec: ModelSpec
-    tree: dict
+    __slots__ = ("model", "tree")
+
+    def __init__(self, model: Model, tree: dict):
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "tree", tree)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Params are frozen; make new ones")
 
     def __repr__(self) -> str:
         leaves = optree.tree_leaves(self.tree)
-        return f"Params({self.spec}, {sum(t.numel() for t in leaves)} numbers in {len(leaves)} tensors)"
+        return f"Params({self.model}, {sum(t.numel() for t in leaves)} numbers in {len(leaves)} tensors)"
 
 
 optree.register_pytree_node(
     Params,
-    lambda p: ((p.tree,), p.spec, ("tree",)),
-    lambda spec, children: Params(spec, children[0]),
+    lambda p: ((p.tree,), p.model, ("tree",)),
+    lambda model, children: Params(model, children[0]),
     namespace="funcvae",
 )
 torch_pytree.register_pytree_node(
     Params,
-    lambda p: ([p.tree], p.spec),
-    lambda children, spec: Params(spec, children[0]),
-    flatten_with_keys_fn=lambda p: ([(torch_pytree.GetAttrKey("tree"), p.tree)], p.spec),
+    lambda p: ([p.tree], p.model),
+    lambda children, model: Params(model, children[0]),
+    flatten_with_keys_fn=lambda p: ([(torch_pytree.GetAttrKey("tree"), p.tree)], p.model),
     serialized_type_name="funcvae.Params",
 )
-
-
-def init(seed: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-         **spec_fields) -> Params:
-    """Fresh parameters for the VAE described by ``spec_fields`` (see ``ModelSpec``).
-
-    Args:
-      seed: names the draw; the same seed gives the same params.
-      dtype, device: of every leaf.
-      **spec_fields: ``ModelSpec`` fields, e.g. ``arch="conv"``, ``hidden=(512, 256)``, ``latent=32``.
-
-    Returns:
-      ``Params``; the default is the classic MLP VAE 784-400-20 with a Bernoulli decoder.
-    """
-    spec = ModelSpec(**spec_fields)
-    gen = generator(seed, "init")
-    kw = dict(dtype=dtype, device=device)
-    encoder, decoder = {}, {}
-    width = spec.features
-    if spec.arch == "conv":
-        c_in, size = spec.input_shape[0], spec.input_shape[1:]
-        for i, c_out in enumerate(spec.channels):
-            encoder[f"conv_{i}"] = nn.conv_init(gen, c_in, c_out, 4, **kw)
-            c_in = c_out
-        width = c_in * (size[0] >> len(spec.channels)) * (size[1] >> len(spec.channels))
-    for i, h in enumerate(spec.hidden):
-        encoder[f"hidden_{i}"] = nn.dense_init(gen, width, h, **kw)
-        width = h
-    encoder["mean"] = nn.dense_init(gen, width, spec.latent, **kw)
-    encoder["logvar"] = nn.dense_init(gen, width, spec.latent, **kw)
-
-    width = spec.latent
-    for i, h in enumerate(reversed(spec.hidden)):
-        decoder[f"hidden_{i}"] = nn.dense_init(gen, width, h, **kw)
-        width = h
-    if spec.arch == "conv":
-        decoder["project"] = nn.dense_init(gen, width, _conv_bottleneck(spec), **kw)
-        outs = list(reversed(spec.channels[:-1])) + [spec.input_shape[0]]
-        c_in = spec.channels[-1]
-        for i, c_out in enumerate(outs):
-            decoder[f"deconv_{i}"] = nn.conv_transpose_init(gen, c_in, c_out, 4, **kw)
-            c_in = c_out
-    else:
-        decoder["out"] = nn.dense_init(gen, width, spec.features, **kw)
-    if spec.likelihood == "gaussian" and spec.obs_std is None:
-        decoder["obs_logvar"] = torch.zeros(spec.features, **kw)
-    return Params(spec, {"encoder": encoder, "decoder": decoder})
-
-
-def _conv_bottleneck(spec: ModelSpec) -> int:
-    c, h, w = spec.input_shape
-    n = len(spec.channels)
-    return spec.channels[-1] * (h >> n) * (w >> n)
-
-
-def encode_one(spec: ModelSpec, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One flattened example (features,) -> (mean, logvar), each (latent,); logvar within ``LOGVAR_RANGE``."""
-    act = nn.ACTIVATIONS[spec.activation]
-    enc = tree["encoder"]
-    h = x
-    if spec.arch == "conv":
-        h = h.reshape(spec.input_shape)
-        for i in range(len(spec.channels)):
-            h = act(nn.conv(enc[f"conv_{i}"], h, stride=2, padding=1))
-        h = h.reshape(-1)
-    for i in range(len(spec.hidden)):
-        h = act(nn.dense(enc[f"hidden_{i}"], h))
-    return nn.dense(enc["mean"], h), torch.clamp(nn.dense(enc["logvar"], h), *LOGVAR_RANGE)
-
-
-def decode_one(spec: ModelSpec, tree: dict, z: Tensor) -> Tensor:
-    """One latent (latent,) -> decoder output (features,): Bernoulli logits or the Gaussian mean."""
-    act = nn.ACTIVATIONS[spec.activation]
-    dec = tree["decoder"]
-    h = z
-    for i in range(len(spec.hidden)):
-        h = act(nn.dense(dec[f"hidden_{i}"], h))
-    if spec.arch == "mlp":
-        return nn.dense(dec["out"], h)
-    n = len(spec.channels)
-    h = act(nn.dense(dec["project"], h)).reshape(
-        spec.channels[-1], spec.input_shape[1] >> n, spec.input_shape[2] >> n)
-    for i in range(n):
-        h = nn.conv_transpose(dec[f"deconv_{i}"], h, stride=2, padding=1)
-        if i < n - 1:
-            h = act(h)
-    return h.reshape(-1)
-
-
-def obs_logvar(spec: ModelSpec, tree: dict, like: Tensor) -> Tensor:
-    """The Gaussian decoder's per-pixel log-variance (features,): the learned one (floored) or the fixed one
-    (in ``like``'s dtype and device)."""
-    if spec.obs_std is not None:
-        return like.new_full((spec.features,), 2.0 * math.log(spec.obs_std))
-    return torch.clamp(tree["decoder"]["obs_logvar"], min=MIN_OBS_LOGVAR)
 
 
 #: Dtypes ``with_matmul_dtype`` takes besides None. Not float16: its narrow range would need loss scaling.
@@ -218,10 +201,11 @@ MATMUL_DTYPES = (torch.bfloat16,)
 
 
 def with_matmul_dtype(tree: dict, dtype: torch.dtype | None) -> dict:
-    """``tree`` with every layer's kernel and bias cast to ``dtype`` (None: ``tree`` itself), other leaves
-    as they are. Layers compute in their kernel's dtype, so a model run on this tree does its matrix
-    products in ``dtype``; called inside a differentiated function, the gradients still come back in
-    the dtype of ``tree`` (mixed precision with full-precision master params)."""
+    """``tree`` with every layer's kernel and bias (a dict of exactly ``kernel`` and ``bias``, as the
+    ``funcvae.nn`` layers make) cast to ``dtype`` (None: ``tree`` itself), other leaves as they are. Layers
+    compute in their kernel's dtype, so a model run on this tree does its matrix products in ``dtype``;
+    called inside a differentiated function, the gradients still come back in the dtype of ``tree`` (mixed
+    precision with full-precision master params)."""
     if dtype is None:
         return tree
     if tree.keys() == {"kernel", "bias"}:
@@ -230,7 +214,7 @@ def with_matmul_dtype(tree: dict, dtype: torch.dtype | None) -> dict:
 
 
 def check_params(params: Params) -> None:
-    """Raise when ``params`` is not a well-formed ``Params`` of ONE model for its own spec (names the bad leaf)."""
+    """Raise when ``params`` is not a well-formed ``Params`` of ONE model (names the bad leaf)."""
     n = stack_size(params)
     if n is not None:
         raise ValueError(f"params are a stack of {n} models; take one with funcvae.unstack(params)[i]")
@@ -238,24 +222,25 @@ def check_params(params: Params) -> None:
 
 def stack_size(params: Params) -> int | None:
     """None for one model's params, N for a stack of N (every leaf with a leading dimension N, as
-    ``funcvae.stack`` makes); raises when the tree does not match its spec either way (names the leaf)."""
+    ``funcvae.stack`` makes); raises when the tree does not match its model either way (names the leaf)."""
     if not isinstance(params, Params):
-        raise TypeError(f"expected funcvae Params (as returned by funcvae.init), got {type(params).__name__}")
-    expected = dict(_leaves_by_path(init(0, device="meta", **params.spec.to_dict()).tree))
-    got = dict(_leaves_by_path(params.tree))
+        raise TypeError(f"expected funcvae Params (as returned by model.init or funcvae.init), got "
+                        f"{type(params).__name__}")
+    expected = structure(params.model)
+    got = leaves_by_path(params)
     missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
     if missing or extra:
-        raise ValueError(f"params do not match their spec {params.spec}: missing {missing}, unexpected {extra}")
+        raise ValueError(f"params do not match their model {params.model}: missing {missing}, unexpected {extra}")
     first = next(iter(got))
-    lead = _leading_dims(got[first], expected[first].shape, first)
+    lead = _leading_dims(got[first], expected[first][0])
     devices = set()
     for path, leaf in got.items():
         if not isinstance(leaf, Tensor):
             raise TypeError(f"param {path} must be a floating-point tensor, got a {type(leaf).__name__}")
         if not leaf.is_floating_point():
             raise TypeError(f"param {path} must be a floating-point tensor, got dtype {leaf.dtype}")
-        if tuple(leaf.shape) != lead + tuple(expected[path].shape):
-            raise ValueError(f"param {path} has shape {tuple(leaf.shape)}, expected {lead + tuple(expected[path].shape)}")
+        if tuple(leaf.shape) != lead + expected[path][0]:
+            raise ValueError(f"param {path} has shape {tuple(leaf.shape)}, expected {lead + expected[path][0]}")
         if not bool(torch.isfinite(leaf).all()):
             raise ValueError(f"param {path} holds NaN or Inf values")
         devices.add(leaf.device)
@@ -264,23 +249,62 @@ def stack_size(params: Params) -> int | None:
     return lead[0] if lead else None
 
 
-def _leading_dims(leaf, shape: torch.Size, path: str) -> tuple[int, ...]:
+def _leading_dims(leaf, shape: tuple[int, ...]) -> tuple[int, ...]:
     # A stack adds exactly one leading dimension; anything else is a shape error reported by the caller.
-    if isinstance(leaf, Tensor) and leaf.ndim == len(shape) + 1 and tuple(leaf.shape[1:]) == tuple(shape):
+    if isinstance(leaf, Tensor) and leaf.ndim == len(shape) + 1 and tuple(leaf.shape[1:]) == shape:
         return (leaf.shape[0],)
     return ()
 
 
+def some_leaf(params: Params) -> Tensor:
+    """A leaf whose dtype and device stand for all of them (``check_params`` checked they agree)."""
+    return optree.tree_leaves(params.tree)[0]
+
+
 def leaves_by_path(params: Params) -> dict[str, Tensor]:
     """``{"encoder/hidden_0/kernel": tensor, ...}``: leaves addressed by path, never by position."""
-    return dict(_leaves_by_path(params.tree))
+    return dict(paths_and_leaves(params.tree))
 
 
-def _leaves_by_path(tree: dict):
-    paths, leaves, _ = optree.tree_flatten_with_path(tree)
-    return (("/".join(map(str, p)), leaf) for p, leaf in zip(paths, leaves))
+def paths_and_leaves(tree, prefix: tuple = ()):
+    """``(path, leaf)`` pairs of a pytree of dicts, named tuples, tuples and ``Params``, paths joined by "/"
+    (a named tuple's entries by field name: ``1/mu/encoder/mean/kernel``), in optree's leaf order."""
+    if isinstance(tree, Params):
+        yield from paths_and_leaves(tree.tree, prefix)
+    elif isinstance(tree, dict):
+        for key in sorted(tree):  # optree's order for dicts
+            yield from paths_and_leaves(tree[key], (*prefix, key))
+    elif isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        for name, value in zip(tree._fields, tree):
+            yield from paths_and_leaves(value, (*prefix, name))
+    elif isinstance(tree, (tuple, list)):
+        for i, value in enumerate(tree):
+            yield from paths_and_leaves(value, (*prefix, i))
+    elif tree is not None:
+        yield "/".join(map(str, prefix)), tree
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+def _check_tree(tree, where: str) -> None:
+    if not isinstance(tree, dict) or not tree:
+        raise TypeError(f"the model's {where} must return a non-empty dict of tensors, got {_describe(tree)}")
+    paths, leaves, _ = optree.tree_flatten_with_path(tree, none_is_leaf=True)  # a None is a bad leaf, not a node
+    for path, leaf in zip(("/".join(map(str, p)) for p in paths), leaves):
+        if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
+            raise TypeError(f"the model's {where} returned {_describe(leaf)} at {path}; every leaf must be a "
+                            "floating-point tensor (keep settings in the Model, not in the tree)")
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: " + ", ".join(_describe(v) for v in value)
+    return f"a {type(value).__name__}"
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

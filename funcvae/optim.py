@@ -1,8 +1,18 @@
 """Optax-style optimisers over parameter pytrees: ``init(params) -> state``,
-``update(grads, state, params) -> (updates, state)``, and ``apply_updates`` as a separate step.
+``update(updates, state, params, **extra) -> (updates, state)``, composed with ``chain``, applied with
+``apply_updates``.
 
-Pure: nothing passed in is modified. Leaves are processed together with ``torch._foreach_*`` kernels
-(one launch for all tensors, not one per tensor), which matters for models with many small tensors.
+Pure: nothing passed in is modified. The trees may be plain dicts of tensors or ``Params``. Every numeric
+hyperparameter (learning rate, weight decay, momentum, clipping norm, ...) lives in the state as a 0-d
+float64 tensor, not in the update's code: a stack of models with different learning rates is ``vmap`` of ONE
+update over stacked states, for any optimiser, and two optimisers that differ only in their numbers share one
+compiled step. A learning rate may also be a schedule (``funcvae.schedules``), a function of the transform's
+own step count.
+
+``extra`` carries what some transforms need besides the gradients: ``value`` (the loss terms, for
+``apply_if_finite``), and ``weights`` and ``noise`` (for ``differentially_private_aggregate``); the others
+ignore it. Leaves are updated one by one with plain elementwise ops, not ``torch._foreach_*`` kernels: those
+have no ``vmap`` rule, and a stack is ``vmap`` of the update (compiled, the ops fuse into one loop anyway).
 """
 
 from __future__ import annotations
@@ -14,47 +24,116 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae.validate import check_positive
+from funcvae.validate import check_nonnegative, check_positive
 
 
 class GradientTransformation(NamedTuple):
+    """``init``, ``update``; ``name`` describes it (recorded with a run, so resuming with another one is
+    refused); ``per_example``: its update takes one gradient per example (leading batch dimension)."""
+
     init: Callable[[Any], Any]
-    update: Callable[[Any, Any, Any], tuple[Any, Any]]
+    update: Callable[..., tuple[Any, Any]]
+    name: str
+    per_example: bool = False
 
 
 class AdamState(NamedTuple):
     """``count``: 0-d int64 tensor of steps taken (a tensor, so a compiled step never specialises on it);
-    ``mu``, ``nu``: first and second moment estimates, trees shaped like the params."""
+    ``mu``, ``nu``: moment estimates shaped like the params; ``hyper``: ``{"lr": ..., "weight_decay": ...}``."""
 
     count: Tensor
     mu: Any
     nu: Any
+    hyper: dict
+
+
+class SgdState(NamedTuple):
+    count: Tensor
+    momentum: Any  # the velocity, shaped like the params (empty without momentum)
+    hyper: dict
+
+
+class HyperState(NamedTuple):
+    """The state of a transform whose only state is its hyperparameters."""
+
+    hyper: dict
+
+
+class ApplyIfFiniteState(NamedTuple):
+    """``inner``: the wrapped transform's state; ``ok`` (0-d bool): the last update was applied; ``live``
+    (0-d bool): False once a non-finite step froze a ``freeze=True`` guard; ``skipped`` (0-d int64)."""
+
+    inner: Any
+    ok: Tensor
+    live: Tensor
+    skipped: Tensor
+
+
+def _hyper(device, **values) -> dict:
+    return {k: torch.tensor(float(v), dtype=torch.float64, device=device) for k, v in values.items()}
+
+
+def _device(params):
+    leaves = optree.tree_leaves(params, namespace="funcvae")
+    return leaves[0].device if leaves else None
+
+
+def _lr_parts(lr) -> tuple[float, Callable | None]:
+    """A learning rate as (scale kept in the state, schedule or None): a schedule is kept as code, scale 1."""
+    if callable(lr):
+        return 1.0, lr
+    check_positive("lr", lr)
+    return float(lr), None
+
+
+def _lr_at(hyper: dict, schedule: Callable | None, count: Tensor) -> Tensor:
+    return hyper["lr"] if schedule is None else hyper["lr"] * schedule(count)
+
+
+def adam(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adam (Kingma & Ba 2015) with the arithmetic of ``torch.optim.Adam`` (bias-corrected, eps outside
+    the square root), so both give the same iterates on the same gradients, except that a moment below the
+    smallest normal float is set to zero (see ``_adam_update``). ``lr``: a number or a schedule."""
+    return _adamw(lr, b1, b2, eps, 0.0, "adam")
+
+
+def adamw(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2
+          ) -> GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019): Adam plus decoupled weight decay, ``- lr * weight_decay * params``,
+    as ``torch.optim.AdamW`` computes it."""
+    check_nonnegative("weight_decay", weight_decay)
+    return _adamw(lr, b1, b2, eps, weight_decay, "adamw")
+
+
+def _adamw(lr, b1, b2, eps, weight_decay, kind) -> GradientTransformation:
+    scale, schedule = _lr_parts(lr)
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and eps >= 0.0):
+        raise ValueError(f"need 0 <= b1, b2 < 1 and eps >= 0, got b1={b1}, b2={b2}, eps={eps}")
+    decay = {} if kind == "adam" else {"weight_decay": weight_decay}
+
+    def init(params) -> AdamState:
+        leaves, spec = optree.tree_flatten(params, namespace="funcvae")
+        device = _device(params)
+        # Separate buffers: moments that alias each other would also make a compiled step recompile.
+        mu, nu = ([torch.zeros_like(t) for t in leaves] for _ in range(2))
+        return AdamState(torch.zeros((), dtype=torch.int64, device=device), optree.tree_unflatten(spec, mu),
+                         optree.tree_unflatten(spec, nu), _hyper(device, lr=scale, **decay))
+
+    name = f"{kind}(lr={_describe(lr)}, b1={b1}, b2={b2}, eps={eps}" + (
+        f", weight_decay={weight_decay})" if decay else ")")
+    return GradientTransformation(init, _adam_update(b1, b2, eps, schedule, bool(decay)), name)
 
 
 @functools.lru_cache(maxsize=None)
-def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
-    """Adam (Kingma & Ba 2015) with the arithmetic of ``torch.optim.Adam`` (bias-corrected, eps outside
-    the square root), so both give the same iterates on the same gradients, except that a moment below the
-    smallest normal float is set to zero (see ``update``). The same hyperparameters give the same (pure,
-    stateless) transformation object, so a compiled step built on it can be reused."""
-    check_positive("lr", lr)
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and eps >= 0.0):
-        raise ValueError(f"need 0 <= b1, b2 < 1 and eps >= 0, got b1={b1}, b2={b2}, eps={eps}")
+def _adam_update(b1: float, b2: float, eps: float, schedule: Callable | None, decoupled: bool) -> Callable:
+    """Adam's update for these constants (one function per set, so compiled steps are shared)."""
 
-    def init(params) -> AdamState:
-        leaves, spec = optree.tree_flatten(params)
-        count = torch.zeros((), dtype=torch.int64, device=leaves[0].device if leaves else None)
-        # Separate buffers: moments that alias each other would also make a compiled step recompile.
-        mu, nu = ([torch.zeros_like(t) for t in leaves] for _ in range(2))
-        return AdamState(count, optree.tree_unflatten(spec, mu), optree.tree_unflatten(spec, nu))
-
-    def update(grads, state: AdamState, params=None):
-        del params  # Adam's update does not depend on the params themselves.
-        g, spec = optree.tree_flatten(grads)
+    def update(grads, state: AdamState, params=None, **extra):
+        g, spec = optree.tree_flatten(grads, namespace="funcvae")
         count = state.count + 1
-        mu = torch._foreach_lerp(optree.tree_leaves(state.mu), g, 1.0 - b1)
-        nu = torch._foreach_mul(optree.tree_leaves(state.nu), b2)
-        torch._foreach_addcmul_(nu, g, g, value=1.0 - b2)
+        mu = [torch.lerp(m, gi, 1.0 - b1) for m, gi in zip(optree.tree_leaves(state.mu, namespace="funcvae"), g)]
+        nu = [torch.addcmul(v * b2, gi, gi, value=1.0 - b2)
+              for v, gi in zip(optree.tree_leaves(state.nu, namespace="funcvae"), g)]
         # The moments of a weight whose gradient has stopped (a dead unit's) decay into the subnormal range
         # and stick at its smallest number (0.9 or 0.999 of it rounds back up), where each CPU operation on
         # them is a slow microcode assist: 40% of the default model's moments at 1000 steps on a fixed
@@ -67,22 +146,187 @@ def adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Gr
         # inlines them into the fused update kernel and evaluates two float64 pow() per parameter element
         # (a fifth of the whole step at batch 128 on CPU).
         t = count.to(torch.float64)
+        lr = _lr_at(state.hyper, schedule, state.count)
         step_size, correction2 = torch.stack([lr / (1.0 - b1**t), torch.sqrt(1.0 - b2**t)]).to(g[0].dtype)
-        denom = torch._foreach_sqrt(nu)
-        torch._foreach_div_(denom, correction2)
-        torch._foreach_add_(denom, eps)
-        updates = torch._foreach_div(mu, denom)
-        torch._foreach_mul_(updates, -step_size)
+        updates = [m / (torch.sqrt(v) / correction2 + eps) * -step_size for m, v in zip(mu, nu)]
+        if decoupled:
+            decay = (lr * state.hyper["weight_decay"]).to(g[0].dtype)
+            updates = [u - p * decay for u, p in zip(updates, optree.tree_leaves(params, namespace="funcvae"))]
+
         def unflat(leaves):
             return optree.tree_unflatten(spec, leaves)
 
-        return unflat(updates), AdamState(count, unflat(mu), unflat(nu))
+        return unflat(updates), AdamState(count, unflat(mu), unflat(nu), state.hyper)
 
-    return GradientTransformation(init, update)
+    return update
+
+
+def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransformation:
+    """Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD`` computes it:
+    velocity ``v = momentum * v + g`` (``v = g`` at the first step), update ``-lr * v`` (or
+    ``-lr * (g + momentum * v)`` with Nesterov)."""
+    scale, schedule = _lr_parts(lr)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if nesterov and not momentum:
+        raise ValueError("nesterov needs a momentum > 0")
+
+    def init(params) -> SgdState:
+        leaves, spec = optree.tree_flatten(params, namespace="funcvae")
+        device = _device(params)
+        velocity = optree.tree_unflatten(spec, [torch.zeros_like(t) for t in leaves]) if momentum else {}
+        return SgdState(torch.zeros((), dtype=torch.int64, device=device), velocity,
+                        _hyper(device, lr=scale, momentum=momentum))
+
+    name = f"sgd(lr={_describe(lr)}, momentum={momentum}" + (", nesterov=True)" if nesterov else ")")
+    return GradientTransformation(init, _sgd_update(schedule, bool(momentum), nesterov), name)
+
+
+@functools.lru_cache(maxsize=None)
+def _sgd_update(schedule: Callable | None, with_momentum: bool, nesterov: bool) -> Callable:
+    def update(grads, state: SgdState, params=None, **extra):
+        g, spec = optree.tree_flatten(grads, namespace="funcvae")
+        lr = _lr_at(state.hyper, schedule, state.count).to(g[0].dtype)
+        velocity = state.momentum
+        if with_momentum:
+            m = state.hyper["momentum"].to(g[0].dtype)
+            first = state.count == 0  # torch.optim.SGD starts the velocity at the first gradient
+            old = optree.tree_leaves(state.momentum, namespace="funcvae")
+            v = [torch.where(first, gi, m * vi + gi) for gi, vi in zip(g, old)]
+            g = [gi + m * vi for gi, vi in zip(g, v)] if nesterov else v
+            velocity = optree.tree_unflatten(spec, v)
+        updates = [gi * -lr for gi in g]
+        return optree.tree_unflatten(spec, updates), SgdState(state.count + 1, velocity, state.hyper)
+
+    return update
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale the updates down to an L2 norm (over all leaves together) of at most ``max_norm``."""
+    check_positive("max_norm", max_norm)
+
+    def init(params) -> HyperState:
+        return HyperState(_hyper(_device(params), max_norm=max_norm))
+
+    return GradientTransformation(init, _clip_update, f"clip_by_global_norm({max_norm})")
+
+
+def _clip_update(updates, state: HyperState, params=None, **extra):
+    leaves, spec = optree.tree_flatten(updates, namespace="funcvae")
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in leaves]))
+    factor = torch.clamp(state.hyper["max_norm"].to(norm.dtype) / (norm + 1e-12), max=1.0)
+    return optree.tree_unflatten(spec, [t * factor for t in leaves]), state
+
+
+def differentially_private_aggregate(clip_norm: float, noise_multiplier: float) -> GradientTransformation:
+    """DP-SGD's aggregation (Abadi et al. 2016): per-example gradients (leaves (B, ...)) each scaled to L2
+    norm (over all leaves) at most ``clip_norm``, summed over the real rows (``weights`` 1), plus Gaussian
+    noise of std ``noise_multiplier * clip_norm`` (``noise``: a tree of standard normal draws shaped like the
+    params, drawn by the caller at the boundary), divided by the number of real rows. Put it first in a
+    ``chain``; the training step then computes per-example gradients (``vmap(grad)``)."""
+    check_positive("clip_norm", clip_norm)
+    check_nonnegative("noise_multiplier", noise_multiplier)
+
+    def init(params) -> HyperState:
+        return HyperState(_hyper(_device(params), clip_norm=clip_norm, noise_multiplier=noise_multiplier))
+
+    name = f"differentially_private_aggregate(clip_norm={clip_norm}, noise_multiplier={noise_multiplier})"
+    return GradientTransformation(init, _dp_update, name, per_example=True)
+
+
+def _dp_update(grads, state: HyperState, params=None, *, weights: Tensor, noise, **extra):
+    leaves, spec = optree.tree_flatten(grads, namespace="funcvae")
+    clip = state.hyper["clip_norm"].to(leaves[0].dtype)
+    std = (state.hyper["noise_multiplier"] * state.hyper["clip_norm"]).to(leaves[0].dtype)
+    # reshape, not flatten(1): a 0-d param's per-example gradients are (B,), which flatten(1) refuses.
+    norms = torch.sqrt(sum(t.reshape(t.shape[0], -1).pow(2).sum(1) for t in leaves))
+    factor = weights * torch.clamp(clip / (norms + 1e-12), max=1.0)
+    n = weights.sum()
+    noise = optree.tree_leaves(noise, namespace="funcvae")
+    noisy = [(torch.tensordot(factor, t, dims=1) + std * z) / n for t, z in zip(leaves, noise)]
+    return optree.tree_unflatten(spec, noisy), state
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """The transforms applied one after the other (optax's ``chain``); state: a tuple of theirs."""
+    if not transforms or not all(isinstance(t, GradientTransformation) for t in transforms):
+        raise TypeError("chain takes one or more GradientTransformations (adam, sgd, clip_by_global_norm, ...)")
+    if any(t.per_example for t in transforms[1:]):
+        raise ValueError("a per-example transform (differentially_private_aggregate) must come first in a chain")
+
+    def init(params) -> tuple:
+        return tuple(t.init(params) for t in transforms)
+
+    name = "chain(" + ", ".join(t.name for t in transforms) + ")"
+    return GradientTransformation(init, _chain_update(tuple(t.update for t in transforms)), name,
+                                  transforms[0].per_example)
+
+
+@functools.lru_cache(maxsize=None)
+def _chain_update(updates: tuple[Callable, ...]) -> Callable:
+    def update(grads, state: tuple, params=None, **extra):
+        new_states = []
+        for fn, s in zip(updates, state):
+            grads, s = fn(grads, s, params, **extra)
+            new_states.append(s)
+        return grads, tuple(new_states)
+
+    return update
+
+
+def apply_if_finite(inner: GradientTransformation, *, freeze: bool = False) -> GradientTransformation:
+    """``inner``, except that an update whose gradients or ``value`` (the loss terms, when passed) hold a NaN
+    or Inf is not applied: the updates are zero and ``inner``'s state stays as it was (selected on the
+    device, no host sync). ``freeze=True``: after the first such step no later update is applied either,
+    until the caller reads ``live`` (how ``fit(on_nonfinite="raise")`` stops at the first bad step without
+    reading the device every step)."""
+
+    def init(params) -> ApplyIfFiniteState:
+        device = _device(params)
+        true = torch.ones((), dtype=torch.bool, device=device)
+        return ApplyIfFiniteState(inner.init(params), true, true.clone(),
+                                  torch.zeros((), dtype=torch.int64, device=device))
+
+    name = f"apply_if_finite({inner.name}" + (", freeze=True)" if freeze else ")")
+    return GradientTransformation(init, _guarded_update(inner.update, freeze), name, inner.per_example)
+
+
+@functools.lru_cache(maxsize=None)
+def _guarded_update(inner_update: Callable, freeze: bool) -> Callable:
+    def update(grads, state: ApplyIfFiniteState, params=None, *, value: Tensor | None = None, **extra):
+        leaves = optree.tree_leaves(grads, namespace="funcvae")
+        finite = [torch.isfinite(g).all() for g in leaves]
+        if value is not None:
+            finite.append(torch.isfinite(value).all())
+        ok = torch.stack(finite).all()
+        live = state.live & ok if freeze else state.live
+        ok = ok & state.live if freeze else ok
+        updates, new_inner = inner_update(grads, state.inner, params, value=value, **extra)
+        updates = optree.tree_map(lambda u: torch.where(ok, u, torch.zeros_like(u)), updates, namespace="funcvae")
+        new_inner = optree.tree_map(lambda new, old: torch.where(ok, new, old), new_inner, state.inner,
+                                    namespace="funcvae")
+        return updates, ApplyIfFiniteState(new_inner, ok, live, state.skipped + (~ok).to(torch.int64))
+
+    return update
+
+
+def applied(state) -> Tensor | None:
+    """The ``ok`` flag (0-d bool) of the first ``apply_if_finite`` found in an optimiser state, or None."""
+    if isinstance(state, ApplyIfFiniteState):
+        return state.ok
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+        for s in state:
+            found = applied(s)
+            if found is not None:
+                return found
+    return None
 
 
 def apply_updates(params, updates):
     """``params + updates`` leaf by leaf, as a new tree."""
-    p, spec = optree.tree_flatten(params)
-    return optree.tree_unflatten(spec, torch._foreach_add(p, optree.tree_leaves(updates)))
+    p, spec = optree.tree_flatten(params, namespace="funcvae")
+    return optree.tree_unflatten(spec, [a + u for a, u in zip(p, optree.tree_leaves(updates, namespace="funcvae"))])
 
+
+def _describe(lr) -> str:
+    return getattr(lr, "name", None) or repr(lr) if callable(lr) else repr(lr)

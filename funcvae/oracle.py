@@ -11,7 +11,6 @@ gradients, diagnostics) can then be checked against exact numbers. Everything he
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -19,7 +18,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from funcvae import distributions as D
-from funcvae.model import ModelSpec, Params, check_params, encode_one
+from funcvae import models
+from funcvae.model import Params, check_params
 from funcvae.rng import generator
 from funcvae.validate import check_int, check_positive
 
@@ -109,9 +109,9 @@ def vae_params(W: Tensor, b: Tensor, sigma: float, encoder: dict) -> Params:
     """A funcvae ``Params`` (MLP, no hidden layer, Gaussian likelihood with obs_std = sigma, inputs shaped
     (1, 1, D)) whose decoder is exactly W, b and whose encoder is ``encoder`` (dense ``mean``/``logvar``)."""
     features, latent = W.shape
-    spec = ModelSpec(arch="mlp", input_shape=(1, 1, features), hidden=(), latent=latent,
-                     likelihood="gaussian", obs_std=float(sigma))
-    params = Params(spec, {"encoder": encoder, "decoder": {"out": {"kernel": W, "bias": b}}})
+    model = models.mlp(input_shape=(1, 1, features), hidden=(), latent=latent, likelihood="gaussian",
+                       obs_std=float(sigma))
+    params = Params(model, {"encoder": encoder, "decoder": {"out": {"kernel": W, "bias": b}}})
     check_params(params)
     return params
 
@@ -137,12 +137,13 @@ def perturbed_params(W: Tensor, b: Tensor, sigma: float, *, seed: int, shift: fl
     return vae_params(W, b, sigma, enc)
 
 
-def expected_elbo_one(spec: ModelSpec, tree: dict, x: Tensor) -> Tensor:
+def expected_elbo_one(params: Params, x: Tensor) -> Tensor:
     """E_q[log p(x | z)] - KL(q || p) in closed form for ONE example of a linear-Gaussian model (any
     encoder; decoder ``out`` dense with fixed obs_std): x (D,) -> 0-d, differentiable in ``tree``."""
-    mean, logvar = encode_one(spec, tree, x)
+    tree = params.tree
+    mean, logvar = params.model.encode_one(tree, x)
     W, b = tree["decoder"]["out"]["kernel"], tree["decoder"]["out"]["bias"]
-    var = spec.obs_std**2
+    var = params.model.spec.obs_std**2
     resid = x - b - W @ mean
     spread = (W**2 * torch.exp(logvar)).sum()  # E|W (z - mean)|^2 = tr(W diag(s^2) W^T)
     expected_ll = -0.5 * (x.shape[0] * math.log(2 * math.pi * var) + (resid @ resid + spread) / var)
@@ -152,8 +153,9 @@ def expected_elbo_one(spec: ModelSpec, tree: dict, x: Tensor) -> Tensor:
 def expected_elbo(params: Params, x: Tensor) -> Tensor:
     """The exact expected ELBO (no Monte Carlo) of a linear-Gaussian ``params`` (from ``vae_params``):
     x (N, D) -> (N,) nats per example. log p(x) minus it is KL(q(z | x) || p(z | x)) >= 0."""
-    spec = params.spec
-    if not (spec.arch == "mlp" and spec.hidden == () and spec.likelihood == "gaussian" and spec.obs_std):
-        raise ValueError(f"expected_elbo needs a linear-Gaussian model (see vae_params), got {spec}")
+    spec = params.model.spec
+    if not (spec is not None and spec.arch == "mlp" and spec.hidden == () and spec.likelihood == "gaussian"
+            and spec.obs_std and spec.prior == "normal"):
+        raise ValueError(f"expected_elbo needs a linear-Gaussian model (see vae_params), got {params.model}")
     x = x.reshape(x.shape[0], -1).to(params.tree["decoder"]["out"]["kernel"].dtype)
-    return vmap(partial(expected_elbo_one, spec), in_dims=(None, 0))(params.tree, x)
+    return vmap(expected_elbo_one, in_dims=(None, 0))(params, x)

@@ -1,8 +1,8 @@
 """Pictures of a VAE, saved as PNG: reconstructions, prior samples, interpolations, latent traversals, and
 the loss curves of a run.
 
-Decoder outputs are shown as their mean image: sigmoid(logits) for the Bernoulli likelihood, the mean
-clamped to [0, 1] for the Gaussian one (no pixel noise is drawn). Grids are ``torchvision.utils.save_image``
+Decoder outputs are shown as their mean image (the likelihood's ``mean``: sigmoid(logits) for the Bernoulli
+likelihood, the mean for the Gaussian one), clamped to [0, 1]; no pixel noise is drawn. Grids are ``torchvision.utils.save_image``
 with a 2-pixel white border, so a grid of r rows and c columns of H x W images is (2 + c (W + 2)) x
 (2 + r (H + 2)) pixels. Functions that draw noise take an explicit seed; each returns the path written.
 """
@@ -18,18 +18,17 @@ from torchvision.utils import save_image
 
 from funcvae.codec import decode, encode
 from funcvae.diagnostics import active_units
-from funcvae.model import Params
+from funcvae.model import Params, check_params, some_leaf
 from funcvae.rng import generator
-from funcvae.validate import as_examples, check_int, check_positive
+from funcvae.validate import check_int, check_positive, examples_of
 
 PADDING = 2
 
 
-def mean_images(params: Params, out: Tensor) -> Tensor:
-    """Decoder outputs (N, F) -> mean images (N, C, H, W) in [0, 1]."""
-    spec = params.spec
-    images = torch.sigmoid(out) if spec.likelihood == "bernoulli" else out.clamp(0.0, 1.0)
-    return images.reshape(-1, *spec.input_shape)
+def mean_images(params: Params, out) -> Tensor:
+    """Decoder outputs (the likelihood's parameters, leading N) -> mean images (N, C, H, W) in [0, 1]."""
+    model = params.model
+    return model.likelihood.mean(out).clamp(0.0, 1.0).reshape(-1, *model.input_shape)
 
 
 def _save(images: Tensor, path, nrow: int) -> Path:
@@ -40,7 +39,7 @@ def _save(images: Tensor, path, nrow: int) -> Path:
 
 
 def _examples(params: Params, x, name: str) -> Tensor:
-    return as_examples(x, params.spec, like=params.tree["encoder"]["mean"]["kernel"], name=name)
+    return examples_of(params, x, name=name)
 
 
 def reconstructions(params: Params, x, path: str | os.PathLike) -> Path:
@@ -56,12 +55,12 @@ def reconstructions(params: Params, x, path: str | os.PathLike) -> Path:
     """
     x = _examples(params, x, "x")
     mean, _ = encode(params, x)
-    shown = x.clamp(0.0, 1.0).reshape(-1, *params.spec.input_shape)
+    shown = x.clamp(0.0, 1.0).reshape(-1, *params.model.input_shape)
     return _save(torch.cat([shown, mean_images(params, decode(params, mean))]), path, nrow=x.shape[0])
 
 
 def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow: int = 8, seed: int) -> Path:
-    """Decoded draws z ~ N(0, I) from the prior.
+    """Decoded draws z ~ p(z) from the model's prior.
 
     Args:
       params: the model.
@@ -75,9 +74,10 @@ def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow:
     """
     check_int("n", n)
     check_int("nrow", nrow)
-    like = params.tree["encoder"]["mean"]["kernel"]
-    z = torch.randn(n, params.spec.latent, generator=generator(seed, "pictures", "prior", device=like.device),
-                    dtype=like.dtype, device=like.device)
+    check_params(params)
+    like, model = some_leaf(params), params.model
+    with torch.no_grad():
+        z = model.prior.sample(params.tree, model, n, generator(seed, "pictures", "prior", device=like.device), like)
     return _save(mean_images(params, decode(params, z)), path, nrow=nrow)
 
 

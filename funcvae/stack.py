@@ -1,4 +1,4 @@
-"""Stacks of models: N param trees of one spec as one ``Params`` whose leaves have a leading dimension N,
+"""Stacks of models: N param trees of one model as one ``Params`` whose leaves have a leading dimension N,
 so that ``vmap`` over that dimension trains all N in one step (``fit`` accepts a stack)."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from funcvae.model import Params, check_params, stack_size
 
 
 def stack(models: list[Params]) -> Params:
-    """One ``Params`` holding ``models`` (same spec) along a new leading dimension of every leaf."""
+    """One ``Params`` holding ``models`` (same model) along a new leading dimension of every leaf."""
     if not models:
         raise ValueError("stack needs at least one model")
     for p in models:
         check_params(p)
-    specs = {p.spec for p in models}
-    if len(specs) > 1:
-        raise ValueError(f"stacked models must share one spec, got {len(specs)} different ones")
+    kinds = {p.model for p in models}
+    if len(kinds) > 1:
+        raise ValueError(f"stacked params must share one model, got {len(kinds)} different ones")
     trees = [p.tree for p in models]
-    return Params(models[0].spec, optree.tree_map(lambda *leaves: torch.stack(leaves), *trees))
+    return Params(models[0].model, optree.tree_map(lambda *leaves: torch.stack(leaves), *trees))
 
 
 def unstack(params: Params) -> list[Params]:
@@ -27,4 +27,4 @@ def unstack(params: Params) -> list[Params]:
     n = stack_size(params)
     if n is None:
         raise ValueError("params hold one model, not a stack")
-    return [Params(params.spec, optree.tree_map(lambda t: t[i], params.tree)) for i in range(n)]
+    return [Params(params.model, optree.tree_map(lambda t: t[i], params.tree)) for i in range(n)]

@@ -1,106 +1,144 @@
-"""The training step: pure functions (loss, ``grad_and_value``, optimiser update) compiled as one graph.
+"""ONE training step, built from a model, an objective and an optimiser: ``step(state, batch) -> (state,
+metrics)`` over a ``TrainState``. Everything else is made from it:
 
-The step has one static shape: a short last batch arrives padded, with a 0/1 row mask, so the compiled
-graph is traced once and never again (no dynamic batch dimension, no second graph). The Adam step
-count is a tensor in the optimiser state, and the noise is drawn outside from an explicit generator, so
-nothing the step sees changes its trace.
+- a stack of models is ``vmap(step)`` over stacked states and batches;
+- data parallelism is the same two halves, ``gradients`` then ``apply``, with an all-reduce between them;
+- ``fit`` is a loop over it.
 
-Every step is guarded: a non-finite loss term or gradient leaves the params and the optimiser state as
-they were (selected on the device, no host sync), and the step's ``stats`` say so. A step passed
-``live=False`` (a 0-d bool tensor) is not applied either: ``fit`` uses it to freeze a run after its first
-bad step until its next read of the device, so a GPU runs a whole epoch without waiting on the host.
+The step has one static shape: a short last batch arrives padded, with a 0/1 row mask, so a compiled step
+is traced once and never again. Step counts are tensors in the state and noise is drawn outside from an
+explicit generator, so nothing the step sees changes its trace.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import optree
 import torch
 from torch import Tensor
-from torch.func import vmap
+from torch.func import grad, grad_and_value, vmap
 
-from funcvae.elbo import TERMS, loss_and_grad
-from funcvae.model import ModelSpec
-from funcvae.optim import GradientTransformation, apply_updates
-from funcvae.per_example import clipped_noisy_mean, example_grads
+from funcvae import objectives as O
+from funcvae.model import Model, Params, with_matmul_dtype
+from funcvae.optim import GradientTransformation, applied, apply_updates
 
-#: What a step reports, per model: batch sums of recon, kl and loss over the real rows, the number of real
-#: rows, and ok (1 when the step was applied, 0 when a non-finite value made it skip).
-STATS = (*TERMS, "rows", "ok")
-
-
-def batch_grads(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, beta: Tensor, weights: Tensor,
-                count: Tensor | None = None, *, free_bits: float = 0.0,
-                matmul_dtype: torch.dtype | None = None) -> tuple[dict, Tensor]:
-    """Gradients of the batch-mean loss and the batch's stats[:4]: x (B, F), eps (B, K, latent),
-    weights (B,) 1 for real rows and 0 for padding, count the real rows of the whole batch; ``free_bits``
-    and ``matmul_dtype``: see ``objective``."""
-    grads, (_, sums) = loss_and_grad(tree, spec, x, eps, beta, weights, count, free_bits, matmul_dtype)
-    return grads, torch.stack([sums[k] for k in TERMS] + [weights.sum()])
+#: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
+#: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it).
+STATS = ("recon", "kl", "loss", "rows", "ok")
+TERMS = STATS[:3]
 
 
-def guarded_update(optimizer: GradientTransformation, tree: dict, opt_state, grads: dict, stats: Tensor,
-                   lrs: Tensor | None = None, live: Tensor | None = None):
-    """Apply ``optimizer`` unless a loss term or gradient is non-finite, or ``live`` (0-d bool) is False.
-    For a stack (leaves (N, ...), stats (N, 4)) each model is guarded on its own and ``lrs`` (N,) scales its
-    update. Returns (tree, opt_state, stats with "ok" appended)."""
-    leaves = optree.tree_leaves(grads)
-    lead = stats.ndim - 1  # 0 for one model, 1 for a stack
-    finite = [torch.isfinite(stats[..., :3]).all(-1)] + [torch.isfinite(g).flatten(lead).all(-1) for g in leaves]
-    ok = torch.stack(finite).all(0)
-    if live is not None:
-        ok = ok & live
-    updates, new_state = optimizer.update(grads, opt_state, tree)
-    if lrs is not None:
-        updates = optree.tree_map(lambda u: u * _per_model(lrs, u), updates)
-    new_tree = apply_updates(tree, updates)
-    keep = optree.tree_map(lambda new, old: torch.where(_per_model(ok, new), new, old), new_tree, tree)
-    new_state = optree.tree_map(lambda new, old: torch.where(_per_model(ok, new) if new.ndim else ok.any(), new, old),
-                                new_state, opt_state)
-    return keep, new_state, torch.cat([stats, ok.to(stats.dtype).unsqueeze(-1)], dim=-1).detach()
+class TrainState(NamedTuple):
+    """``tree``: the params' tensors; ``opt_state``: the optimiser's; ``hyper``: the objective's numbers
+    (``objective.init()``); ``count``: steps taken (0-d int64)."""
+
+    tree: dict
+    opt_state: Any
+    hyper: dict
+    count: Tensor
 
 
-def train_step(spec: ModelSpec, optimizer: GradientTransformation, tree: dict, opt_state, x: Tensor,
-               eps: Tensor, beta: Tensor, weights: Tensor, live: Tensor | None = None, *, free_bits: float = 0.0,
-               matmul_dtype: torch.dtype | None = None):
-    """One guarded optimiser step on a batch; pure.
+class Batch(NamedTuple):
+    """``x`` (B, features); ``eps`` (B, samples, latent) standard normal noise; ``weights`` (B,) 1 for real rows
+    and 0 for padding; ``total``: the real rows of the whole batch (the sum of ``weights`` unless a
+    data-parallel shard holds part of it); ``noise``: standard normal draws shaped like the params, for
+    an optimiser that adds noise (DP-SGD), else None."""
 
-    Args:
-      x: (B, features); eps: (B, K, latent); beta: 0-d KL weight; weights: (B,) 1 for real rows, 0 for padding;
-      live: 0-d bool, False to leave everything as it is (see the module's docstring); None: True.
+    x: Tensor
+    eps: Tensor
+    weights: Tensor
+    total: Tensor | None = None
+    noise: Any = None
 
-    Returns:
-      ``(tree, opt_state, stats)``; ``stats`` (5,) as in ``STATS``, the sums taken before the update.
+
+def init_state(params: Params, objective: O.Objective, optimizer: GradientTransformation) -> TrainState:
+    """The state a run starts from: the params' tree, a fresh optimiser state, the objective's numbers
+    (on the params' device), no step taken."""
+    tree = params.tree
+    device = optree.tree_leaves(tree)[0].device
+    hyper = {k: v.to(device) for k, v in objective.init().items()}
+    return TrainState(tree, optimizer.init(tree), hyper, torch.zeros((), dtype=torch.int64, device=device))
+
+
+class TrainStep:
+    """``make_train_step``'s step; hashable by what it computes, so equal steps share a compiled graph."""
+
+    def __init__(self, model: Model, objective: O.Objective, optimizer: GradientTransformation,
+                 matmul_dtype: torch.dtype | None = None):
+        O.check(objective, model)
+        if optimizer.per_example and objective.reduce is not O.mean_loss:
+            raise ValueError(f"{optimizer.name} takes per-example gradients, which {objective.name} cannot give "
+                             "(its batch loss is not a mean of per-example losses)")
+        self.model, self.objective, self.optimizer, self.matmul_dtype = model, objective, optimizer, matmul_dtype
+
+    @property
+    def key(self) -> tuple:
+        """What the step computes: the model and the code of the objective and the optimiser (not their
+        numbers, which live in the state)."""
+        o = self.objective
+        return (self.model, o.samples, o.schedule, o.terms, o.reduce, self.optimizer.update,
+                self.optimizer.per_example, self.matmul_dtype)
+
+    def __eq__(self, other):
+        return isinstance(other, TrainStep) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def gradients(self, state: TrainState, batch: Batch) -> tuple[dict, Tensor]:
+        """Gradients of the batch's loss w.r.t. ``state.tree`` (per example, leaves (B, ...), for a per-example
+        optimiser) and the batch's stats: sums of recon, kl, loss and the real rows, (4,)."""
+        hyper = self.objective.schedule(state.hyper, state.count, batch.x.dtype)
+        total = batch.weights.sum() if batch.total is None else batch.total
+        if self.optimizer.per_example:
+            grads, terms = vmap(grad(self._example_loss, has_aux=True), in_dims=(None, 0, 0, None))(
+                state.tree, batch.x, batch.eps, hyper)
+        else:
+            grads, (_, terms) = grad_and_value(self._batch_loss, has_aux=True)(state.tree, batch, hyper, total)
+        w = batch.weights
+        return grads, torch.stack([(terms[k] * w).sum() for k in TERMS] + [w.sum()]).detach()
+
+    def apply(self, state: TrainState, grads: dict, stats: Tensor, batch: Batch) -> tuple[TrainState, Tensor]:
+        """The optimiser's update applied: the new state and the metrics (``STATS``, (5,))."""
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.tree, value=stats[:3],
+                                                   weights=batch.weights, noise=batch.noise)
+        ok = applied(opt_state)
+        ok = stats.new_ones(()) if ok is None else ok.to(stats.dtype)
+        new = TrainState(apply_updates(state.tree, updates), opt_state, state.hyper, state.count + 1)
+        return new, torch.cat([stats, ok.unsqueeze(0)]).detach()
+
+    def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Tensor]:
+        grads, stats = self.gradients(state, batch)
+        return self.apply(state, grads, stats, batch)
+
+    def _params(self, tree: dict) -> Params:
+        return Params(self.model, with_matmul_dtype(tree, self.matmul_dtype))
+
+    def _batch_loss(self, tree: dict, batch: Batch, hyper: dict, total: Tensor):
+        terms = O.batch_terms(self._params(tree), batch.x, batch.eps, hyper, self.objective)
+        return self.objective.reduce(terms, batch.weights, total, hyper), terms
+
+    def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, hyper: dict):
+        terms = self.objective.terms(self._params(tree), x, eps, hyper)
+        return terms["loss"], terms
+
+
+def make_train_step(model: Model, objective: O.Objective, optimizer: GradientTransformation, *,
+                    matmul_dtype: torch.dtype | None = None) -> TrainStep:
+    """The training step of ``model`` under ``objective`` and ``optimizer``: ``step(state, batch) -> (state,
+    metrics)``, pure. ``matmul_dtype`` (``torch.bfloat16``): the layers' matrix products in it, everything
+    else (params, gradients, optimiser state, terms) in the params' dtype.
+
+    Example:
+      >>> step = make_train_step(model, objectives.elbo(), optim.adam(1e-3))
+      >>> state = init_state(params, objectives.elbo(), optim.adam(1e-3))
+      >>> state, metrics = step(state, Batch(x, eps, weights))
     """
-    grads, stats = batch_grads(spec, tree, x, eps, beta, weights, free_bits=free_bits, matmul_dtype=matmul_dtype)
-    return guarded_update(optimizer, tree, opt_state, grads, stats, live=live)
+    return TrainStep(model, objective, optimizer, matmul_dtype)
 
 
-def dp_train_step(spec: ModelSpec, optimizer: GradientTransformation, clip_norm: float, tree: dict, opt_state,
-                  x: Tensor, eps: Tensor, beta: Tensor, weights: Tensor, noise: dict, live: Tensor | None = None, *,
-                  matmul_dtype: torch.dtype | None = None):
-    """``train_step`` with DP-SGD's gradient: per-example gradients (``vmap(grad)``) clipped to L2 norm
-    ``clip_norm``, summed with ``noise`` (drawn outside, N(0, (sigma * clip_norm)^2) per element), averaged."""
-    grads, terms = example_grads(tree, spec, x, eps, beta, matmul_dtype)
-    stats = torch.stack([(terms[k] * weights).sum() for k in TERMS] + [weights.sum()])
-    return guarded_update(optimizer, tree, opt_state, clipped_noisy_mean(grads, weights, clip_norm, noise), stats,
-                          live=live)
-
-
-def stacked_train_step(spec: ModelSpec, optimizer: GradientTransformation, lrs: tuple[float, ...], tree: dict,
-                       opt_state, x: Tensor, eps: Tensor, beta: Tensor, weights: Tensor, live: Tensor | None = None,
-                       *, free_bits: float = 0.0, matmul_dtype: torch.dtype | None = None):
-    """One step for N models at once: ``tree`` leaves (N, ...), x (N, B, F), eps (N, B, K, latent), beta (N,),
-    ``lrs`` the N learning rates; ``optimizer`` is built with lr 1 (Adam's update is proportional to lr, and
-    elementwise, so it runs on the stacked leaves as they are; the step count is shared and advances while
-    any model steps). Returns stats of shape (N, 5)."""
-    def one_model(t, xb, e, b):
-        # One padding mask for all models.
-        return batch_grads(spec, t, xb, e, b, weights, free_bits=free_bits, matmul_dtype=matmul_dtype)
-
-    grads, stats = vmap(one_model)(tree, x, eps, beta)
-    return guarded_update(optimizer, tree, opt_state, grads, stats, x.new_tensor(lrs), live)
-
-
-def _per_model(values: Tensor, like: Tensor) -> Tensor:
-    """``values`` () or (N,) shaped to broadcast against ``like`` (...) or (N, ...)."""
-    return values.view(*values.shape, *([1] * (like.ndim - values.ndim)))
+def stacked(step: TrainStep):
+    """The step of a stack of models: ``vmap(step)`` over states and batches (x, eps, weights) with a leading
+    model dimension."""
+    return vmap(step, in_dims=(0, Batch(0, 0, 0, None, None)))

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from funcvae.diagnostics import active_units
 from funcvae.elbo import elbo
-from funcvae.model import Params, check_params
+from funcvae.model import Params, check_params, some_leaf
 from funcvae.pictures import figure
 from funcvae.stack import stack, unstack
 from funcvae.train import fit
@@ -44,15 +44,20 @@ def check_betas(betas: Sequence[float]) -> list[float]:
 
 
 def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int, val_data, seed: int = 0,
-                    batch_size: int = 128, lr: float = 1e-3, compile=None, progress: bool | None = None) -> list[dict]:
+                    batch_size: int = 128, lr: float | None = None, optimizer=None, free_bits: float | None = None,
+                    compile=None, progress: bool | None = None) -> list[dict]:
     """Train one copy of ``params`` per beta (as ONE stacked model, one vmapped step) and score each on
     ``val_data``.
 
     Args:
-      params: the starting model (from ``funcvae.init``); every beta starts from these same params.
+      params: the starting model (from ``model.init`` or ``funcvae.init``); every beta starts from these same params.
       data: training examples, as for ``funcvae.fit``.
       betas: KL weights, at least 2, each >= 0, distinct.
-      epochs, batch_size, lr, compile, progress: as for ``funcvae.fit``.
+      epochs, batch_size, compile, progress: as for ``funcvae.fit``.
+      lr, optimizer: each model's optimiser, as for ``funcvae.fit``: Adam at ``lr`` (default 1e-3), or
+        ``optimizer`` (from ``funcvae.optim``; one for all betas), not both.
+      free_bits: a floor in nats on each latent dimension's KL, as for ``funcvae.fit`` (the objective is then
+        ``funcvae.objectives.free_bits(elbo(beta), free_bits)``; needs a factorised prior).
       val_data: held-out examples, as for ``funcvae.fit``; the scores are computed on them.
       seed: ``fit``'s seed, the same for every beta (same batch order and noise: common random numbers),
         and the seed of the held-out noise (``funcvae.elbo``'s draw, also the same for every beta).
@@ -69,11 +74,14 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
     """
     betas = check_betas(betas)
     check_params(params)
+    if lr is not None and optimizer is not None:
+        raise ValueError("pass either lr (Adam at that rate) or optimizer=, not both")
     if val_data is None:
         raise ValueError("val_data is required: the rate and distortion are measured on held-out data")
-    x_val = as_examples(val_data, params.spec, like=params.tree["encoder"]["mean"]["kernel"], name="val_data")
+    x_val = as_examples(val_data, params.model, like=some_leaf(params), name="val_data")
     stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
-                             seed=seed, beta=betas, val_data=x_val, compile=compile, progress=progress)
+                             optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=x_val,
+                             compile=compile, progress=progress)
     return [{"beta": beta, **score(model, x_val, seed=seed), "history": history}
             for beta, model, history in zip(betas, unstack(stacked), histories)]
 
@@ -85,7 +93,7 @@ def score(params: Params, x, *, seed: int) -> dict:
     active = active_units(params, x)
     (rate, rate_se), (distortion, distortion_se), (loss, loss_se) = (mean_se(terms[k]) for k in ("kl", "recon", "loss"))
     return {"rate": rate, "rate_se": rate_se, "distortion": distortion, "distortion_se": distortion_se, "loss": loss,
-            "loss_se": loss_se, "elbo": -loss, "active_units": active.count, "latent": params.spec.latent}
+            "loss_se": loss_se, "elbo": -loss, "active_units": active.count, "latent": params.model.latent}
 
 
 def mean_se(values: Tensor) -> tuple[float, float]:

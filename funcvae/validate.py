@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from funcvae.distributions import check_support
-from funcvae.model import ModelSpec
+from funcvae.model import check_params, some_leaf
 
 
-def as_examples(data, spec: ModelSpec, *, scale: float | None = None, like: Tensor, name: str = "data") -> Tensor:
-    """Validate ``data`` for a model with ``spec`` and return it as (N, features) in ``like``'s dtype/device.
+
+def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: str = "data") -> Tensor:
+    """Validate ``data`` for ``model`` (a ``funcvae.Model``) and return it as (N, features) in ``like``'s dtype/device.
 
     Accepts a tensor, a numpy array, a map-style Dataset or a DataLoader whose items are examples or
     ``(example, label)`` pairs. Images may be (N, F), (N, H, W) when there is one channel, or (N, C, H, W).
@@ -30,7 +30,7 @@ def as_examples(data, spec: ModelSpec, *, scale: float | None = None, like: Tens
     x = _to_tensor(data, name)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    x = _to_flat(x, spec, name)
+    x = _to_flat(x, model, name)
     if x.is_complex():
         raise TypeError(f"{name} has complex dtype {x.dtype}; expected real pixel values")
     if scale is not None:
@@ -45,8 +45,15 @@ def as_examples(data, spec: ModelSpec, *, scale: float | None = None, like: Tens
                 f"e.g. scale=255 for 8-bit pixels"
             )
     x = x.to(dtype=like.dtype, device=like.device)
-    check_support(spec.likelihood, x, name=name)
+    model.likelihood.check_support(x, name)
     return x
+
+
+def examples_of(params, data, *, scale: float | None = None, name: str = "x") -> Tensor:
+    """The opening of every public function that takes params and data: ``params`` checked (one model, well
+    formed), ``data`` validated for its model and returned as (N, features) in the params' dtype and device."""
+    check_params(params)
+    return as_examples(data, params.model, scale=scale, like=some_leaf(params), name=name)
 
 
 def _to_tensor(data, name: str) -> Tensor:
@@ -74,16 +81,16 @@ def _example_of(item):
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def _to_flat(x: Tensor, spec: ModelSpec, name: str) -> Tensor:
-    c, h, w = spec.input_shape
-    ok = (x.ndim == 2 and x.shape[1] == spec.features) or (x.ndim == 3 and c == 1 and x.shape[1:] == (h, w)) \
+def _to_flat(x: Tensor, model, name: str) -> Tensor:
+    c, h, w = model.input_shape
+    ok = (x.ndim == 2 and x.shape[1] == model.features) or (x.ndim == 3 and c == 1 and x.shape[1:] == (h, w)) \
         or (x.ndim == 4 and x.shape[1:] == (c, h, w))
     if not ok:
-        shapes = [f"(N, {spec.features})", f"(N, {c}, {h}, {w})"] + ([f"(N, {h}, {w})"] if c == 1 else [])
+        shapes = [f"(N, {model.features})", f"(N, {c}, {h}, {w})"] + ([f"(N, {h}, {w})"] if c == 1 else [])
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}; params built for {c}x{h}x{w} inputs take {' or '.join(shapes)}"
         )
-    return x.reshape(x.shape[0], spec.features)
+    return x.reshape(x.shape[0], model.features)
 
 
 def check_int(name: str, value, *, minimum: int = 1) -> None:

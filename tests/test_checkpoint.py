@@ -21,6 +21,7 @@ SPECS = {
     "conv-3-channel": dict(arch="conv", input_shape=(3, 8, 8), hidden=(8,), latent=2, channels=(2,)),
     "gaussian-learned-std": dict(likelihood="gaussian", hidden=(16,), latent=4),
     "gaussian-fixed-std": dict(likelihood="gaussian", obs_std=0.1, hidden=(16,), latent=4),
+    "vamp-prior": dict(hidden=(16,), latent=4, prior="vamp", pseudo_inputs=5),
 }
 
 
@@ -36,7 +37,7 @@ def small(**fields):
 
 
 def assert_same(a, b):
-    assert a.spec == b.spec
+    assert a.model == b.model
     la, lb = funcvae.leaves_by_path(a), funcvae.leaves_by_path(b)
     assert la.keys() == lb.keys()
     for path in la:
@@ -54,7 +55,7 @@ def test_round_trip_is_exact(tmp_path, fields, dtype):
     assert_same(loaded, params)
     assert ("decoder/obs_logvar" in funcvae.leaves_by_path(loaded)) == (
         fields.get("likelihood") == "gaussian" and fields.get("obs_std") is None)
-    x = torch.rand(3, *params.spec.input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x = torch.rand(3, *params.model.input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
     want, got = funcvae.elbo(params, x, seed=1), funcvae.elbo(loaded, x, seed=1)
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert os.listdir(tmp_path) == ["params.safetensors"]  # no temporary file left behind
@@ -68,7 +69,7 @@ def test_round_trip_of_non_contiguous_leaves(tmp_path):
     strided.copy_(kernel)
     assert not strided.is_contiguous()
     tree["encoder"]["mean"]["kernel"] = strided
-    funcvae.save_params(tmp_path / "p.safetensors", funcvae.Params(params.spec, tree))
+    funcvae.save_params(tmp_path / "p.safetensors", funcvae.Params(params.model, tree))
     assert_same(funcvae.load_params(tmp_path / "p.safetensors"), params)
 
 
@@ -118,7 +119,7 @@ def test_saving_into_a_missing_folder_fails_cleanly(tmp_path):
 
 
 def spec_json(params) -> str:
-    return json.dumps(params.spec.to_dict())
+    return json.dumps(params.model.spec.to_dict())
 
 
 def write_valid(path):
@@ -160,9 +161,9 @@ BAD_FILES = [
      r"is not a readable safetensors file"),
     ("text", lambda p: p.write_text("epoch,loss\n1,500.0\n" * 20), r"is not a readable safetensors file"),
     ("pickle", lambda p: torch.save(small().tree, p), r"is not a readable safetensors file"),
-    ("no-metadata", lambda p: save_file({"a": torch.zeros(2)}, str(p)), r"has no funcvae spec in its metadata"),
-    ("leaves-without-metadata", write_tensors(metadata=None), r"has no funcvae spec in its metadata"),
-    ("foreign-metadata", write_tensors(metadata={"format": "pt"}), r"has no funcvae spec in its metadata"),
+    ("no-metadata", lambda p: save_file({"a": torch.zeros(2)}, str(p)), r"has no funcvae model in its metadata"),
+    ("leaves-without-metadata", write_tensors(metadata=None), r"has no funcvae model in its metadata"),
+    ("foreign-metadata", write_tensors(metadata={"format": "pt"}), r"has no funcvae model in its metadata"),
     ("spec-not-json", write_tensors(metadata={"funcvae_spec": "{arch: mlp"}), r"metadata is not valid JSON"),
     ("spec-not-an-object", write_tensors(metadata={"funcvae_spec": "[1, 2]"}),
      r"spec metadata does not describe a funcvae model"),
@@ -222,3 +223,80 @@ def test_missing_path_raises_file_not_found(tmp_path, where):
             "a-folder": tmp_path}[where]
     with pytest.raises(FileNotFoundError, match=r"no file at"):
         funcvae.load_params(path)
+
+
+def write_model_metadata(text):
+    """A file of ``small()``'s leaves whose model metadata (the current format) is ``text``."""
+    return write_tensors(metadata={"funcvae_model": text})
+
+
+@pytest.mark.parametrize("write,message", [
+    (write_model_metadata("{spec: 1"), r"metadata is not valid JSON"),
+    (write_model_metadata("[1, 2]"), r"the model metadata is not a funcvae model description"),
+    (write_model_metadata(json.dumps({"arch": "mlp"})), r"the model metadata is not a funcvae model description"),
+    (write_model_metadata(json.dumps({"custom": {"encode": "mine.encode", "decode": "mine.decode"}})),
+     r"holds a user's model \(encode=mine.encode, decode=mine.decode\); pass it: load_params\(path, model=model\)"),
+], ids=["not-json", "not-an-object", "neither-spec-nor-custom", "custom-without-model"])
+def test_bad_model_metadata_raises_value_error(tmp_path, write, message):
+    path = tmp_path / "params.safetensors"
+    write(path)
+    with pytest.raises(ValueError, match=message):
+        funcvae.load_params(path)
+
+
+def test_a_built_in_model_passed_to_load_must_be_the_files(tmp_path):
+    path = tmp_path / "params.safetensors"
+    params = small()
+    funcvae.save_params(path, params)
+    assert_same(funcvae.load_params(path, model=params.model), params)
+    with pytest.raises(ValueError, match=r"holds a .*'hidden': \[16\].* model, not Model\(ModelSpec\(.*hidden=\(12,\)"):
+        funcvae.load_params(path, model=funcvae.models.mlp(hidden=(12,), latent=4))
+    with pytest.raises(TypeError, match="model must be a funcvae.Model, got ModelSpec"):
+        funcvae.load_params(path, model=params.model.spec)
+
+
+def test_a_training_state_round_trips_with_and_without_its_template(tmp_path):
+    from funcvae import objectives, optim
+
+    params = small(prior="vamp", pseudo_inputs=3)
+    objective, optimizer = objectives.elbo(0.5), optim.chain(optim.clip_by_global_norm(1.0), optim.adam(1e-3))
+    fresh = funcvae.init_state(params, objective, optimizer)
+    gen = torch.Generator().manual_seed(1)
+    opt_state = optree.tree_map(  # moments off zero, Adam's int64 step count off 0
+        lambda t: t + (0.01 * torch.randn(t.shape, generator=gen, dtype=t.dtype) if t.is_floating_point() else 5),
+        fresh.opt_state, namespace="funcvae")
+    count = torch.tensor(7)
+    path = tmp_path / "checkpoint.safetensors"
+    funcvae.save(path, funcvae.Checkpoint(params, opt_state, fresh.hyper, count, epoch=2, step=3,
+                                          config={"seed": 0}, history=[[{"epoch": 1, "loss": 500.0}]]))
+    flat = funcvae.load(path)
+    assert_same(flat.params, params)
+    assert (flat.epoch, flat.step, flat.config, flat.history) == (2, 3, {"seed": 0}, [[{"epoch": 1, "loss": 500.0}]])
+    assert torch.equal(flat.count, count) and flat.hyper.keys() == {"beta"}
+    assert flat.hyper["beta"].dtype == torch.float64 and float(flat.hyper["beta"]) == 0.5
+    want = dict(CHECKPOINT.paths_and_leaves(opt_state))
+    assert isinstance(flat.opt_state, dict) and flat.opt_state.keys() == want.keys()
+    assert "1/mu/prior/pseudo_inputs" in want and "0/hyper/max_norm" in want
+    assert all(torch.equal(flat.opt_state[k], t) and flat.opt_state[k].dtype == t.dtype for k, t in want.items())
+    rebuilt = funcvae.load(path, template=fresh.opt_state).opt_state
+    assert type(rebuilt) is tuple and type(rebuilt[1]) is type(fresh.opt_state[1])
+    assert optree.tree_structure(rebuilt, namespace="funcvae") == optree.tree_structure(opt_state, namespace="funcvae")
+    assert all(torch.equal(a, b) for a, b in zip(optree.tree_leaves(rebuilt, namespace="funcvae"),
+                                                 optree.tree_leaves(opt_state, namespace="funcvae")))
+    other = optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(1e-3, momentum=0.9))
+    with pytest.raises(ValueError, match=r"optimiser state does not match this run's optimiser \(missing "
+                                         r"\['1/hyper/momentum', '1/momentum/.*unexpected \['1/mu/"):
+        funcvae.load(path, template=other.init(params.tree))
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(likelihood=funcvae.likelihoods.gaussian(0.1)), "likelihood"),
+    (dict(prior=funcvae.priors.vamp(3)), "prior"),
+])
+def test_a_model_that_states_other_facts_than_the_file_is_refused(tmp_path, change, field):
+    params = funcvae.init(seed=0, hidden=(8,), latent=2)
+    funcvae.save_params(tmp_path / "p.safetensors", params)
+    # Same encode, decode and (for the likelihood) the same leaves: only the stated facts differ.
+    other = params.model.replace(**change)
+    with pytest.raises(ValueError, match=f"differs from the one passed in {field}: file"):
+        funcvae.load_params(tmp_path / "p.safetensors", model=other)

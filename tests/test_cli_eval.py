@@ -16,7 +16,7 @@ from PIL import Image
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import diagnostics, pictures
+from funcvae import diagnostics, optim, pictures
 
 N, K, SEED = 100, 1000, 5  # eval's --n, --k, --seed
 CELL = 28 + pictures.PADDING
@@ -107,7 +107,7 @@ def test_eval_numbers_are_the_librarys(trained, subset):
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     x = subset["test"][:N]
     terms = funcvae.elbo(params, x, seed=SEED)
-    bound = funcvae.iwae.iwae(params, x, k=K, seed=SEED)
+    bound = funcvae.iwae(params, x, k=K, seed=SEED)
     for key, values in (("recon", terms["recon"]), ("kl", terms["kl"]), ("loss", terms["loss"]), ("iwae", bound)):
         assert result[key] == pytest.approx(float(values.double().mean()), rel=1e-6), key
         assert result[f"{key}_se"] == pytest.approx(float(values.double().std() / math.sqrt(N)), rel=1e-5), key
@@ -125,7 +125,7 @@ def test_iwae_is_at_least_the_elbo_within_monte_carlo_error(trained, subset):
     run_dir, _, result = trained
     params = funcvae.load_params(run_dir / "params.safetensors")
     x = subset["test"][:N]
-    diff = (funcvae.iwae.iwae(params, x, k=K, seed=SEED) + funcvae.elbo(params, x, seed=SEED)["loss"]).double()
+    diff = (funcvae.iwae(params, x, k=K, seed=SEED) + funcvae.elbo(params, x, seed=SEED)["loss"]).double()
     se = float(diff.std() / math.sqrt(N))
     assert float(diff.mean()) >= -4 * se
     assert result["iwae"] - result["elbo"] >= -4 * result["gap_se"]
@@ -217,7 +217,9 @@ def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, load
     assert [(c["split"], c["root"]) for c in loads] == [("train", None), ("test", None)]
     saved = json.loads((run_dir / "sweep.json").read_text())
     assert (saved["n_train"], saved["n_test"]) == (512, 256)
-    assert saved["fit"] == dict(betas=[0.1, 1.0, 10.0], epochs=1, seed=2, batch_size=128, lr=2e-3, compile=False)
+    assert saved["fit"] == dict(betas=[0.1, 1.0, 10.0], epochs=1, seed=2, batch_size=128, lr=2e-3, compile=False,
+                                free_bits=None, optimizer="adam", momentum=None, weight_decay=None)
+    assert saved["model_file"] is None
     assert size(run_dir / "rate_distortion.png") == (600, 450)
 
     # The table is format_table of the saved rows, and the rows are what the library computes.
@@ -229,8 +231,9 @@ def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, load
                                                                  f"{row['distortion']:.2f}", f"{row['loss']:.2f}",
                                                                  f"{row['active_units']}/3")
     params = funcvae.init(seed=2, **saved["model"])
+    settings = {k: v for k, v in saved["fit"].items() if k not in ("optimizer", "momentum", "weight_decay")}
     want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
-                                         **saved["fit"])
+                                         **settings)  # Adam at lr: rate_distortion's own default optimiser
     for row in [*want, *saved["rows"]]:
         for record in row["history"]:
             record.pop("seconds")  # wall-clock time: the one number that may differ
@@ -249,6 +252,15 @@ def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, load
     (["eval", "RUN", "--n", "1"], "argument --n: must be an int >= 2, got 1"),
     (["eval", "RUN", "--n", "many"], "argument --n: invalid int value: 'many'"),
     (["sample", "RUN", "--n", "0"], "argument --n: must be an int >= 1, got 0"),
+    (["sweep", "--free-bits", "0.5", "--prior", "vamp"], "--free-bits 0.5: free_bits(elbo(beta=0.1, kl='auto'), 0.5) "
+                                                         "needs a closed-form KL per latent dimension"),
+    (["sweep", "--free-bits", "-1"], "--free-bits -1.0: floor must be a finite number >= 0"),
+    (["sweep", "--model", "nofile.py:model"], "--model nofile.py:model: there is no file nofile.py"),
+    (["sweep", "--model", "examples/custom_model.py:model", "--latent", "3"], "--latent (options of the built-in"),
+    (["sweep", "--pseudo-inputs", "3"], "--pseudo-inputs applies to --prior vamp only"),
+    (["sweep", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+    (["sweep", "--optimizer", "sgd", "--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+    (["sweep", "--objective", "iwae"], "unrecognized arguments: --objective iwae"),  # a sweep is of the ELBO's beta
 ])
 def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys, loads, args, complaint):
     args = [a.replace("RUN", str(tmp_path)) for a in args]
@@ -281,7 +293,8 @@ def test_eval_refuses_more_examples_than_held_out(run_dir, capsys, loads):
     ("eval", ("--k", "--n", "--seed", "--data-root", "--quiet")),
     ("sample", ("--n", "--seed", "--data-root", "--quiet")),
     ("sweep", ("--betas", "--epochs", "--dataset", "--hidden", "--latent", "--arch", "--lr", "--batch-size", "--seed",
-               "--no-compile", "--out", "--data-root", "--quiet")),
+               "--no-compile", "--out", "--data-root", "--quiet", "--model", "--prior", "--pseudo-inputs",
+               "--optimizer", "--momentum", "--weight-decay", "--free-bits")),
 ])
 def test_help_lists_the_options(capsys, command, options):
     with pytest.raises(SystemExit) as info:
@@ -289,3 +302,91 @@ def test_help_lists_the_options(capsys, command, options):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert all(option in out for option in options)
+
+
+def test_eval_of_a_vamp_prior_run_has_no_kl_per_dim_and_the_rest(tmp_path, loads, subset):
+    assert cli("train", "--out", tmp_path, "--quiet", "--no-compile", "--epochs", "1", "--hidden", "16", "--latent",
+               "3", "--prior", "vamp", "--pseudo-inputs", "10")[0] == 0
+    (run_dir,) = tmp_path.iterdir()
+    code, lines = cli("eval", run_dir, "--k", "50", "--n", "40", "--seed", "2")
+    assert code == 0
+    assert "KL per latent dim: n/a (the VampPrior does not factorise)" in lines
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["kl_per_dim"] is None and result["prior"] == "VampPrior"
+    assert all(isinstance(result[k], float) and math.isfinite(result[k]) for k in FLOATS), result
+    params = funcvae.load_params(run_dir / "params.safetensors")
+    assert params.model.spec.prior == "vamp"
+    x = subset["test"][:40]
+    terms = funcvae.elbo(params, x, seed=2)  # a Monte Carlo KL: the VampPrior has no closed form
+    for key, values in (("recon", terms["recon"]), ("kl", terms["kl"]), ("loss", terms["loss"]),
+                        ("iwae", funcvae.iwae(params, x, k=50, seed=2))):
+        assert result[key] == pytest.approx(float(values.double().mean()), rel=1e-6), key
+    active = diagnostics.active_units(params, x)
+    assert (result["active_units"], result["latent"]) == (active.count, 3)
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert result["findings"] == diagnostics.diagnose(history, kl_per_dim=None, active=active)
+    assert result["iwae"] - result["elbo"] >= -4 * result["gap_se"]
+    assert sorted(result["files"]) == sorted(["reconstructions", "samples", "interpolations", "traversal",
+                                              "loss_curves"])
+
+
+SMALL_MODEL = """
+import torch
+
+import funcvae
+from funcvae import nn
+
+
+def init(gen):
+    return {"hidden": nn.dense_init(gen, 784, 16), "mean": nn.dense_init(gen, 16, 2),
+            "logvar": nn.dense_init(gen, 16, 2), "out": nn.dense_init(gen, 2, 784)}
+
+
+def encode(tree, x):
+    h = torch.tanh(nn.dense(tree["hidden"], x))
+    return nn.dense(tree["mean"], h), nn.dense(tree["logvar"], h)
+
+
+def decode(tree, z):
+    return nn.dense(tree["out"], z)
+
+
+model = funcvae.Model(init=init, encode=encode, decode=decode, latent=2)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--optimizer", "adamw", "--weight-decay", "0.05", "--free-bits", "0.1", "--hidden", "16", "--latent", "3"],
+    ["--optimizer", "sgd", "--lr", "0.05", "--prior", "vamp", "--pseudo-inputs", "8", "--hidden", "16",
+     "--latent", "3"],
+    ["--model", "<file>:model", "--free-bits", "0.2"],
+], ids=["adamw-free-bits", "sgd-vamp", "model-file"])
+def test_sweep_with_the_new_options_is_the_librarys_sweep(tmp_path, loads, subset, args):
+    source = tmp_path / "my_vae.py"
+    source.write_text(SMALL_MODEL)
+    args = [a.replace("<file>", str(source)) for a in args]
+    code, _ = cli("sweep", "--out", tmp_path / "runs", "--quiet", "--no-compile", "--betas", "0.5", "2", "--epochs",
+                  "1", "--seed", "1", *args)
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved = json.loads((run_dir / "sweep.json").read_text())
+    fit = saved["fit"]
+    if "--model" in args:
+        assert saved["model"] is None and saved["model_file"] == f"{source.resolve()}:model"
+        params = funcvae.cli.model_from_file(saved["model_file"]).init(seed=1)
+    else:
+        assert saved["model_file"] is None
+        params = funcvae.init(seed=1, **saved["model"])
+    optimizer = {"adam": lambda: optim.adam(fit["lr"]),
+                 "adamw": lambda: optim.adamw(fit["lr"], weight_decay=fit["weight_decay"]),
+                 "sgd": lambda: optim.sgd(fit["lr"], momentum=fit["momentum"])}[fit["optimizer"]]()
+    assert optimizer.name in {"adamw(lr=0.001, b1=0.9, b2=0.999, eps=1e-08, weight_decay=0.05)",
+                              "sgd(lr=0.05, momentum=0.9)", "adam(lr=0.001, b1=0.9, b2=0.999, eps=1e-08)"}
+    want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
+                                         optimizer=optimizer, free_bits=fit["free_bits"], betas=fit["betas"],
+                                         epochs=fit["epochs"], seed=fit["seed"], batch_size=fit["batch_size"],
+                                         compile=fit["compile"])
+    for row in [*want, *saved["rows"]]:
+        for record in row["history"]:
+            record.pop("seconds")
+    assert json.loads(json.dumps(want)) == saved["rows"]

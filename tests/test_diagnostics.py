@@ -84,6 +84,64 @@ def test_mutual_information_does_not_depend_on_the_chunk_size():
                                G.mutual_information(params, x, seed=3, chunk_size=100))
 
 
+# A VampPrior model ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vamp_and_twin():
+    """A VampPrior model and the N(0, I) model with the same encoder and decoder (the same seed draws the
+    user tree from the same stream; the pseudo-inputs come from a stream of their own)."""
+    vamp = funcvae.init(seed=0, hidden=(32,), prior="vamp", pseudo_inputs=10)
+    twin = funcvae.init(seed=0, hidden=(32,))
+    leaves = funcvae.leaves_by_path(vamp)
+    assert leaves["prior/pseudo_inputs"].shape == (10, 784)
+    assert all(torch.equal(leaves[path], t) for path, t in funcvae.leaves_by_path(twin).items())
+    return vamp, twin
+
+
+def test_kl_per_dim_is_refused_for_the_vamp_prior_and_says_why(vamp_and_twin, fashion):
+    vamp, _ = vamp_and_twin
+    with pytest.raises(ValueError, match=r"does not factorise over latent dimensions, so a KL per dimension is not "
+                                         r"defined for it; its total KL is funcvae\.elbo"):
+        G.kl_per_dim(vamp, fashion[1][:20])
+
+
+def test_active_units_and_mutual_information_work_for_the_vamp_prior(vamp_and_twin, fashion):
+    # Both describe the encoder alone: the same numbers as for the twin with the N(0, I) prior.
+    vamp, twin = vamp_and_twin
+    x = fashion[1][:200]
+    units, twin_units = G.active_units(vamp, x), G.active_units(twin, x)
+    assert units.variance.shape == (20,) and units.count == twin_units.count
+    assert torch.equal(units.variance, twin_units.variance)
+    mi = G.mutual_information(vamp, x, seed=3)
+    assert torch.equal(mi, G.mutual_information(twin, x, seed=3))
+    assert 0.0 <= float(mi) <= math.log(200) + 1e-6
+
+
+def test_the_vamp_elbo_has_a_monte_carlo_kl_consistent_with_the_importance_weights(vamp_and_twin, fashion):
+    vamp, _ = vamp_and_twin
+    x, n, r = fashion[1][:10], 10, 500
+    a, b = funcvae.elbo(vamp, x, seed=1), funcvae.elbo(vamp, x, seed=2)
+    assert not torch.equal(a["kl"], b["kl"])  # no closed form: the KL is sampled with the reconstruction
+    torch.testing.assert_close(a["loss"], a["recon"] + a["kl"])
+    # r independent single-sample estimates per example of -ELBO, and of its KL, from the public elbo ...
+    draws = funcvae.elbo(vamp, x.repeat(r, 1, 1, 1), seed=3)
+    loss, kl = draws["loss"].reshape(r, n), draws["kl"].reshape(r, n)
+    loss_mean, loss_se = loss.mean(0), loss.std(0) / math.sqrt(r)
+    # ... against -log w = log q(z|x) - log p(z) - log p(x|z), whose mean is -ELBO too (independent noise).
+    lw = funcvae.importance.log_weights(vamp, x, k=r, seed=4)
+    lw_se = lw.std(1) / math.sqrt(r)
+    assert bool(((loss_mean + lw.mean(1)).abs() <= Z * torch.sqrt(loss_se**2 + lw_se**2)).all())
+    # KL(q || p) >= 0 in expectation, and -ELBO >= -IWAE_k, draw by draw and against the public elbo.
+    assert bool((kl.mean(0) >= -Z * kl.std(0) / math.sqrt(r)).all())
+    bound = funcvae.iwae(vamp, x, k=r, seed=4)
+    assert bool((-bound <= -lw.mean(1) + 1e-4).all())
+    assert bool((-bound <= loss_mean + Z * loss_se).all())
+    # k samples in one call average k such estimates: the same expectation.
+    many = funcvae.elbo(vamp, x, seed=5, k=r)["loss"]
+    assert bool(((many - loss_mean).abs() <= Z * math.sqrt(2) * loss_se).all())
+
+
 # Verdicts ------------------------------------------------------------------------------------------------
 
 
@@ -142,6 +200,15 @@ def test_collapse_is_found_from_a_vanishing_kl_and_never_advises_a_larger_beta()
     assert _raises_beta("Increase beta to 4.") != []  # the check itself catches the bad advice
 
 
+def test_collapse_advice_for_a_prior_without_a_per_dimension_kl_leaves_out_free_bits():
+    # Free bits floor the KL of each latent dimension; a VampPrior has no such KL, and fit refuses them for it.
+    history = [record(e, 300 - e, kl=kl) for e, kl in enumerate([3.0, 0.5, 0.05, 0.02], start=1)]
+    (finding,) = G.diagnose(history, factorised_prior=False)
+    advice = finding["advice"].lower()
+    assert "free bits" not in advice and "warm-up" in advice and "weaker decoder" in advice
+    assert _raises_beta(finding["advice"]) == []
+
+
 def test_collapse_is_found_from_too_few_active_units_and_from_real_collapsed_params(fashion):
     _, test = fashion
     history = [record(e, 300 - e, kl=5.0) for e in range(1, 4)]
@@ -153,7 +220,7 @@ def test_collapse_is_found_from_too_few_active_units_and_from_real_collapsed_par
     params = funcvae.init(seed=0, hidden=(16,), latent=6)
     enc = params.tree["encoder"]
     dead = {name: {k: torch.zeros_like(t) for k, t in enc[name].items()} for name in ("mean", "logvar")}
-    params = funcvae.Params(params.spec, {"encoder": {**enc, **dead}, "decoder": params.tree["decoder"]})
+    params = funcvae.Params(params.model, {"encoder": {**enc, **dead}, "decoder": params.tree["decoder"]})
     kl, units = G.kl_per_dim(params, test[:100]), G.active_units(params, test[:100])
     assert torch.equal(kl, torch.zeros(6)) and units.count == 0
     assert "posterior collapse" in names(G.diagnose(healthy(), kl_per_dim=kl, active=units))

@@ -78,25 +78,24 @@ def test_skip_leaves_the_params_untouched_by_the_bad_step_and_counts_it(monkeypa
 
 
 def test_the_guard_keeps_params_and_optimiser_state_exactly():
-    from funcvae.optim import adam
-    from funcvae.step import train_step
+    from funcvae.optim import adam, apply_if_finite
+    from funcvae.step import Batch, init_state, make_train_step
 
     params = funcvae.init(seed=0, **SMALL)
-    opt = adam(1e-3)
-    state = opt.init(params.tree)
+    objective, opt = funcvae.objectives.elbo(), apply_if_finite(adam(1e-3))
+    state = init_state(params, objective, opt)
     x = data()[:8].clone()
     x[3, 5] = math.nan
-    tree, new_state, stats = train_step(params.spec, opt, params.tree, state, x, torch.randn(8, 1, 3),
-                                        torch.tensor(1.0), torch.ones(8))
+    new, stats = make_train_step(params.model, objective, opt)(state, Batch(x, torch.randn(8, 1, 3), torch.ones(8)))
     assert float(stats[-1]) == 0.0
-    assert all(torch.equal(a, b) for a, b in zip(funcvae.leaves_by_path(funcvae.Params(params.spec, tree)).values(),
+    assert all(torch.equal(a, b) for a, b in zip(funcvae.leaves_by_path(funcvae.Params(params.model, new.tree)).values(),
                                                  funcvae.leaves_by_path(params).values()))
-    assert int(new_state.count) == 0
+    assert int(new.opt_state.inner.count) == 0 and int(new.opt_state.skipped) == 1
 
 
 def test_extreme_encoder_outputs_keep_the_bound_finite():
     params = funcvae.init(seed=0, hidden=(8,), latent=2)
-    big = funcvae.Params(params.spec, {**params.tree, "encoder": {**params.tree["encoder"], "logvar": {
+    big = funcvae.Params(params.model, {**params.tree, "encoder": {**params.tree["encoder"], "logvar": {
         "kernel": params.tree["encoder"]["logvar"]["kernel"] * 1e4, "bias": params.tree["encoder"]["logvar"]["bias"]}}})
     terms = funcvae.elbo(big, data()[:20], seed=0)
     assert all(bool(torch.isfinite(v).all()) for v in terms.values())

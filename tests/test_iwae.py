@@ -8,8 +8,8 @@ import torch
 
 import funcvae
 from funcvae import distributions as D
-from funcvae.iwae import BLOCK, batch_log_weights, example_log_weights, iwae, log_weight, log_weights, noise
-from funcvae.model import encode_one
+from funcvae import objectives
+from funcvae.importance import BLOCK, batch_log_weights, example_log_weights, iwae, log_weight, log_weights, noise
 
 Z = 5.0
 SMALL = dict(hidden=(32,), latent=4)
@@ -30,13 +30,14 @@ def model_and_data(fashion):
 def test_vmapped_log_weights_equal_a_python_loop(model):
     params = funcvae.init(seed=1, **MODELS[model])
     g = torch.Generator().manual_seed(0)
-    x, eps = torch.rand(3, params.spec.features, generator=g), torch.randn(3, 4, params.spec.latent, generator=g)
-    batched = batch_log_weights(params.spec, params.tree, x, eps)
+    model = params.model
+    x, eps = torch.rand(3, model.features, generator=g), torch.randn(3, 4, model.latent, generator=g)
+    batched = batch_log_weights(params, x, eps)
     for i in range(3):
-        mean, logvar = encode_one(params.spec, params.tree, x[i])
-        torch.testing.assert_close(example_log_weights(params.spec, params.tree, x[i], eps[i]), batched[i])
+        mean, logvar = model.encode_one(params.tree, x[i])
+        torch.testing.assert_close(example_log_weights(params, x[i], eps[i]), batched[i])
         for j in range(4):
-            one = log_weight(params.spec, params.tree, x[i], mean, logvar, eps[i, j])
+            one = log_weight(params, x[i], mean, logvar, eps[i, j])
             torch.testing.assert_close(one, batched[i, j])
 
 
@@ -72,12 +73,12 @@ def test_the_noise_of_a_sample_does_not_depend_on_the_window_it_is_drawn_in():
 def test_one_sample_is_the_elbo_with_a_monte_carlo_kl(model_and_data):
     # Same noise: log w = log p(x|z) + log p(z) - log q(z|x) = -loss + (KL - (log q(z|x) - log p(z))).
     params, x = model_and_data
-    spec, tree = params.spec, params.tree
-    eps = noise(4, range(10), 0, 1, spec.latent, like=x)
+    eps = noise(4, range(10), 0, 1, params.model.latent, like=x)
     bound = iwae(params, x, k=1, seed=4)
+    elbo = objectives.elbo(1.0)
     for i in range(10):
-        terms = funcvae.example_terms(spec, tree, x[i].reshape(-1), eps[i], 1.0)
-        mean, logvar = encode_one(spec, tree, x[i].reshape(-1))
+        terms = elbo.terms(params, x[i].reshape(-1), eps[i], {"beta": torch.tensor(1.0)})
+        mean, logvar = params.model.encode_one(params.tree, x[i].reshape(-1))
         kl_sample = D.kl_monte_carlo(mean, logvar, eps[i])[0]
         torch.testing.assert_close(bound[i], -terms["loss"] + terms["kl"] - kl_sample)
 
@@ -133,6 +134,6 @@ def test_bad_data_and_params_are_refused_like_the_elbo():
                                iwae(params, torch.ones(2, 784), k=2, seed=0))
     with pytest.raises(TypeError, match="Params"):
         iwae(params.tree, torch.rand(2, 784), k=2, seed=0)
-    broken = funcvae.Params(params.spec, {"encoder": params.tree["encoder"], "decoder": {}})
+    broken = funcvae.Params(params.model, {"encoder": params.tree["encoder"], "decoder": {}})
     with pytest.raises(ValueError, match="missing"):
         iwae(broken, torch.rand(2, 784), k=2, seed=0)

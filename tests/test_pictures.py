@@ -11,7 +11,9 @@ from funcvae import pictures
 MODELS = {
     "mlp-bernoulli": dict(hidden=(32,), latent=5),
     "mlp-gaussian": dict(hidden=(32,), latent=5, likelihood="gaussian", obs_std=0.2),
+    "mlp-gaussian-learned": dict(hidden=(32,), latent=5, likelihood="gaussian"),
     "conv-bernoulli": dict(arch="conv", channels=(4, 8), hidden=(16,), latent=3),
+    "mlp-vamp": dict(hidden=(32,), latent=5, prior="vamp", pseudo_inputs=4),
 }
 CELL = 28 + pictures.PADDING  # one image and its border
 
@@ -44,7 +46,7 @@ def test_every_picture_has_its_grid_size(model, images, tmp_path):
     assert size(pictures.prior_samples(params, tmp_path / "prior.png", n=10, nrow=4, seed=0)) == grid_size(3, 4)
     assert size(pictures.interpolations(params, images[:2], images[2:4], tmp_path / "lerp.png", steps=5)) \
         == grid_size(2, 5)
-    rows = min(4, params.spec.latent)
+    rows = min(4, params.model.latent)
     assert size(pictures.traversal(params, images, tmp_path / "walk.png", dims=4, steps=7)) == grid_size(rows, 7)
 
 
@@ -53,6 +55,40 @@ def test_same_seed_same_picture_other_seed_other_picture(tmp_path):
     paths = [pictures.prior_samples(params, tmp_path / f"{i}.png", n=8, seed=s) for i, s in enumerate((3, 3, 4))]
     a, b, c = (p.read_bytes() for p in paths)
     assert a == b and a != c
+
+
+def cells(pixels, rows, cols):
+    """The (rows * cols, 28, 28) images of a save_image grid, row by row."""
+    pad = pictures.PADDING
+    return torch.stack([pixels[pad + r * CELL:pad + r * CELL + 28, pad + c * CELL:pad + c * CELL + 28]
+                        for r in range(rows) for c in range(cols)])
+
+
+def test_prior_samples_of_a_vamp_prior_come_from_its_mixture(images, tmp_path):
+    # A VampPrior whose 3 components sit far apart with posterior stds of 3e-7: every draw from the mixture
+    # is (to far below a grey level) one of the 3 component means, unlike a draw from N(0, I).
+    params = funcvae.init(seed=0, hidden=(32,), latent=5, prior="vamp", pseudo_inputs=3)
+    enc = dict(params.tree["encoder"])
+    enc["mean"] = {k: 30 * t for k, t in enc["mean"].items()}
+    enc["logvar"] = {"kernel": torch.zeros_like(enc["logvar"]["kernel"]),
+                     "bias": torch.full_like(enc["logvar"]["bias"], -30.0)}
+    params = funcvae.Params(params.model, {**params.tree, "encoder": enc,
+                                           "prior": {"pseudo_inputs": images[:3].reshape(3, -1).clone()}})
+    mean, _ = funcvae.encode(params, images[:3])
+    components = torch.sigmoid(funcvae.decode(params, mean)).reshape(3, 28, 28)
+    apart = (components[:, None] - components[None]).abs().amax((-1, -2))
+    assert float((apart + 255 * torch.eye(3)).min()) > 20 / 255  # the components are told apart easily
+
+    path = pictures.prior_samples(params, tmp_path / "vamp.png", n=30, nrow=6, seed=0)
+    assert size(path) == grid_size(5, 6)
+    drawn = cells(grey(path), 5, 6)
+    distance = (drawn[:, None] - components[None]).abs().amax((-1, -2))  # (30, 3)
+    assert bool((distance.min(1).values <= 1 / 255 + 1e-6).all())  # each sample is a component, up to 8 bits
+    assert len(set(distance.argmin(1).tolist())) >= 2  # and more than one component is drawn
+    # Draws from N(0, I) instead would be none of them.
+    standard = torch.sigmoid(funcvae.decode(params, torch.randn(30, 5, generator=torch.Generator().manual_seed(0))))
+    far = (standard.reshape(30, 1, 28, 28) - components[None]).abs().amax((-1, -2))
+    assert bool((far.min(1).values > 10 / 255).all())
 
 
 def test_reconstructions_show_the_inputs_and_the_decoded_means(images, tmp_path):

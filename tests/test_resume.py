@@ -89,14 +89,18 @@ def test_the_checkpoint_holds_everything_a_run_needs(tmp_path):
     state = funcvae.load(tmp_path / CHECKPOINT_FILE)
     assert_same(state.params, params)
     assert state.epoch == 2 and state.step == 0 and state.rng is None
-    assert int(state.opt_state.count) == 10
+    assert int(state.count) == 10 and int(state.opt_state["inner/count"]) == 10
     assert without_seconds(state.history[0]) == without_seconds(history)
-    assert state.config["seed"] == [3] and state.config["batch_size"] == 64 and state.config["lr"] == [1e-3]
+    assert state.config["seed"] == [3] and state.config["batch_size"] == 64
+    assert state.config["optimizer"] == [funcvae.optim.apply_if_finite(funcvae.optim.adam(1e-3), freeze=True).name]
+    assert state.config["objective"] == [funcvae.objectives.elbo(
+        1.0, warmup=funcvae.schedules.warmup(1 * 5)).name]
 
 
 def test_resume_refuses_other_settings_or_data(tmp_path):
     run(tmp_path, 1)
-    with pytest.raises(ValueError, match=r"other settings or data \(lr: checkpoint \[0.001\], now \[0.002\]"):
+    with pytest.raises(ValueError, match=r"other settings or data \(optimizer: checkpoint \['apply_if_finite\(adam\(lr=0.001,"
+                                         r".*now \['apply_if_finite\(adam\(lr=0.002,"):
         run(tmp_path, 2, resume=True, lr=2e-3)
     x, x_val = data(seed=1)
     with pytest.raises(ValueError, match=r"data: checkpoint"):
@@ -129,3 +133,13 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one(tmp_path, monkeyp
         run(tmp_path, 2, resume=True)
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
     assert os.listdir(tmp_path) == [CHECKPOINT_FILE]
+
+
+def test_resume_with_another_kind_of_optimiser_names_the_setting_not_its_leaves(tmp_path):
+    run(tmp_path, 1)
+    x, x_val = data()
+    with pytest.raises(ValueError, match=r"other settings or data \(optimizer: checkpoint \['apply_if_finite\(adam"
+                                         r".*now \['apply_if_finite\(sgd"):
+        funcvae.fit(funcvae.init(seed=0, **SMALL), x, epochs=2, batch_size=64, val_data=x_val, seed=3, kl_warmup=1,
+                    checkpoint_dir=tmp_path, resume=True, optimizer=funcvae.optim.sgd(1e-2, momentum=0.9),
+                    compile=False)

@@ -14,6 +14,29 @@ def test_stack_and_unstack_round_trip():
         assert all(torch.equal(a.tree["decoder"]["out"][k], b.tree["decoder"]["out"][k]) for k in ("kernel", "bias"))
 
 
+def test_a_stack_of_a_users_model_with_a_vamp_prior_round_trips():
+    def init(gen):
+        return {"enc": funcvae.nn.dense_init(gen, 784, 6), "dec": funcvae.nn.dense_init(gen, 3, 784)}
+
+    def encode(tree, x):
+        h = funcvae.nn.dense(tree["enc"], x)
+        return h[:3], h[3:]
+
+    def decode(tree, z):
+        return funcvae.nn.dense(tree["dec"], z)
+
+    model = funcvae.Model(init=init, encode=encode, decode=decode, latent=3, prior=funcvae.priors.vamp(4))
+    models = [model.init(seed=s) for s in range(2)]
+    stacked = funcvae.stack(models)
+    assert stacked.model is model and funcvae.model.stack_size(stacked) == 2
+    assert stacked.tree["prior"]["pseudo_inputs"].shape == (2, 4, 784)
+    for a, b in zip(models, funcvae.unstack(stacked)):
+        la, lb = funcvae.leaves_by_path(a), funcvae.leaves_by_path(b)
+        assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)
+    with pytest.raises(ValueError, match="params are a stack of 2 models"):
+        funcvae.elbo(stacked, torch.rand(2, 784), seed=0)
+
+
 def test_a_stack_trains_like_separate_fits(fashion):
     train, test = fashion
     models = [funcvae.init(seed=s, hidden=(32,), latent=4) for s in range(3)]
@@ -51,7 +74,14 @@ def test_per_model_settings_must_match_the_stack(kwargs, match):
 
 
 def test_stacks_need_one_spec_and_single_models_refuse_sequences():
-    with pytest.raises(ValueError, match="one spec"):
+    with pytest.raises(ValueError, match="stacked params must share one model, got 2 different ones"):
         funcvae.stack([funcvae.init(seed=0, latent=2), funcvae.init(seed=0, latent=3)])
     with pytest.raises(ValueError, match="a stack of that many"):
         funcvae.fit(funcvae.init(seed=0, hidden=(8,)), torch.rand(8, 784), epochs=1, batch_size=4, seed=[0, 1])
+
+
+def test_a_per_example_optimiser_is_refused_for_a_stack_before_any_work():
+    stacked = funcvae.stack([funcvae.init(seed=s, hidden=(8,), latent=2) for s in range(2)])
+    dp = funcvae.optim.chain(funcvae.optim.differentially_private_aggregate(1.0, 1.0), funcvae.optim.adam(1e-3))
+    with pytest.raises(ValueError, match="per-example gradients.*not a stack"):
+        funcvae.fit(stacked, torch.rand(8, 784), epochs=1, batch_size=4, optimizer=dp, compile=False)

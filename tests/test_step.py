@@ -9,7 +9,8 @@ import torch
 import funcvae
 from funcvae import compiling as C
 from funcvae.batches import pad_rows
-from funcvae.elbo import loss_and_grad
+from funcvae import objectives, optim
+from funcvae.step import Batch, init_state, make_train_step
 
 
 class CountingBackend:
@@ -62,12 +63,38 @@ def test_inductor_compiles_the_whole_step_on_cpu():
 def test_a_padded_batch_gives_the_gradient_of_its_real_rows():
     params = funcvae.init(seed=1, hidden=(16,), latent=3)
     x, eps = small_data(5), torch.randn(5, 1, 3)
-    real = loss_and_grad(params.tree, params.spec, x, eps, 1.0)
+    objective, optimizer = objectives.elbo(), optim.adam(1e-3)
+    step = make_train_step(params.model, objective, optimizer)
+    state = init_state(params, objective, optimizer)
+    real = step.gradients(state, Batch(x, eps, torch.ones(5)))
     w = pad_rows(torch.ones(5), 8)
-    padded = loss_and_grad(params.tree, params.spec, pad_rows(x, 8), pad_rows(eps, 8), 1.0, w)
+    padded = step.gradients(state, Batch(pad_rows(x, 8), pad_rows(eps, 8), w))
     for a, b in zip(optree.tree_leaves(real[0]), optree.tree_leaves(padded[0])):
         torch.testing.assert_close(a, b)
-    torch.testing.assert_close(real[1][0], padded[1][0])
+    torch.testing.assert_close(real[1], padded[1])
+
+
+def test_a_stack_is_the_vmap_of_the_one_step_for_any_optimiser():
+    # Two models with different learning rates and momenta under ONE sgd update code, and different betas
+    # under ONE objective code: the stacked step equals each model's own step.
+    params = [funcvae.init(seed=s, hidden=(16,), latent=3) for s in (0, 1)]
+    objs = [objectives.elbo(b) for b in (0.5, 2.0)]
+    opts = [optim.chain(optim.clip_by_global_norm(c), optim.sgd(lr, momentum=m))
+            for c, lr, m in ((1.0, 1e-2, 0.9), (5.0, 1e-3, 0.5))]
+    steps = [make_train_step(p.model, o, t) for p, o, t in zip(params, objs, opts)]
+    assert steps[0] == steps[1] and hash(steps[0]) == hash(steps[1])
+    states = [init_state(p, o, t) for p, o, t in zip(params, objs, opts)]
+    batches = [Batch(small_data(8, s), torch.randn(8, 1, 3), torch.ones(8)) for s in (0, 1)]
+    for _ in range(3):  # momentum makes the second and third steps depend on the state
+        singles = [step(state, batch) for step, state, batch in zip(steps, states, batches)]
+        stacked_state = optree.tree_map(lambda *t: torch.stack(t), *states)
+        stacked_batch = Batch(*(torch.stack(t) for t in zip(*(b[:3] for b in batches))))
+        together, metrics = funcvae.step.stacked(steps[0])(stacked_state, stacked_batch)
+        for m, (single, single_metrics) in enumerate(singles):
+            for a, b in zip(optree.tree_leaves(single), optree.tree_leaves(optree.tree_map(lambda t: t[m], together))):
+                torch.testing.assert_close(a, b)
+            torch.testing.assert_close(single_metrics, metrics[m])
+        states = [s for s, _ in singles]
 
 
 def test_without_a_cpp_compiler_fit_warns_and_runs_eagerly(monkeypatch):
@@ -103,3 +130,35 @@ def test_many_models_in_one_process_each_compile_once():
     for width in range(8, 20):
         funcvae.fit(funcvae.init(seed=0, hidden=(width,), latent=2), x, epochs=1, batch_size=32, compile=backend)
     assert backend.graphs == 12
+
+
+def test_a_users_model_compiles_once_across_fits_learning_rates_and_betas():
+    # The step's code is the model's and the pieces'; their numbers live in the state, so a second fit of the
+    # same model with another lr or beta reuses the graph instead of tracing again.
+    gen_sizes = (784, 16, 3)
+
+    def init(gen):
+        return {"enc": funcvae.nn.dense_init(gen, gen_sizes[0], gen_sizes[1]),
+                "head": funcvae.nn.dense_init(gen, gen_sizes[1], 2 * gen_sizes[2]),
+                "dec": funcvae.nn.dense_init(gen, gen_sizes[2], gen_sizes[0])}
+
+    def encode(tree, x):
+        return funcvae.nn.dense(tree["head"], torch.tanh(funcvae.nn.dense(tree["enc"], x))).chunk(2)
+
+    def decode(tree, z):
+        return funcvae.nn.dense(tree["dec"], z)
+
+    model = funcvae.Model(init=init, encode=encode, decode=decode, input_shape=(1, 28, 28), latent=3)
+    backend = CountingBackend()
+    x = small_data(96)
+    for lr, beta in ((1e-3, 1.0), (3e-3, 0.5), (1e-2, 2.0)):
+        funcvae.fit(model.init(seed=0), x, epochs=2, batch_size=64, lr=lr, beta=beta, compile=backend)
+    assert backend.graphs == 1
+
+
+def test_a_stack_of_models_is_traced_once_whatever_their_learning_rates_and_betas():
+    backend = CountingBackend()
+    params = funcvae.stack([funcvae.init(seed=s, hidden=(16,), latent=3) for s in range(3)])
+    funcvae.fit(params, small_data(), epochs=2, batch_size=128, lr=[1e-3, 3e-3, 1e-2], beta=[0.5, 1.0, 2.0],
+                seed=[0, 1, 2], kl_warmup=1, compile=backend)
+    assert backend.graphs == 1

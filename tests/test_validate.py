@@ -18,7 +18,7 @@ N = 6
 # The modules, not the functions: ``funcvae.elbo`` is the function, which shadows its module.
 TRAIN = importlib.import_module("funcvae.train")
 ELBO = importlib.import_module("funcvae.elbo")
-CODEC = importlib.import_module("funcvae.codec")
+OBJECTIVES = importlib.import_module("funcvae.objectives")
 
 
 def run_fit(params, data, **kw):
@@ -61,9 +61,11 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the input was validated")
 
-    for module, name in [(TRAIN, "train_step"), (TRAIN, "evaluate"), (ELBO, "evaluate"), (ELBO, "batch_terms"),
-                         (CODEC, "encode_one"), (CODEC, "decode_one")]:
-        monkeypatch.setattr(module, name, forbidden)
+    # Building fit's step, scoring held-out data, the ELBO's batches, and any run of a model on data (the
+    # model check runs the user's encode and decode on one example, not these).
+    for owner, name in [(TRAIN, "make_train_step"), (TRAIN, "evaluate"), (ELBO, "evaluate"),
+                        (OBJECTIVES, "batch_terms"), (funcvae.Model, "encode_one"), (funcvae.Model, "decode_one")]:
+        monkeypatch.setattr(owner, name, forbidden)
 
 
 @pytest.mark.parametrize("entry", [run_fit, run_elbo, run_encode, lambda p, x: funcvae.decode(p, torch.zeros(2, 3))],
@@ -263,7 +265,7 @@ def with_leaf(params, path, value=None, *, drop=False):
         del node[leaf]
     else:
         node[leaf] = value
-    return funcvae.Params(params.spec, tree)
+    return funcvae.Params(params.model, tree)
 
 
 def decode_some(params, x):
@@ -277,9 +279,10 @@ PARAM_IDS = ["fit", "elbo", "encode", "decode"]
 @pytest.mark.parametrize("entry", PARAM_ENTRIES, ids=PARAM_IDS)
 @pytest.mark.parametrize("bad", ["tree", "dict", "none"])
 def test_params_must_be_params(params, no_work, entry, bad):
-    given = {"tree": params.tree, "dict": {"spec": params.spec, "tree": params.tree}, "none": None}[bad]
+    given = {"tree": params.tree, "dict": {"model": params.model, "tree": params.tree}, "none": None}[bad]
     kind = {"tree": "dict", "dict": "dict", "none": "NoneType"}[bad]
-    with pytest.raises(TypeError, match=rf"expected funcvae Params \(as returned by funcvae\.init\), got {kind}"):
+    with pytest.raises(TypeError, match=rf"expected funcvae Params \(as returned by model\.init or funcvae\.init\), "
+                                        rf"got {kind}"):
         entry(given, images())
 
 

@@ -25,34 +25,34 @@ from torch import Tensor
 from torch.func import vmap
 
 from funcvae import distributions as D
-from funcvae.elbo import log_likelihood
-from funcvae.model import ModelSpec, Params, check_params, decode_one, encode_one
+from funcvae.model import Params
 from funcvae.rng import derive_seed, generator
-from funcvae.validate import as_examples, check_int
+from funcvae.validate import check_int, examples_of
 
 #: Samples per noise stream (see the module docstring); chunk sizes that are multiples of it draw each
 #: block once, others redraw the blocks they straddle (same numbers, a little more work).
 BLOCK = 128
 
 
-def log_weight(spec: ModelSpec, tree: dict, x: Tensor, mean: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+def log_weight(params: Params, x: Tensor, mean: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
     """log p(x | z) + log p(z) - log q(z | x) at z = mean + exp(logvar / 2) * eps, for ONE example and ONE
     sample: x (features,), mean, logvar, eps (latent,) -> 0-d tensor in nats."""
+    model, tree = params.model, params.tree
     z = D.reparameterize(mean, logvar, eps)
-    log_px_z = log_likelihood(spec, tree, decode_one(spec, tree, z), x)
-    return log_px_z + D.standard_normal_log_prob(z).sum(-1) - D.gaussian_log_prob(mean, logvar, z).sum(-1)
+    log_px_z = model.likelihood.log_prob(model.decode_one(tree, z), x)
+    return log_px_z + model.prior.log_prob(tree, model, z) - D.gaussian_log_prob(mean, logvar, z).sum(-1)
 
 
-def example_log_weights(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor) -> Tensor:
+def example_log_weights(params: Params, x: Tensor, eps: Tensor) -> Tensor:
     """The log-weights of ONE example: x (features,), eps (K, latent) -> (K,) in nats (encodes x once)."""
-    mean, logvar = encode_one(spec, tree, x)
-    return vmap(partial(log_weight, spec, tree, x, mean, logvar))(eps)
+    mean, logvar = params.model.encode_one(params.tree, x)
+    return vmap(partial(log_weight, params, x, mean, logvar))(eps)
 
 
-def batch_log_weights(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor) -> Tensor:
+def batch_log_weights(params: Params, x: Tensor, eps: Tensor) -> Tensor:
     """``example_log_weights`` over a batch: x (B, features), eps (B, K, latent) -> (B, K); pure, so it
-    can be differentiated (an IWAE training objective is ``-(logsumexp(., -1) - log K).mean()``)."""
-    return vmap(partial(example_log_weights, spec), in_dims=(None, 0, 0))(tree, x, eps)
+    can be differentiated (``funcvae.objectives.iwae`` is the training objective built on the same maths)."""
+    return vmap(example_log_weights, in_dims=(None, 0, 0))(params, x, eps)
 
 
 def noise(seed: int, rows: range, start: int, stop: int, latent: int, *, like: Tensor) -> Tensor:
@@ -72,7 +72,7 @@ def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * B
     """Per-example importance-weighted bound IWAE_k of ``x`` under ``params``.
 
     Args:
-      params: from ``funcvae.init`` or ``funcvae.fit``.
+      params: from ``model.init``, ``funcvae.init`` or ``funcvae.fit``.
       x: examples as (N, F), (N, H, W) or (N, C, H, W); tensor, array, Dataset or DataLoader.
       k: importance samples per example (k = 1 is an unbiased ELBO estimate with a Monte Carlo KL).
       seed: names the noise; the same seed gives the same numbers whatever chunk_size and batch_size.
@@ -84,26 +84,25 @@ def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * B
       (N,) IWAE_k in nats per example: a lower bound on log p(x) (in expectation), >= the ELBO.
 
     Example:
-      >>> bound = funcvae.iwae.iwae(params, x_test[:100], k=5000, seed=0)   # log p(x) >= bound.mean()
+      >>> bound = funcvae.iwae(params, x_test[:100], k=5000, seed=0)   # log p(x) >= bound.mean()
     """
-    check_params(params)
     for name, value in (("k", k), ("chunk_size", chunk_size), ("batch_size", batch_size)):
         check_int(name, value)
     derive_seed(seed)  # a bad seed fails here, before any work
-    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"])
+    x = examples_of(params, x, scale=scale, name="data")
     with torch.no_grad():
-        return torch.cat([_stream(params.spec, params.tree, x, range(a, min(a + batch_size, x.shape[0])),
+        return torch.cat([_stream(params, x, range(a, min(a + batch_size, x.shape[0])),
                                   seed=seed, k=k, chunk_size=chunk_size)
                           for a in range(0, x.shape[0], batch_size)])
 
 
-def _stream(spec: ModelSpec, tree: dict, x: Tensor, rows: range, *, seed: int, k: int, chunk_size: int) -> Tensor:
+def _stream(params: Params, x: Tensor, rows: range, *, seed: int, k: int, chunk_size: int) -> Tensor:
     """IWAE_k of the examples ``rows`` of validated (N, F) ``x``, one chunk of samples at a time: (len(rows),)."""
     xb = x[rows.start:rows.stop]
     total = xb.new_full((len(rows),), -math.inf)  # running log sum_j w_j
     for start in range(0, k, chunk_size):
-        eps = noise(seed, rows, start, min(start + chunk_size, k), spec.latent, like=x)
-        total = torch.logaddexp(total, torch.logsumexp(batch_log_weights(spec, tree, xb, eps), dim=-1))
+        eps = noise(seed, rows, start, min(start + chunk_size, k), params.model.latent, like=x)
+        total = torch.logaddexp(total, torch.logsumexp(batch_log_weights(params, xb, eps), dim=-1))
     return total - math.log(k)
 
 
@@ -118,10 +117,9 @@ def log_weights(params: Params, x, *, k: int, seed: int, scale: float | None = N
     Returns:
       (N, k) log w in nats; ``logsumexp(., -1) - log k`` is ``iwae(params, x, k=k, seed=seed)``.
     """
-    check_params(params)
     check_int("k", k)
     derive_seed(seed)
-    x = as_examples(x, params.spec, scale=scale, like=params.tree["encoder"]["mean"]["kernel"])
+    x = examples_of(params, x, scale=scale, name="data")
     with torch.no_grad():
-        eps = noise(seed, range(x.shape[0]), 0, k, params.spec.latent, like=x)
-        return batch_log_weights(params.spec, params.tree, x, eps)
+        eps = noise(seed, range(x.shape[0]), 0, k, params.model.latent, like=x)
+        return batch_log_weights(params, x, eps)

@@ -1,0 +1,5 @@
+import sys
+
+from funcvae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""The model a run trains: a built-in one from the options, or a ``funcvae.Model`` of the user's own from
+``--model FILE.py:NAME``; what config.json records of it, and the model of a run folder loaded again."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import funcvae
+
+#: The options that describe a built-in model (refused with --model, whose file says all that).
+BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "prior", "pseudo_inputs")
+
+
+def model_of(args) -> tuple[funcvae.Model, dict]:
+    """The model of the options and what config.json records of it: ``{"model": the built-in ModelSpec as a
+    dict, "model_file": None}`` or ``{"model": None, "model_file": "/abs/FILE.py:NAME"}``."""
+    given = [f"--{name.replace('_', '-')}" for name in BUILT_IN if getattr(args, name) is not None]
+    if args.model is not None:
+        if given:
+            args.parser.error(f"--model takes the architecture, likelihood and prior from its file; {', '.join(given)} "
+                              "(options of the built-in models) cannot be used with it")
+        return _loaded(args, args.model, "--model "), {"model": None, "model_file": _absolute(args.model)}
+    fields = {name: getattr(args, name) for name in BUILT_IN if getattr(args, name) is not None}
+    if "pseudo_inputs" in fields and fields.get("prior") != "vamp":
+        args.parser.error("--pseudo-inputs applies to --prior vamp only")
+    try:
+        spec = funcvae.ModelSpec(**fields)
+    except ValueError as e:
+        args.parser.error(str(e))
+    return funcvae.models.from_spec(spec), {"model": spec.to_dict(), "model_file": None}
+
+
+def recorded_model(args, config: dict) -> funcvae.Model:
+    """The model a run folder's config.json records (the user's file loaded again, or the built-in spec)."""
+    if config.get("model_file"):
+        return _loaded(args, config["model_file"], "the run's model file ")
+    return funcvae.models.from_spec(funcvae.ModelSpec.from_dict(config["model"]))
+
+
+def _loaded(args, reference: str, what: str) -> funcvae.Model:
+    """``model_from_file``; what is wrong with it as a usage error that says ``what`` named the file."""
+    try:
+        return model_from_file(reference)
+    except ValueError as e:
+        args.parser.error(f"{what}{e}")
+
+
+def model_from_file(reference: str) -> funcvae.Model:
+    """The ``funcvae.Model`` named by ``"FILE.py:NAME"``: the file is run as a module (under ``__name__``
+    ``funcvae_model_<file stem>``, so its functions keep the same names from run to run) and its attribute
+    NAME taken. Raises ValueError naming what is missing."""
+    path, sep, name = reference.rpartition(":")
+    if not (sep and path and name.isidentifier()):
+        raise ValueError(f"{reference!r} is not FILE.py:NAME (e.g. my_vae.py:model)")
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{reference}: there is no file {file}")
+    module_name = "funcvae_model_" + re.sub(r"\W", "_", file.stem)
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None:
+        raise ValueError(f"{reference}: {file} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # what dataclasses and pickle look a class's module up in
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    if not hasattr(module, name):
+        raise ValueError(f"{reference}: {file} defines no {name!r}")
+    model = getattr(module, name)
+    if not isinstance(model, funcvae.Model):
+        raise ValueError(f"{reference}: {name} must be a funcvae.Model, not {type(model).__name__}")
+    return model
+
+
+def model_name(model: funcvae.Model, config: dict) -> str:
+    """A run folder's name for the model: the built-in's architecture, or the stem of the user's file."""
+    if model.spec is not None:
+        return model.spec.arch
+    return re.sub(r"[^\w.-]", "_", Path(config["model_file"].rpartition(":")[0]).stem)
+
+
+def _absolute(reference: str) -> str:
+    """``FILE.py:NAME`` with FILE made an absolute path (what config.json records)."""
+    path, sep, name = reference.rpartition(":")
+    return f"{Path(path).resolve()}{sep}{name}" if sep and path else reference

@@ -1,0 +1,155 @@
+"""The options train and sweep share, and what they become: config.json's settings (checked as usage errors
+before any work), and the objective, optimiser and ``funcvae.FitConfig`` fields those settings describe."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+import funcvae
+from funcvae import objectives, optim, schedules
+from funcvae.models import ARCHS, LIKELIHOODS, PRIORS
+
+OBJECTIVES = ("elbo", "iwae")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+#: What an option left out means, for the options whose default depends on others (they parse as None).
+DEFAULTS = dict(objective="elbo", k=5, beta=1.0, kl_warmup=0.0, optimizer="adam", lr=1e-3, momentum=0.9,
+                weight_decay=1e-2)
+#: The settings of config.json's "fit" that are ``funcvae.FitConfig`` fields (the rest build the objective
+#: and the optimiser).
+FIT_FIELDS = frozenset(f.name for f in dataclasses.fields(funcvae.FitConfig))
+
+
+def model_options() -> argparse.ArgumentParser:
+    """The options train and sweep share: data set, model, optimiser, compiling, output folder."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(funcvae.data.DATASETS))
+    p.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                   help="a funcvae.Model of your own: the attribute NAME of the Python file FILE.py (instead of "
+                        "the built-in model that --arch ... --pseudo-inputs describe)")
+    p.add_argument("--arch", default=None, choices=ARCHS, help="default: mlp")
+    p.add_argument("--hidden", default=None, type=int, nargs="*", help="hidden sizes (default: 400)")
+    p.add_argument("--latent", default=None, type=int, help="default: 20")
+    p.add_argument("--activation", default=None, choices=sorted(funcvae.nn.ACTIVATIONS), help="default: relu")
+    p.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: bernoulli")
+    p.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
+    p.add_argument("--prior", default=None, choices=PRIORS, help="normal (default): N(0, I); vamp: the VampPrior")
+    p.add_argument("--pseudo-inputs", default=None, type=int, help="vamp only: its pseudo-inputs (default: 500)")
+    p.add_argument("--free-bits", default=None, type=float, metavar="NATS",
+                   help="the ELBO with a factorised prior (not vamp) only: a floor on each latent dimension's KL")
+    p.add_argument("--batch-size", default=128, type=int)
+    p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default: adam")
+    p.add_argument("--lr", default=None, type=float, help="learning rate (default: 1e-3)")
+    p.add_argument("--momentum", default=None, type=float, help="sgd only (default: 0.9)")
+    p.add_argument("--weight-decay", default=None, type=float, help="adamw only: decoupled (default: 0.01)")
+    p.add_argument("--no-compile", action="store_true", help="run the eager step (no torch.compile)")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    return p
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options eval, sample and sweep share: seed, data folder, progress bar."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", default=0, type=int, help="names every random draw (default: 0)")
+    common.add_argument("--data-root", default=None, help="folder to look in first for the data (eval, sweep)")
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
+    return common
+
+
+def at_least(minimum: int):
+    """An argparse type: an int >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+def objective_settings(args) -> dict:
+    """config.json's record of the objective: ``objective``, ``k``, ``beta``, ``kl_warmup``, ``free_bits``
+    (None where they do not apply); an option that does not apply to the objective is a usage error."""
+    name = args.objective or DEFAULTS["objective"]
+    if name == "iwae":
+        wrong = [flag for flag, value in (("--beta", args.beta), ("--kl-warmup", args.kl_warmup)) if value is not None]
+        if wrong:
+            args.parser.error(f"--objective iwae has no KL weight to set ({' and '.join(wrong)} are options of "
+                              "the ELBO)")
+        return dict(objective=name, k=DEFAULTS["k"] if args.k is None else args.k, beta=None, kl_warmup=None,
+                    free_bits=args.free_bits)
+    if args.k is not None:
+        args.parser.error("--k (importance samples) applies to --objective iwae only")
+    warmup = DEFAULTS["kl_warmup"] if args.kl_warmup is None else args.kl_warmup
+    if not (math.isfinite(warmup) and warmup >= 0):
+        args.parser.error(f"--kl-warmup must be a finite number of epochs >= 0, got {warmup}")
+    return dict(objective=name, k=None, beta=DEFAULTS["beta"] if args.beta is None else args.beta, kl_warmup=warmup,
+                free_bits=args.free_bits)
+
+
+def optimizer_settings(args) -> dict:
+    """config.json's record of the optimiser: ``optimizer``, ``lr``, ``momentum`` (sgd), ``weight_decay``
+    (adamw); an option that does not apply to the optimiser is a usage error."""
+    name = args.optimizer or DEFAULTS["optimizer"]
+    for flag, value, owner in (("--momentum", args.momentum, "sgd"), ("--weight-decay", args.weight_decay, "adamw")):
+        if value is not None and name != owner:
+            args.parser.error(f"{flag} applies to --optimizer {owner} only")
+    return dict(optimizer=name, lr=DEFAULTS["lr"] if args.lr is None else args.lr,
+                momentum=(DEFAULTS["momentum"] if args.momentum is None else args.momentum) if name == "sgd" else None,
+                weight_decay=(DEFAULTS["weight_decay"] if args.weight_decay is None else args.weight_decay)
+                if name == "adamw" else None)
+
+
+def check_settings(args, model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> None:
+    """Usage error unless ``funcvae.FitConfig`` takes the settings, each objective can train ``model`` and the
+    optimiser can be built (before any work: the warm-up's length in steps is not known yet, so it is checked
+    at one step per epoch)."""
+    try:
+        funcvae.FitConfig(**fit_fields(fit_settings))
+        optimizer_of(fit_settings)
+        for settings in each_objective:
+            objectives.check(objective_of({**settings, "free_bits": None}, steps_per_epoch=1), model)
+    except ValueError as e:
+        args.parser.error(str(e))
+    for settings in each_objective:
+        try:
+            objectives.check(objective_of(settings, steps_per_epoch=1), model)
+        except ValueError as e:  # only free bits are left to refuse
+            args.parser.error(f"--free-bits {settings['free_bits']}: {e}")
+
+
+def check_data(args, model: funcvae.Model, x, batch_size: int) -> None:
+    """Usage error unless ``model`` takes the examples of ``x`` and a batch of ``batch_size`` fits in it."""
+    if tuple(x.shape[1:]) != model.input_shape:
+        args.parser.error(f"the model takes {'x'.join(map(str, model.input_shape))} inputs, the data are "
+                          f"{'x'.join(map(str, x.shape[1:]))}")
+    if batch_size > x.shape[0]:
+        args.parser.error(f"--batch-size {batch_size} is larger than the data ({x.shape[0]} examples)")
+
+
+def fit_fields(settings: dict) -> dict:
+    """The settings that are ``funcvae.FitConfig`` fields."""
+    return {k: v for k, v in settings.items() if k in FIT_FIELDS}
+
+
+def objective_of(settings: dict, steps_per_epoch: int) -> objectives.Objective:
+    """The objective config.json's settings describe (a run made before these settings existed: the beta-ELBO),
+    with ``kl_warmup`` epochs made a step schedule; ValueError for numbers it cannot take."""
+    if settings.get("objective", "elbo") == "iwae":
+        objective = objectives.iwae(settings["k"])
+    else:
+        warmup = schedules.warmup(settings["kl_warmup"] * steps_per_epoch) if settings["kl_warmup"] else None
+        objective = objectives.elbo(settings["beta"], warmup=warmup)
+    free_bits = settings.get("free_bits")
+    return objective if free_bits is None else objectives.free_bits(objective, free_bits)
+
+
+def optimizer_of(settings: dict) -> optim.GradientTransformation:
+    """The optimiser config.json's settings describe (a run made before these settings existed: Adam)."""
+    name = settings.get("optimizer", "adam")
+    if name == "sgd":
+        return optim.sgd(settings["lr"], momentum=settings["momentum"])
+    if name == "adamw":
+        return optim.adamw(settings["lr"], weight_decay=settings["weight_decay"])
+    return optim.adam(settings["lr"])

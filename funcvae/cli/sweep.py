@@ -1,0 +1,66 @@
+"""``sweep``: the rate-distortion curve, one model per KL weight of the ELBO, all trained in one stacked fit; its
+table goes to sweep.json beside the curve's picture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import funcvae
+import funcvae.sweep
+from funcvae.cli import runs
+from funcvae.cli.model import model_of
+from funcvae.cli.options import check_data, check_settings, optimizer_of, optimizer_settings
+
+#: The sweep's settings that ``funcvae.sweep.rate_distortion`` takes as they are (the others build the optimiser).
+SWEEP_FIELDS = ("betas", "epochs", "seed", "batch_size", "compile", "free_bits")
+
+
+def add_parser(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser) -> None:
+    """``sweep``: the ``common`` and ``model`` options, ``--betas`` and ``--epochs``."""
+    p = sub.add_parser("sweep", parents=[common, model],
+                       help="rate-distortion: one model per KL weight (of the ELBO), one stacked fit")
+    p.add_argument("--betas", default=[0.1, 0.5, 1.0, 2.0, 4.0, 8.0], type=float, nargs="+", help="KL weights")
+    p.add_argument("--epochs", default=10, type=int)
+    p.set_defaults(run=run, parser=p)
+
+
+def run(args) -> int:
+    """``sweep``: train one model per KL weight, print and save the table and the curve; the exit code."""
+    model, described, settings = _sweep_config(args)
+    x_train = funcvae.data.load(args.dataset, "train", root=args.data_root)
+    x_test = funcvae.data.load(args.dataset, "test", root=args.data_root)
+    check_data(args, model, x_train, args.batch_size)
+    params = model.init(args.seed)
+    config = {"dataset": args.dataset, **described, "fit": settings, "n_train": int(x_train.shape[0]),
+              "n_test": int(x_test.shape[0])}
+    run_dir = runs.create(Path(args.out), f"sweep-{args.dataset}", config)
+    optimizer = optimizer_of(settings)
+    print(f"run folder: {run_dir}")
+    print(f"{params}, {len(settings['betas'])} KL weights in one stacked fit; {optimizer.name}; {x_train.shape[0]} "
+          f"train / {x_test.shape[0]} held-out examples; nats per example, held-out")
+    began = time.perf_counter()
+    rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, progress=False if args.quiet else None,
+                                         optimizer=optimizer, **{k: settings[k] for k in SWEEP_FIELDS})
+    print(funcvae.sweep.format_table(rows))
+    print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")
+    (run_dir / "sweep.json").write_text(json.dumps({**config, "rows": rows}, indent=2) + "\n")
+    plot = funcvae.sweep.rate_distortion_plot(rows, run_dir / "rate_distortion.png")
+    print(f"wrote {run_dir / 'sweep.json'}, {plot}")
+    return 0
+
+
+def _sweep_config(args) -> tuple[funcvae.Model, dict, dict]:
+    """The model, what config.json records of it, and the sweep's settings, checked before any work."""
+    model, described = model_of(args)
+    try:
+        betas = funcvae.sweep.check_betas(args.betas)
+    except ValueError as e:
+        args.parser.error(str(e))
+    settings = dict(betas=betas, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                    compile=False if args.no_compile else None, free_bits=args.free_bits, **optimizer_settings(args))
+    check_settings(args, model, settings, [dict(objective="elbo", beta=b, kl_warmup=0.0, free_bits=args.free_bits)
+                                           for b in betas])
+    return model, described, settings
