@@ -18,10 +18,11 @@ the same for every model, and the IWAE noise of example i is the same for every 
 between two models are also reported paired, example by example, with the standard error of the mean
 difference, much smaller than either row's.
 
-Run (about 45 minutes on a 2-core CPU, most of it the two k = 50 trainings and the VampPrior's IWAE_5000;
-the results in benchmarks/results/objectives/ say what was run and on which machine):
+Run (about 35 minutes on an otherwise idle 2-core CPU, most of it the two k = 50 trainings (30 s an epoch
+each) and the VampPrior's IWAE_5000 (1 s an example); several times longer on a busy one; the results in
+benchmarks/results/objectives/ say what was run and on which machine):
 
-    python benchmarks/objectives.py --epochs 3 --iwae-n 100
+    python benchmarks/objectives.py --epochs 20 --iwae-n 300
 
 Options: ``--epochs``, ``--iwae-n`` (held-out examples scored by IWAE_5000), ``--out DIR`` (default
 benchmarks/results/objectives; ``results.json`` and ``results.txt`` are written there after every run),
@@ -82,13 +83,13 @@ PAIRS = tuple((Run("iwae", k, "normal"), Run("elbo", k, "normal")) for k in (1, 
 class Settings:
     """The budget and the evaluation; ``None`` sizes mean the whole split."""
 
-    epochs: int = 3
+    epochs: int = 20
     batch_size: int = 100
     lr: float = 1e-3
     seed: int = 0
     pseudo_inputs: int = 500
     iwae_k: int = 5000
-    iwae_n: int = 100
+    iwae_n: int = 300
     eval_seed: int = 1
     n_train: int | None = None
     n_test: int | None = None
@@ -111,10 +112,12 @@ def load_model(path: Path) -> funcvae.Model:
 
 
 def objective_of(run: Run):
+    """The training objective of ``run``: the k-sample ELBO (kl="auto") or the IWAE bound."""
     return funcvae.objectives.iwae(run.k) if run.objective == "iwae" else funcvae.objectives.elbo(samples=run.k)
 
 
 def model_of(base: funcvae.Model, run: Run, settings: Settings) -> funcvae.Model:
+    """``base`` with the prior of ``run``."""
     return base.replace(prior=funcvae.priors.vamp(settings.pseudo_inputs)) if run.prior == "vamp" else base
 
 
@@ -148,6 +151,7 @@ def mean_se(values: Tensor) -> tuple[float, float]:
 
 
 def row_of(run: Run, settings: Settings, history: list, train_s: float, ev: dict) -> dict:
+    """One row of the report (JSON values): the summaries of ``ev``, the budget and the training history."""
     nll, nll_se = mean_se(ev["nll"])
     neg_elbo, neg_elbo_se = mean_se(ev["neg_elbo"])
     return {"name": run.name, "objective": run.objective, "k": run.k, "prior": run.prior, "epochs": settings.epochs,
@@ -197,10 +201,12 @@ def table(report: dict) -> str:
 
 
 def _pm(mean: float, se: float, fmt: str = ".2f") -> str:
+    """``mean ± se`` as text."""
     return f"{mean:{fmt}} ± {se:.2f}"
 
 
 def machine() -> dict:
+    """The CPU model (from /proc/cpuinfo), cores, torch threads and version, and the date (UTC)."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
@@ -217,6 +223,7 @@ def _log(message: str) -> None:
 
 
 def _write(report: dict, out: Path | None, json_path: Path | None) -> None:
+    """The report as JSON at ``json_path`` and as text in ``out``/results.txt (where given)."""
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=1) + "\n")

@@ -9,7 +9,7 @@
 A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
 """
 
-from funcvae import data, distributions, likelihoods, models, nn, objectives, optim, priors, schedules
+from funcvae import data, diagnostics, distributions, likelihoods, models, nn, objectives, optim, priors, schedules
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
 from funcvae.codec import decode, encode
 from funcvae.config import FitConfig
@@ -26,7 +26,7 @@ from funcvae.train import CHECKPOINT_FILE, NonFiniteError, fit
 
 __all__ = [
     "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "Interrupted", "Model", "ModelSpec", "NonFiniteError", "Params", "TrainState",
-    "data", "decode", "distributions", "elbo", "encode", "fit", "gradient_snr", "init", "init_state", "iwae",
+    "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit", "gradient_snr", "init", "init_state", "iwae",
     "leaves_by_path", "likelihoods", "load", "load_params", "loss_and_grad", "make_train_step", "models", "nn",
     "objectives", "optim", "per_example_grads", "priors", "save", "save_params", "schedules", "stack", "unstack",
 ]

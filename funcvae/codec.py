@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from funcvae.model import Params, check_params, some_leaf
-from funcvae.validate import examples_of
+from funcvae.model import Params, check_params, examples_of, some_leaf
 
 
 def encode(params: Params, x, *, scale: float | None = None) -> tuple[Tensor, Tensor]:

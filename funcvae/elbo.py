@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from funcvae import objectives
-from funcvae.model import Params
+from funcvae.model import Params, examples_of
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_nonnegative, examples_of
+from funcvae.validate import check_int, check_nonnegative
 
 TERMS = ("recon", "kl", "loss")
 

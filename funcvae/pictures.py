@@ -18,9 +18,9 @@ from torchvision.utils import save_image
 
 from funcvae.codec import decode, encode
 from funcvae.diagnostics import active_units
-from funcvae.model import Params, check_params, some_leaf
+from funcvae.model import Params, check_params, examples_of, some_leaf
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_positive, examples_of
+from funcvae.validate import check_int, check_positive
 
 PADDING = 2
 

@@ -12,8 +12,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from funcvae.model import check_params, some_leaf
-
 
 
 def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: str = "data") -> Tensor:
@@ -47,13 +45,6 @@ def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: 
     x = x.to(dtype=like.dtype, device=like.device)
     model.likelihood.check_support(x, name)
     return x
-
-
-def examples_of(params, data, *, scale: float | None = None, name: str = "x") -> Tensor:
-    """The opening of every public function that takes params and data: ``params`` checked (one model, well
-    formed), ``data`` validated for its model and returned as (N, features) in the params' dtype and device."""
-    check_params(params)
-    return as_examples(data, params.model, scale=scale, like=some_leaf(params), name=name)
 
 
 def _to_tensor(data, name: str) -> Tensor:
