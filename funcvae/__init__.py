@@ -25,8 +25,9 @@ from funcvae.step import Batch, TrainState, init_state, make_train_step
 from funcvae.train import CHECKPOINT_FILE, NonFiniteError, fit
 
 __all__ = [
-    "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "Interrupted", "Model", "ModelSpec", "NonFiniteError", "Params", "TrainState",
-    "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit", "gradient_snr", "init", "init_state", "iwae",
-    "leaves_by_path", "likelihoods", "load", "load_params", "loss_and_grad", "make_train_step", "models", "nn",
-    "objectives", "optim", "per_example_grads", "priors", "save", "save_params", "schedules", "stack", "unstack",
+    "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "Interrupted", "Model", "ModelSpec", "NonFiniteError",
+    "Params", "TrainState", "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit",
+    "gradient_snr", "init", "init_state", "iwae", "leaves_by_path", "likelihoods", "load", "load_params",
+    "loss_and_grad", "make_train_step", "models", "nn", "objectives", "optim", "per_example_grads", "priors",
+    "save", "save_params", "schedules", "stack", "unstack",
 ]

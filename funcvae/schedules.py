@@ -40,7 +40,6 @@ class Constant(_Named):
         return torch.full_like(_count(count), self.value)
 
 
-
 @dataclass(frozen=True)
 class Linear(_Named):
     init: float
@@ -52,14 +51,12 @@ class Linear(_Named):
         return self.init + (self.end - self.init) * frac
 
 
-
 @dataclass(frozen=True)
 class Warmup(_Named):
     steps: float
 
     def __call__(self, count: Tensor) -> Tensor:
         return ((_count(count) + 1.0) / self.steps).clamp(max=1.0)
-
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,6 @@ class CosineDecay(_Named):
     def __call__(self, count: Tensor) -> Tensor:
         frac = (_count(count) / self.steps).clamp(0.0, 1.0)
         return self.init * ((1.0 - self.alpha) * 0.5 * (1.0 + torch.cos(math.pi * frac)) + self.alpha)
-
 
 
 def constant(value: float) -> Constant:

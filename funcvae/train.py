@@ -258,8 +258,8 @@ def _make_runner(run: _Run, step) -> Callable:
             raise ValueError("data-parallel fit trains one model on the batch gradient (no stack or per-example "
                              "clipping)")
         if step.objective.reduce is not mean_loss:
-            raise ValueError(f"data-parallel fit needs a batch loss that is a mean over examples; {step.objective.name} "
-                             "is not")
+            raise ValueError("data-parallel fit needs a batch loss that is a mean over examples; "
+                             f"{step.objective.name} is not")
         if run.config.batch_size % run.world.size:
             raise ValueError(f"batch_size {run.config.batch_size} must divide by the {run.world.size} processes")
         gradients = make_step(step.gradients, device, compile, key=(step.key, "gradients"))

@@ -13,7 +13,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 
-
 def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: str = "data") -> Tensor:
     """Validate ``data`` for ``model`` (a ``funcvae.Model``) and return it as (N, features) in ``like``'s dtype/device.
 
