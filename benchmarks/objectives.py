@@ -231,6 +231,12 @@ def _write(report: dict, out: Path | None, json_path: Path | None) -> None:
         (out / "results.txt").write_text(table(report))
 
 
+def _shown(path: Path) -> str:
+    """``path`` as recorded in the results: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def run_all(settings: Settings, model_path: Path, command: str, out: Path | None, json_path: Path | None) -> dict:
     """Every run in turn, training then scoring; the report is rewritten after each run."""
     base = load_model(model_path)
@@ -238,7 +244,7 @@ def run_all(settings: Settings, model_path: Path, command: str, out: Path | None
     x_test = funcvae.data.load("fashion-mnist", "test")[:settings.n_test]
     x_held = held_out(x_test, settings.seed, "dynamic")
     report = {"machine": machine(), "command": command, "settings": asdict(settings), "model": repr(base),
-              "model_file": str(model_path), "n_train": x_train.shape[0], "n_test": x_test.shape[0],
+              "model_file": _shown(model_path), "n_train": x_train.shape[0], "n_test": x_test.shape[0],
               "rows": [], "differences": []}
     evals = {}
     for run in RUNS:
