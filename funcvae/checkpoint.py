@@ -26,6 +26,7 @@ _SPEC_KEY = "funcvae_spec"
 _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
 _FORMAT = "funcvae-checkpoint-2"
+_FACTS = ("likelihood", "prior", "input_shape", "latent")
 
 
 def describe(model: Model) -> dict:
@@ -34,8 +35,13 @@ def describe(model: Model) -> dict:
     if model.spec is not None:
         return {"spec": model.spec.to_dict()}
     return {"custom": {"encode": _name(model.encode), "decode": _name(model.decode), "init": _name(model.init_fn),
-                       "likelihood": model.likelihood.to_dict(), "prior": model.prior.to_dict(),
-                       "input_shape": list(model.input_shape), "latent": model.latent}}
+                       **_facts(model)}}
+
+
+def _facts(model: Model) -> dict:
+    """What a model states besides its functions (``_FACTS``), as JSON values."""
+    return {"likelihood": model.likelihood.to_dict(), "prior": model.prior.to_dict(),
+            "input_shape": list(model.input_shape), "latent": model.latent}
 
 
 def save_params(path: str | os.PathLike, params: Params) -> None:
@@ -175,7 +181,7 @@ def _model_of(described, model: Model | None, path: Path) -> Model:
         mine = json.loads(json.dumps(describe(model)))  # as it reads back (tuples become lists)
         if "spec" in described and "spec" in mine and described["spec"] != mine["spec"]:
             raise ValueError(f"{path} holds a {described['spec']} model, not {model}")
-        saved, given = _facts(described, path), _facts(mine, path)
+        saved, given = _described_facts(described, path), _facts(model)
         differ = {k: (saved[k], given[k]) for k in saved if saved[k] != given[k]}
         if differ:
             raise ValueError(f"{path} holds a model that differs from the one passed in " + "; ".join(
@@ -185,23 +191,22 @@ def _model_of(described, model: Model | None, path: Path) -> Model:
         c = described["custom"]
         raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
                          "pass it: load_params(path, model=model)")
+    return _built_in(described["spec"], path)
+
+
+def _built_in(spec: dict, path: Path) -> Model:
     try:
-        return models.from_spec(models.ModelSpec.from_dict(described["spec"]))
+        return models.from_spec(models.ModelSpec.from_dict(spec))
     except TypeError as e:
         raise ValueError(f"{path}: the spec metadata does not describe a funcvae model ({e})") from e
 
 
-def _facts(described: dict, path: Path) -> dict:
-    """The likelihood, prior, input shape and latent size a description states (a built-in's from its spec)."""
+def _described_facts(described: dict, path: Path) -> dict:
+    """The facts (``_facts``) a file's description states: a user's model's as recorded, a built-in's from
+    its spec."""
     if "custom" in described:
-        c = described["custom"]
-        return {k: c.get(k) for k in ("likelihood", "prior", "input_shape", "latent")}
-    try:
-        model = models.from_spec(models.ModelSpec.from_dict(described["spec"]))
-    except TypeError as e:
-        raise ValueError(f"{path}: the spec metadata does not describe a funcvae model ({e})") from e
-    return {"likelihood": model.likelihood.to_dict(), "prior": model.prior.to_dict(),
-            "input_shape": list(model.input_shape), "latent": model.latent}
+        return {k: described["custom"].get(k) for k in _FACTS}
+    return _facts(_built_in(described["spec"], path))
 
 
 def _check_leaves(params: Params, path: Path) -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import optree
 import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from funcvae import objectives as O
-from funcvae.model import Model, Params, with_matmul_dtype
+from funcvae.model import Model, Params, some_leaf, with_matmul_dtype
 from funcvae.optim import GradientTransformation, applied, apply_updates
 
 #: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
@@ -55,10 +54,10 @@ class Batch(NamedTuple):
 def init_state(params: Params, objective: O.Objective, optimizer: GradientTransformation) -> TrainState:
     """The state a run starts from: the params' tree, a fresh optimiser state, the objective's numbers
     (on the params' device), no step taken."""
-    tree = params.tree
-    device = optree.tree_leaves(tree)[0].device
+    device = some_leaf(params).device
     hyper = {k: v.to(device) for k, v in objective.init().items()}
-    return TrainState(tree, optimizer.init(tree), hyper, torch.zeros((), dtype=torch.int64, device=device))
+    return TrainState(params.tree, optimizer.init(params.tree), hyper,
+                      torch.zeros((), dtype=torch.int64, device=device))
 
 
 class TrainStep:

@@ -21,15 +21,15 @@ from funcvae import distributed, optim
 from funcvae.batches import model_batches
 from funcvae.checkpoint import Checkpoint, describe, load, restore, save
 from funcvae.compiling import make_step
+from funcvae.config import FitConfig, objectives_of, optimizers_of, per_model, steps_per_epoch
 from funcvae.data import held_out
-from funcvae.config import FitConfig, objectives_of, optimizers_of, steps_per_epoch
+from funcvae.distributions import check_support
 from funcvae.elbo import evaluate
 from funcvae.interrupt import Interrupted, deferred_signals
 from funcvae.model import Params, some_leaf, stack_size
 from funcvae.objectives import mean_loss
 from funcvae.rng import generator
 from funcvae.step import STATS, Batch, TrainState, init_state, make_train_step, stacked
-from funcvae.distributions import check_support
 from funcvae.validate import as_examples
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -98,10 +98,7 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
     elif epochs is not None or settings:
         raise ValueError("pass either config= or its settings as keywords, not both")
     n_models = stack_size(params)
-    seeds = [config.seed] * (n_models or 1) if isinstance(config.seed, int) else list(config.seed)
-    if len(seeds) != (n_models or 1):
-        raise ValueError(f"seed has {len(seeds)} values; a sequence needs "
-                         + ("a stack of that many models" if n_models is None else f"the stack's {n_models} models"))
+    seeds = per_model(n_models, "seed", config.seed)
     like = some_leaf(params)
     x = _examples(data, params, config, like, "data")
     x_val = None if val_data is None else _examples(val_data, params, config, like, "val_data")
