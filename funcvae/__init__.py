@@ -9,13 +9,15 @@
 A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
 """
 
-from funcvae import data, diagnostics, distributions, likelihoods, models, nn, objectives, optim, priors, schedules
+from funcvae import (data, diagnostics, distributions, likelihoods, lock, models, nn, objectives, optim, priors, records,
+                     schedules)
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
 from funcvae.codec import decode, encode
 from funcvae.config import FitConfig
 from funcvae.elbo import elbo
 from funcvae.importance import iwae
 from funcvae.interrupt import Interrupted
+from funcvae.lock import FolderLocked
 from funcvae.model import Model, Params, leaves_by_path
 from funcvae.models import ModelSpec, init
 from funcvae.objectives import loss_and_grad
@@ -25,9 +27,9 @@ from funcvae.step import Batch, TrainState, init_state, make_train_step
 from funcvae.train import CHECKPOINT_FILE, NonFiniteError, fit
 
 __all__ = [
-    "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "Interrupted", "Model", "ModelSpec", "NonFiniteError",
-    "Params", "TrainState", "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit",
-    "gradient_snr", "init", "init_state", "iwae", "leaves_by_path", "likelihoods", "load", "load_params",
+    "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "FolderLocked", "Interrupted", "Model", "ModelSpec",
+    "NonFiniteError", "Params", "TrainState", "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit",
+    "gradient_snr", "init", "init_state", "iwae", "leaves_by_path", "likelihoods", "load", "load_params", "lock",
     "loss_and_grad", "make_train_step", "models", "nn", "objectives", "optim", "per_example_grads", "priors",
-    "save", "save_params", "schedules", "stack", "unstack",
+    "records", "save", "save_params", "schedules", "stack", "unstack",
 ]

@@ -1,9 +1,17 @@
 """Params and whole training states on disk: safetensors (no pickle, so loading runs no code), tensors
 addressed by path, everything else as JSON metadata; written to a temporary file, flushed, fsynced and
-renamed, so a crash mid-write leaves the previous file intact and never half a file."""
+renamed, so a crash mid-write leaves the previous file intact and never half a file.
+
+Every file carries its own integrity record: a SHA-256 of each tensor (its name, dtype, shape and bytes) and
+of the metadata. A load checks the metadata's fields (types and ranges), then the record, and only then
+builds anything from the file, so a file damaged on disk or in transit is refused, naming the file and what
+is wrong, and never loads as something else. The record guards against damage, not against a forger: anyone
+can write a consistent file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -19,13 +27,13 @@ from torch import Tensor
 import safetensors.torch
 from safetensors import SafetensorError
 
-from funcvae import models
+from funcvae import models, records
 from funcvae.model import Model, Params, check_params, leaves_by_path, paths_and_leaves, stack_size
 
-_SPEC_KEY = "funcvae_spec"
 _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
-_FORMAT = "funcvae-checkpoint-2"
+_INTEGRITY_KEY = "funcvae_integrity"
+_FORMAT = "funcvae-checkpoint-3"
 _FACTS = ("likelihood", "prior", "input_shape", "latent")
 
 
@@ -47,10 +55,7 @@ def _facts(model: Model) -> dict:
 def save_params(path: str | os.PathLike, params: Params) -> None:
     """Write ``params`` to ``path`` (a .safetensors file) atomically; leaves by path, the model described."""
     check_params(params)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in leaves_by_path(params).items()}
-    meta = describe(params.model)
-    _write(Path(path), tensors, {_MODEL_KEY: json.dumps(meta)} | (
-        {_SPEC_KEY: json.dumps(meta["spec"])} if "spec" in meta else {}))
+    _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model))})
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +69,8 @@ class Checkpoint:
       hyper: the objective's numbers (``objective.init()``); ``count``: steps taken (0-d int64).
       epoch: epochs completed; ``step``: steps done within epoch ``epoch + 1`` (0 at an epoch boundary).
       config: the run's settings (seeds among them) and a fingerprint of its data, as plain JSON values.
-      history: the per-epoch records so far (one list per model).
+      history: the per-epoch records so far (one list per model); a non-finite metric is written as the
+        string "NaN", "Infinity" or "-Infinity" (``funcvae.records``) and read back as a float.
       rng: mid-epoch only: the state of each model's generator (uint8, one row per model) and ``sums``,
         the epoch's running metric sums, so the rest of the epoch draws and reports exactly as it would have.
     """
@@ -82,7 +88,8 @@ class Checkpoint:
 
 
 def save(path: str | os.PathLike, state: Checkpoint) -> None:
-    """Write ``state`` to ``path`` atomically (see ``Checkpoint``)."""
+    """Write ``state`` to ``path`` atomically (see ``Checkpoint``); a state that ``load`` would refuse (its
+    fields inconsistent) is refused here, before anything is written."""
     stack_size(state.params)
     tensors = {f"params/{k}": v for k, v in leaves_by_path(state.params).items()}
     tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.opt_state)})
@@ -91,10 +98,13 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
     for name in ("rng", "sums"):
         if getattr(state, name) is not None:
             tensors[name] = getattr(state, name)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"format": _FORMAT, "model": describe(state.params.model), "epoch": state.epoch, "step": state.step,
             "config": state.config, "history": state.history}
-    _write(Path(path), {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-           {_STATE_KEY: json.dumps(meta, allow_nan=False)})
+    text = records.dumps(meta)
+    path = Path(path)
+    _check_stacked(path, stack_size(state.params), _state_fields(records.loads(text), tensors, path), tensors)
+    _write(path, tensors, {_STATE_KEY: text})
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: Model | None = None,
@@ -107,27 +117,95 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
         its leaves are replaced by the file's, by path. Without it ``opt_state`` is ``{path: tensor}``.
 
     Raises:
-      ValueError: a corrupt, truncated or mismatched file (naming what is wrong); FileNotFoundError.
+      ValueError: a corrupt, truncated or mismatched file, naming the file and the field or tensor that is
+        wrong; FileNotFoundError.
     """
     path = Path(path)
-    tensors, meta = _read(path, device)
+    tensors, meta = _read(path)
     if _STATE_KEY not in meta:
         raise ValueError(f"{path} is not a funcvae checkpoint (no training state in its metadata)")
-    state = _from_json(meta[_STATE_KEY], path)
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else state!r}")
-    try:
-        model = _model_of(state["model"], model, path)
-        tree = _tree_from_paths({k: v for k, v in tensors.items() if k.startswith("params/")}, path)["params"]
-        params = Params(model, tree)
-        _check_leaves(params, path)
-        opt = {k.removeprefix("opt/"): v for k, v in tensors.items() if k.startswith("opt/")}
-        hyper = {k.removeprefix("hyper/"): v for k, v in tensors.items() if k.startswith("hyper/")}
-        return Checkpoint(params, opt if template is None else restore(template, opt, path), hyper,
-                          tensors["count"], int(state["epoch"]), int(state["step"]), state["config"],
-                          state["history"], tensors.get("rng"), tensors.get("sums"))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a consistent funcvae checkpoint ({type(e).__name__}: {e})") from e
+    state = _state_fields(records.decode(_from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
+    model = _model_of(state["model"], model, path)
+    _verify(path, tensors, meta)
+    params = Params(model, _tree_from_paths(_under("params/", tensors), path))
+    n = _check_leaves(params, path)
+    _check_stacked(path, n, state, tensors)
+    opt, hyper = _under("opt/", tensors), _under("hyper/", tensors)
+    return Checkpoint(_to(device, params), _to(device, opt if template is None else restore(template, opt, path)),
+                      _to(device, hyper), _to(device, tensors["count"]), state["epoch"], state["step"],
+                      state["config"], state["history"], tensors.get("rng"), _to(device, tensors.get("sums")))
+
+
+def _state_fields(state, tensors: dict, path: Path) -> dict:
+    """The training state's JSON fields and its tensors, each checked for type and range: ValueError naming
+    the file and the field. What needs the model (leaves, how many models) is checked once it is built."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: the training state is not a JSON object: {state!r:.80}")
+    if state.get("format") != _FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}; this funcvae reads {_FORMAT!r} "
+                         "(a checkpoint resumes with the funcvae that wrote it)")
+    for name, kind in (("model", dict), ("epoch", int), ("step", int), ("config", dict), ("history", list)):
+        if name not in state:
+            raise _field(path, name, "is missing")
+        if not isinstance(state[name], kind) or isinstance(state[name], bool):
+            raise _field(path, name, f"must be a JSON {kind.__name__}, got {state[name]!r:.80}")
+    for name in ("epoch", "step"):
+        if state[name] < 0:
+            raise _field(path, name, f"must be >= 0, got {state[name]}")
+    for m, records_ in enumerate(state["history"]):
+        if not isinstance(records_, list) or len(records_) != state["epoch"]:
+            raise _field(path, f"history[{m}]", f"must list one record per epoch done ({state['epoch']}), got "
+                                                f"{records_!r:.80}")
+        for e, record in enumerate(records_):
+            if not isinstance(record, dict) or record.get("epoch") != e + 1 or not all(
+                    v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in record.values()):
+                raise _field(path, f"history[{m}][{e}]", f"must be epoch {e + 1}'s record of numbers, got "
+                                                         f"{record!r:.80}")
+    _tensor_field(path, tensors, "count", (torch.int64,))
+    for name in _under("hyper/", tensors):
+        _tensor_field(path, tensors, f"hyper/{name}", (torch.float64,))
+    mid = state["step"] > 0
+    for name, dtypes in (("rng", (torch.uint8,)), ("sums", (torch.float32, torch.float64))):
+        if mid != (name in tensors):
+            raise _field(path, name, f"must be {'present' if mid else 'absent'} at step {state['step']}")
+        if mid:
+            _tensor_field(path, tensors, name, dtypes, ndim=2)
+    return state
+
+
+def _tensor_field(path: Path, tensors: dict, name: str, dtypes: tuple, ndim: int | None = None) -> None:
+    t = tensors.get(name)
+    if t is None:
+        raise _field(path, name, "is missing")
+    if t.dtype not in dtypes or (ndim is not None and t.ndim != ndim):
+        raise _field(path, name, f"must be a{'' if ndim is None else f' {ndim}-d'} tensor of "
+                                 f"{' or '.join(map(str, dtypes))}, got {t.dtype} of shape {tuple(t.shape)}")
+
+
+def _check_stacked(path: Path, n: int | None, state: dict, tensors: dict) -> None:
+    """The per-model fields agree with the params: one model, or a stack of ``n``."""
+    rows = 1 if n is None else n
+    if len(state["history"]) != rows:
+        raise _field(path, "history", f"must hold {rows} list(s), one per model, got {len(state['history'])}")
+    lead = () if n is None else (n,)
+    for name, t in [("count", tensors["count"]), *((f"hyper/{k}", v) for k, v in _under("hyper/", tensors).items())]:
+        if tuple(t.shape) != lead:
+            raise _field(path, name, f"must have shape {lead}, got {tuple(t.shape)}")
+    for name in ("rng", "sums"):
+        if name in tensors and tensors[name].shape[0] != rows:
+            raise _field(path, name, f"must have {rows} row(s), one per model, got {tensors[name].shape[0]}")
+
+
+def _field(path: Path, name: str, problem: str) -> ValueError:
+    return ValueError(f"{path}: field {name!r} {problem}")
+
+
+def _under(prefix: str, tensors: dict) -> dict:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _to(device, tree):
+    return None if tree is None else optree.tree_map(lambda t: t.to(device), tree, namespace="funcvae")
 
 
 def restore(template, flat: dict, path: Path):
@@ -154,20 +232,18 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
         file, and when passed must match it).
 
     Raises:
-      ValueError: a bad file, a user's model without ``model=``, or a model whose leaves differ from the
-        file's (naming them).
+      ValueError: a bad or corrupt file (naming the file and what is wrong), a user's model without
+        ``model=``, or a model whose leaves differ from the file's (naming them).
     """
     path = Path(path)
-    tensors, meta = _read(path, device)
-    if _MODEL_KEY in meta:
-        described = _from_json(meta[_MODEL_KEY], path)
-    elif _SPEC_KEY in meta:  # written before models were open: a built-in spec alone
-        described = {"spec": _from_json(meta[_SPEC_KEY], path)}
-    else:
+    tensors, meta = _read(path)
+    if _MODEL_KEY not in meta:
         raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
-    params = Params(_model_of(described, model, path), _tree_from_paths(tensors, path))
+    model = _model_of(_from_json(meta[_MODEL_KEY], path, "model"), model, path)
+    _verify(path, tensors, meta)
+    params = Params(model, _tree_from_paths(tensors, path))
     _check_leaves(params, path)
-    return params
+    return _to(device, params)
 
 
 def _model_of(described, model: Model | None, path: Path) -> Model:
@@ -194,10 +270,10 @@ def _model_of(described, model: Model | None, path: Path) -> Model:
     return _built_in(described["spec"], path)
 
 
-def _built_in(spec: dict, path: Path) -> Model:
+def _built_in(spec, path: Path) -> Model:
     try:
         return models.from_spec(models.ModelSpec.from_dict(spec))
-    except TypeError as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{path}: the spec metadata does not describe a funcvae model ({e})") from e
 
 
@@ -209,9 +285,10 @@ def _described_facts(described: dict, path: Path) -> dict:
     return _facts(_built_in(described["spec"], path))
 
 
-def _check_leaves(params: Params, path: Path) -> None:
+def _check_leaves(params: Params, path: Path) -> int | None:
+    """The stack size of the file's params, or ValueError naming the file and the bad leaf."""
     try:
-        stack_size(params)
+        return stack_size(params)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from e
 
@@ -221,6 +298,8 @@ def _name(fn) -> str:
 
 
 def _write(path: Path, tensors: dict, metadata: dict) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**metadata, _INTEGRITY_KEY: json.dumps(_integrity(tensors, metadata))}
     data = safetensors.torch.save(tensors, metadata=metadata)  # serialised in memory: no file of its own
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -236,8 +315,45 @@ def _write(path: Path, tensors: dict, metadata: dict) -> None:
             os.unlink(tmp)
 
 
-def _read(path: Path, device) -> tuple[dict, dict]:
-    """Tensors and metadata from ONE read of the file, so a file replaced meanwhile cannot mix versions."""
+def _integrity(tensors: dict, metadata: dict) -> dict:
+    """The record ``_verify`` checks: each tensor's checksum, and the digest of the other metadata."""
+    return {"tensors": {k: _checksum(k, t) for k, t in sorted(tensors.items())}, "metadata": _digest(metadata)}
+
+
+def _checksum(name: str, t: Tensor) -> str:
+    """SHA-256 of a (contiguous, CPU) tensor's name, dtype, shape and bytes: the same bytes read as another
+    dtype or shape fail it too."""
+    h = hashlib.sha256(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _digest(metadata: dict) -> str:
+    other = {k: v for k, v in metadata.items() if k != _INTEGRITY_KEY}
+    return hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()
+
+
+def _verify(path: Path, tensors: dict, metadata: dict) -> None:
+    """ValueError naming the file and the first tensor (or the metadata) that fails its checksum."""
+    if _INTEGRITY_KEY not in metadata:
+        raise ValueError(f"{path} carries no checksums: it was not written by this version of funcvae")
+    record = _from_json(metadata[_INTEGRITY_KEY], path, "integrity")
+    sums = record.get("tensors") if isinstance(record, dict) else None
+    if not isinstance(sums, dict) or not isinstance(record.get("metadata"), str):
+        raise _field(path, "integrity", f"is not a checksum record: {record!r:.80}")
+    if sums.keys() != tensors.keys():
+        odd = sorted(sums.keys() ^ tensors.keys())
+        raise ValueError(f"{path} is corrupt: its tensors and its checksum record differ in {odd[:5]}")
+    for name, t in tensors.items():
+        if _checksum(name, t) != sums[name]:
+            raise ValueError(f"{path} is corrupt: tensor {name!r} fails its checksum")
+    if _digest(metadata) != record["metadata"]:
+        raise ValueError(f"{path} is corrupt: its metadata fails its checksum")
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """Tensors (on the CPU) and metadata from ONE read of the file, so a file replaced meanwhile cannot mix
+    versions."""
     if not path.is_file():
         raise FileNotFoundError(f"no file at {path}")
     data = path.read_bytes()
@@ -245,10 +361,10 @@ def _read(path: Path, device) -> tuple[dict, dict]:
         (size,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + size])
         tensors = safetensors.torch.load(data)
-    except (struct.error, ValueError, SafetensorError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (struct.error, ValueError, SafetensorError, OverflowError) as e:  # JSON errors are ValueErrors
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
     meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
-    return {k: v.to(device) for k, v in tensors.items()}, meta
+    return tensors, meta
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -274,11 +390,11 @@ def _tree_from_paths(tensors: dict, path: Path) -> dict:
     return tree
 
 
-def _from_json(text: str, path: Path) -> dict:
+def _from_json(text: str, path: Path, field: str):
     try:
         return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: the metadata is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: the {field} metadata is not valid JSON ({e})") from e
 
 
 def _umask() -> int:

@@ -14,7 +14,7 @@ import torch
 
 from funcvae import objectives, optim, schedules
 from funcvae.model import MATMUL_DTYPES
-from funcvae.validate import check_int, check_nonnegative, check_positive
+from funcvae.validate import check_bool, check_int, check_nonnegative, check_positive, check_scale, plain
 
 BINARIZE = (None, "dynamic")
 ON_NONFINITE = ("raise", "skip")
@@ -38,6 +38,8 @@ class FitConfig:
       matmul_dtype: ``torch.bfloat16`` (or "bfloat16"): the layers' matrix products in bfloat16.
       compile: None (compile where a GPU or a C++ compiler is present), True, False, or a backend.
       checkpoint_dir, resume, checkpoint_every: where and when to checkpoint, and whether to continue.
+      overwrite: start afresh over a checkpoint already in ``checkpoint_dir`` (without it, and without
+        ``resume``, such a checkpoint is refused before any work rather than replaced).
       on_nonfinite: "raise" or "skip" a step with a non-finite loss term or gradient.
       progress: show a progress bar (default: when stderr is a terminal).
     """
@@ -52,29 +54,36 @@ class FitConfig:
     checkpoint_dir: str | None = None
     resume: bool = False
     checkpoint_every: int | None = None
+    overwrite: bool = False
     on_nonfinite: str = "raise"
     progress: bool | None = None
 
     def __post_init__(self):
-        check_int("epochs", self.epochs)
-        check_int("batch_size", self.batch_size)
-        seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
-        for s in seeds:
-            check_int("seed", s, minimum=0)
-        object.__setattr__(self, "seed", tuple(int(s) for s in seeds) if isinstance(self.seed, (list, tuple))
-                           else int(self.seed))
-        object.__setattr__(self, "epochs", int(self.epochs))
-        object.__setattr__(self, "batch_size", int(self.batch_size))
-        if self.binarize not in BINARIZE:
-            raise ValueError(f"binarize must be one of {BINARIZE} (static binarisation is a data.load option), "
-                             f"got {self.binarize!r}")
-        if self.on_nonfinite not in ON_NONFINITE:
-            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")
-        if self.checkpoint_every is not None:
-            check_int("checkpoint_every", self.checkpoint_every)
+        # Every field becomes the plain Python value it stands for (numpy scalars, 0-d arrays and tensors
+        # included), so the run's settings print, compare and save as JSON like the user's own numbers.
+        seeds = _sequence(self.seed)
+        fields = {
+            "epochs": check_int("epochs", plain(self.epochs)),
+            "batch_size": check_int("batch_size", plain(self.batch_size)),
+            "seed": check_int("seed", plain(self.seed), minimum=0) if seeds is None
+            else tuple(check_int("seed", plain(s), minimum=0) for s in seeds),
+            "binarize": _one_of("binarize", self.binarize, BINARIZE, " (static binarisation is a data.load option)"),
+            "scale": check_scale(self.scale),
+            "matmul_dtype": as_matmul_dtype(self.matmul_dtype),
+            "compile": _compile_setting(self.compile),
+            "resume": check_bool("resume", self.resume),
+            "checkpoint_every": None if self.checkpoint_every is None
+            else check_int("checkpoint_every", plain(self.checkpoint_every)),
+            "overwrite": check_bool("overwrite", self.overwrite),
+            "on_nonfinite": _one_of("on_nonfinite", self.on_nonfinite, ON_NONFINITE, ""),
+            "progress": None if self.progress is None else check_bool("progress", self.progress),
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume=True needs the checkpoint_dir to resume from")
-        object.__setattr__(self, "matmul_dtype", as_matmul_dtype(self.matmul_dtype))
+        if self.resume and self.overwrite:
+            raise ValueError("resume=True continues the checkpoint and overwrite=True replaces it: pass one")
 
     def replace(self, **changes) -> "FitConfig":
         return dataclasses.replace(self, **changes)
@@ -92,12 +101,38 @@ def as_matmul_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
 
 def per_model(n_models: int | None, name: str, value) -> list:
     """``value`` as a list with one entry per model (one entry without a stack)."""
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # not an Objective or a transform
-        if n_models is None or len(value) != n_models:
+    values = _sequence(value)
+    if values is not None:
+        if n_models is None or len(values) != n_models:
             where = "a stack of that many models" if n_models is None else f"the stack's {n_models} models"
-            raise ValueError(f"{name} has {len(value)} values; a sequence needs {where}")
-        return list(value)
+            raise ValueError(f"{name} has {len(values)} values; a sequence needs {where}")
+        return values
     return [value] * (n_models or 1)
+
+
+def _sequence(value) -> list | None:
+    """A setting's values, one per model, when it gives several: a list, a tuple (not a named tuple, which is
+    an Objective or a transform) or a 1-D numpy array or tensor (``np.logspace(-4, -2, 5)``); else None."""
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return list(value)
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1 and not getattr(value, "is_meta", False):
+        return value.tolist()
+    return None
+
+
+def _one_of(name: str, value, choices: tuple, note: str):
+    """``value`` as the member of ``choices`` it equals (a numpy string becomes the plain one)."""
+    if isinstance(value, (str, type(None))) and value in choices:
+        return choices[choices.index(value)]
+    raise ValueError(f"{name} must be one of {choices}{note}, got {value!r}")
+
+
+def _compile_setting(value):
+    """``compile`` as None, a bool, a backend name or a backend function."""
+    value = plain(value) if isinstance(value, np.generic) else value  # a numpy bool or string as the plain one
+    if value is None or isinstance(value, (bool, str)) or callable(value):
+        return value
+    raise ValueError(f"compile must be None, True, False, a backend name or a backend function, got {value!r}")
 
 
 def objectives_of(n_models: int | None, objective, steps_per_epoch: int, settings: dict) -> list:
@@ -107,15 +142,13 @@ def objectives_of(n_models: int | None, objective, steps_per_epoch: int, setting
         _refuse_shorthand("objective", settings, "objectives.elbo(beta, warmup=...), objectives.free_bits(...)")
         return per_model(n_models, "objective", objective)
     values = {**OBJECTIVE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
-    betas = per_model(n_models, "beta", values["beta"])
-    for b in betas:
-        check_nonnegative("beta", b)
-    check_nonnegative("kl_warmup", values["kl_warmup"])
-    check_nonnegative("free_bits", values["free_bits"])
-    warmup = schedules.warmup(values["kl_warmup"] * steps_per_epoch) if values["kl_warmup"] else None
-    built = [objectives.elbo(_plain(b), warmup=warmup) for b in betas]
-    if values["free_bits"]:
-        built = [objectives.free_bits(o, _plain(values["free_bits"])) for o in built]
+    betas = [check_nonnegative("beta", plain(b)) for b in per_model(n_models, "beta", values["beta"])]
+    warmup_epochs = check_nonnegative("kl_warmup", plain(values["kl_warmup"]))
+    floor = check_nonnegative("free_bits", plain(values["free_bits"]))
+    warmup = schedules.warmup(warmup_epochs * steps_per_epoch) if warmup_epochs else None
+    built = [objectives.elbo(b, warmup=warmup) for b in betas]
+    if floor:
+        built = [objectives.free_bits(o, floor) for o in built]
     return built
 
 
@@ -127,19 +160,17 @@ def optimizers_of(n_models: int | None, optimizer, settings: dict) -> list:
                                                  "optim.adam(lr))")
         return per_model(n_models, "optimizer", optimizer)
     values = {**OPTIMIZER_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
-    lrs = per_model(n_models, "lr", values["lr"])
-    for lr in lrs:
-        check_positive("lr", lr)
-    check_nonnegative("noise_multiplier", values["noise_multiplier"])
+    lrs = [check_positive("lr", plain(lr)) for lr in per_model(n_models, "lr", values["lr"])]
+    noise = check_nonnegative("noise_multiplier", plain(values["noise_multiplier"]))
     if values["clip_norm"] is None:
-        if values["noise_multiplier"]:
+        if noise:
             raise ValueError("noise_multiplier needs clip_norm: the noise is scaled to the clipping norm")
-        return [optim.adam(_plain(lr)) for lr in lrs]
-    check_positive("clip_norm", values["clip_norm"])
+        return [optim.adam(lr) for lr in lrs]
+    clip_norm = check_positive("clip_norm", plain(values["clip_norm"]))
     if n_models is not None:
         raise ValueError("clip_norm (per-example clipping) trains one model at a time, not a stack")
-    dp = optim.differentially_private_aggregate(_plain(values["clip_norm"]), _plain(values["noise_multiplier"]))
-    return [optim.chain(dp, optim.adam(_plain(lr))) for lr in lrs]
+    dp = optim.differentially_private_aggregate(clip_norm, noise)
+    return [optim.chain(dp, optim.adam(lr)) for lr in lrs]
 
 
 def _refuse_shorthand(name: str, settings: dict, example: str) -> None:
@@ -147,11 +178,6 @@ def _refuse_shorthand(name: str, settings: dict, example: str) -> None:
     if given:
         raise ValueError(f"pass either {name}= or the shorthand {given}, not both (put them in the {name}: "
                          f"{example})")
-
-
-def _plain(value):
-    """A numpy scalar as the Python number it holds (so it prints, hashes and saves as one)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from funcvae.validate import exact, first_index
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -73,15 +75,17 @@ def kl_monte_carlo(mean_q: Tensor, logvar_q: Tensor, eps: Tensor, mean_p: Tensor
 
 
 def check_support(likelihood: str, x: Tensor, *, name: str = "data") -> None:
-    """Raise ValueError when ``x`` holds values outside the likelihood's support (or NaN/Inf)."""
+    """Raise ValueError when ``x`` holds values outside the likelihood's support (or NaN/Inf), naming the
+    first such value, exactly, and its index."""
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
-        first = tuple(int(i) for i in torch.nonzero(bad)[0])
-        raise ValueError(f"{name} holds {int(bad.sum())} NaN or Inf values (first at index {first})")
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN or Inf values (first at index {first_index(bad)})")
     if likelihood == "bernoulli":
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
+            where = first_index((x < 0) | (x > 1))
             raise ValueError(
-                f"{name} has values in [{lo:g}, {hi:g}], outside [0, 1], the support of the Bernoulli "
-                "likelihood; pass scale= (e.g. 255 for 8-bit pixels) or use likelihood='gaussian'"
+                f"{name} has values in [{exact(lo)}, {exact(hi)}], outside [0, 1], the support of the Bernoulli "
+                "likelihood; pass scale= (e.g. 255 for 8-bit pixels) or use likelihood='gaussian' (the first value "
+                f"outside is {float(x[where])!r}, at index {where})"
             )

@@ -21,6 +21,7 @@ A prior with parameters (the VampPrior) keeps them in the tree under ``"prior"``
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Callable
 
@@ -199,6 +200,9 @@ torch_pytree.register_pytree_node(
 
 #: Dtypes ``with_matmul_dtype`` takes besides None. Not float16: its narrow range would need loss scaling.
 MATMUL_DTYPES = (torch.bfloat16,)
+#: Dtypes params may have: training updates are far smaller than a half-precision param's spacing, so
+#: float16 or bfloat16 params would stop learning (mixed precision keeps float32 params, ``MATMUL_DTYPES``).
+PARAM_DTYPES = (torch.float32, torch.float64)
 
 
 def with_matmul_dtype(tree: dict, dtype: torch.dtype | None) -> dict:
@@ -234,20 +238,44 @@ def stack_size(params: Params) -> int | None:
         raise ValueError(f"params do not match their model {params.model}: missing {missing}, unexpected {extra}")
     first = next(iter(got))
     lead = _leading_dims(got[first], expected[first][0])
-    devices = set()
     for path, leaf in got.items():
-        if not isinstance(leaf, Tensor):
-            raise TypeError(f"param {path} must be a floating-point tensor, got a {type(leaf).__name__}")
-        if not leaf.is_floating_point():
-            raise TypeError(f"param {path} must be a floating-point tensor, got dtype {leaf.dtype}")
-        if tuple(leaf.shape) != lead + expected[path][0]:
-            raise ValueError(f"param {path} has shape {tuple(leaf.shape)}, expected {lead + expected[path][0]}")
-        if not bool(torch.isfinite(leaf).all()):
-            raise ValueError(f"param {path} holds NaN or Inf values")
-        devices.add(leaf.device)
+        _check_leaf(path, leaf, lead + expected[path][0])
+    _check_dtype(got)
+    devices = {leaf.device for leaf in got.values()}
     if len(devices) > 1:
         raise ValueError(f"params are spread over several devices: {sorted(map(str, devices))}")
     return lead[0] if lead else None
+
+
+def _check_leaf(path: str, leaf, shape: tuple[int, ...]) -> None:
+    """Raise unless ``leaf`` is a dense floating-point tensor of ``shape`` holding finite values."""
+    if not isinstance(leaf, Tensor):
+        raise TypeError(f"param {path} must be a floating-point tensor, got a {type(leaf).__name__}")
+    if not leaf.is_floating_point():
+        raise TypeError(f"param {path} must be a floating-point tensor, got dtype {leaf.dtype}")
+    if leaf.layout != torch.strided:
+        raise TypeError(f"param {path} is a {leaf.layout} tensor; params must be dense (t.to_dense())")
+    if leaf.is_meta:
+        raise ValueError(f"param {path} is on the meta device (no values); make the params with model.init or "
+                         "funcvae.load_params")
+    if tuple(leaf.shape) != shape:
+        raise ValueError(f"param {path} has shape {tuple(leaf.shape)}, expected {shape}")
+    if not bool(torch.isfinite(leaf).all()):
+        raise ValueError(f"param {path} holds NaN or Inf values")
+
+
+def _check_dtype(leaves: dict[str, Tensor]) -> None:
+    """Raise unless every leaf has one dtype of ``PARAM_DTYPES``; a leaf that differs from the most common
+    dtype is named."""
+    counts = collections.Counter(t.dtype for t in leaves.values())
+    common = counts.most_common(1)[0][0]
+    rule = ("params must all be float32 or all float64 (mixed precision is matmul_dtype=torch.bfloat16 with "
+            "float32 params)")
+    if len(counts) > 1:
+        path, odd = next((p, t.dtype) for p, t in leaves.items() if t.dtype != common)
+        raise TypeError(f"param {path} is {odd} and the other params are {common}; {rule}")
+    if common not in PARAM_DTYPES:
+        raise TypeError(f"params are {common}; {rule}")
 
 
 def _leading_dims(leaf, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -52,8 +52,7 @@ def elbo(beta: float = 1.0, *, kl: str = "auto", warmup: Callable | None = None,
       warmup: a schedule (``funcvae.schedules.warmup(steps)``) that multiplies beta: KL warm-up.
       samples: reparameterised samples per example; ``recon`` (and a Monte Carlo ``kl``) average them.
     """
-    check_nonnegative("beta", beta)
-    check_int("samples", samples)
+    beta, samples = check_nonnegative("beta", beta), check_int("samples", samples)
     if kl not in KL_MODES:
         raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
     name = f"elbo(beta={beta}, kl={kl!r}" + (f", warmup={warmup.name}" if warmup is not None else "") + (
@@ -66,7 +65,7 @@ def iwae(k: int) -> Objective:
     """The importance-weighted bound as a training objective (Burda, Grosse & Salakhutdinov 2016):
     ``loss = -IWAE_k = -log (1/k) sum_j p(x, z_j) / q(z_j | x)`` over k samples of one example; ``recon``
     and ``kl`` are the k-sample Monte Carlo ELBO terms (so ``recon + kl`` >= ``loss``)."""
-    check_int("k", k)
+    k = check_int("k", k)
     return Objective(f"iwae(k={k})", k, dict, _no_schedule, _iwae_terms, mean_loss)
 
 
@@ -78,7 +77,7 @@ def free_bits(objective: Objective, floor: float) -> Objective:
     if not isinstance(objective, Objective) or not objective.kl_dims:
         raise ValueError("free bits floor the KL of each latent dimension: they need an ELBO with an analytic "
                          "per-dimension KL (objectives.elbo with kl='analytic' or 'auto' and a factorised prior)")
-    check_nonnegative("floor", floor)
+    floor = check_nonnegative("floor", floor)
     return objective._replace(name=f"free_bits({objective.name}, {floor})",
                               init=partial(_with_floor, objective.init, floor), reduce=_floored_loss)
 

@@ -24,7 +24,7 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae.validate import check_nonnegative, check_positive
+from funcvae.validate import check_nonnegative, check_positive, plain
 
 
 class GradientTransformation(NamedTuple):
@@ -82,8 +82,7 @@ def _lr_parts(lr) -> tuple[float, Callable | None]:
     """A learning rate as (scale kept in the state, schedule or None): a schedule is kept as code, scale 1."""
     if callable(lr):
         return 1.0, lr
-    check_positive("lr", lr)
-    return float(lr), None
+    return float(check_positive("lr", lr)), None
 
 
 def _lr_at(hyper: dict, schedule: Callable | None, count: Tensor) -> Tensor:
@@ -101,7 +100,7 @@ def adamw(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_deca
           ) -> GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019): Adam plus decoupled weight decay, ``- lr * weight_decay * params``,
     as ``torch.optim.AdamW`` computes it."""
-    check_nonnegative("weight_decay", weight_decay)
+    weight_decay = check_nonnegative("weight_decay", weight_decay)
     return _adamw(lr, b1, b2, eps, weight_decay, "adamw")
 
 
@@ -166,6 +165,7 @@ def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransforma
     velocity ``v = momentum * v + g`` (``v = g`` at the first step), update ``-lr * v`` (or
     ``-lr * (g + momentum * v)`` with Nesterov)."""
     scale, schedule = _lr_parts(lr)
+    momentum = plain(momentum)
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     if nesterov and not momentum:
@@ -203,7 +203,7 @@ def _sgd_update(schedule: Callable | None, with_momentum: bool, nesterov: bool) 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale the updates down to an L2 norm (over all leaves together) of at most ``max_norm``."""
-    check_positive("max_norm", max_norm)
+    max_norm = check_positive("max_norm", max_norm)
 
     def init(params) -> HyperState:
         return HyperState(_hyper(_device(params), max_norm=max_norm))
@@ -224,8 +224,8 @@ def differentially_private_aggregate(clip_norm: float, noise_multiplier: float) 
     noise of std ``noise_multiplier * clip_norm`` (``noise``: a tree of standard normal draws shaped like the
     params, drawn by the caller at the boundary), divided by the number of real rows. Put it first in a
     ``chain``; the training step then computes per-example gradients (``vmap(grad)``)."""
-    check_positive("clip_norm", clip_norm)
-    check_nonnegative("noise_multiplier", noise_multiplier)
+    clip_norm = check_positive("clip_norm", clip_norm)
+    noise_multiplier = check_nonnegative("noise_multiplier", noise_multiplier)
 
     def init(params) -> HyperState:
         return HyperState(_hyper(_device(params), clip_norm=clip_norm, noise_multiplier=noise_multiplier))
@@ -329,4 +329,4 @@ def apply_updates(params, updates):
 
 
 def _describe(lr) -> str:
-    return getattr(lr, "name", None) or repr(lr) if callable(lr) else repr(lr)
+    return getattr(lr, "name", None) or repr(lr) if callable(lr) else repr(plain(lr))

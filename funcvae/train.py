@@ -3,12 +3,18 @@ built from the model, an objective and an optimiser; checkpoints, exact resume, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import signal
 import sys
+import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -17,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from funcvae import distributed, optim
+from funcvae import distributed, lock, optim
 from funcvae.batches import model_batches
 from funcvae.checkpoint import Checkpoint, describe, load, restore, save
 from funcvae.compiling import make_step
@@ -51,8 +57,9 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
         as one flat buffer between the step's two halves (gloo on CPU, NCCL on GPU), and only rank 0 writes
         checkpoints, prints and calls back; ``batch_size`` is the global batch and must divide by the
         number of processes.
-      data: training examples: tensor, numpy array, Dataset or DataLoader (read once; fit batches the
-        examples itself in a seeded order), shaped (N, F), (N, H, W) or (N, C, H, W).
+      data: training examples: tensor, numpy array, Dataset (map-style or iterable), or DataLoader, whose items
+        may be tensors, arrays or PIL images, alone or with a label (read once; fit batches the examples
+        itself in a seeded order), shaped (N, F), (N, H, W) or (N, C, H, W).
       epochs: passes over the data (or in ``config``).
       val_data: held-out examples, scored after each epoch by the ELBO (one sample, the same noise every
         epoch) at the objective's KL weight.
@@ -78,8 +85,11 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
     ``checkpoint_dir``, ``checkpoint.safetensors`` (params, optimiser and objective state, settings,
     history, epoch and step; written atomically) is kept there after every epoch, every
     ``checkpoint_every`` steps if set, and when SIGINT or SIGTERM arrives, which then ends ``fit`` at the
-    next step boundary by raising ``Interrupted``; ``resume=True`` continues from it (its settings, objective,
-    optimiser and data must be this call's, ``epochs`` may grow) bit-identically. ``on_nonfinite="raise"``
+    next step boundary (or, during an epoch's evaluation or write, once that epoch is saved) by raising
+    ``Interrupted``; ``resume=True`` continues from it (its settings, objective, optimiser and data must be
+    this call's, ``epochs`` at least the epochs it holds) bit-identically. The folder is checked and locked
+    before any work (``FolderLocked`` if another run holds it), and a checkpoint already there is replaced
+    only under ``overwrite=True``. ``on_nonfinite="raise"``
     stops with ``NonFiniteError`` naming the epoch, batch and term at the next read of the device (the run
     freezes on the device at its first bad step, the last checkpoint untouched); "skip" goes on without
     such steps, counted in the history's ``skipped``.
@@ -118,17 +128,19 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
                          f"(got {sorted({o.name for o in objs})} and {sorted({t.name for t in opts})})")
     world = distributed.join(x.device)
     try:
-        ckpt = None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / CHECKPOINT_FILE
-        run = _Run(config=config, model=params.model, n_models=n_models, x=x, x_vals=x_vals, seeds=seeds,
-                   objective=objs[0], per_example=opts[0].per_example, world=world, step=None,
-                   description={"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]},
-                   checkpoint=ckpt, callback=callback,
-                   show=(sys.stderr.isatty() if config.progress is None else config.progress) and world.is_main)
-        run = replace(run, step=_make_runner(run, steps[0]))
-        state = _start(run, params, objs, opts)
-        with deferred_signals(ckpt is not None) as received:
-            while state.epoch < config.epochs:
-                state = _run_epoch(run, state, received)
+        with _folder(config, world) as ckpt:
+            run = _Run(config=config, model=params.model, n_models=n_models, x=x, x_val=x_val, x_vals=x_vals,
+                       seeds=seeds, objective=objs[0], per_example=opts[0].per_example, world=world, step=None,
+                       description={"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]},
+                       checkpoint=ckpt, callback=callback,
+                       show=(sys.stderr.isatty() if config.progress is None else config.progress) and world.is_main)
+            run = replace(run, step=_make_runner(run, steps[0]))
+            state = _start(run, params, objs, opts)
+            with deferred_signals(ckpt is not None) as received:
+                while state.epoch < config.epochs:
+                    state = _run_epoch(run, state, received)
+                if received:  # during the last epoch's evaluation or its write: the run is whole on disk
+                    raise Interrupted(received[0], str(ckpt))
     finally:
         distributed.leave(world)
     # On a GPU the compiled step's outputs live in its CUDA graph's memory, which the next replay of that
@@ -145,6 +157,7 @@ class _Run:
     model: object
     n_models: int | None
     x: Tensor
+    x_val: Tensor | None
     x_vals: list | None
     seeds: list
     objective: object
@@ -160,31 +173,91 @@ class _Run:
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(self.x.shape[0], self.config.batch_size)
 
+    @cached_property
     def fingerprint(self) -> dict:
-        """The settings a resumed run must share, with fingerprints of the data (JSON values)."""
+        """The settings a resumed run must share, with digests of its data as fit sees it (JSON values);
+        computed once per run, and only for a run that checkpoints."""
         c = self.config
         out = {"model": describe(self.model), "stack": self.n_models, "seed": self.seeds,
                "batch_size": c.batch_size, "binarize": c.binarize, **self.description,
                "matmul_dtype": None if c.matmul_dtype is None else str(c.matmul_dtype).removeprefix("torch."),
-               "data": _fingerprint(self.x), "val_data": None if self.x_vals is None else _fingerprint(self.x_vals[0])}
+               "data": _fingerprint(self.x), "val_data": None if self.x_val is None else _fingerprint(self.x_val)}
         return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
+
+
+@contextmanager
+def _folder(config: FitConfig, world: distributed.World):
+    """The checkpoint's path (None without a ``checkpoint_dir``) while this process holds its folder: checked
+    before any work (a folder that cannot be made or written, a checkpoint path that is not a file, a
+    checkpoint that the call neither resumes nor overwrites), locked against a second run, and cleared of
+    temporary files a killed run left. Only the main process writes, so only it takes the folder."""
+    if config.checkpoint_dir is None:
+        yield None
+        return
+    folder = Path(config.checkpoint_dir)
+    ckpt = folder / CHECKPOINT_FILE
+    if not world.is_main:
+        yield ckpt
+        return
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint_dir {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{CHECKPOINT_FILE}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"checkpoint_dir {folder} cannot be written: {e.strerror or e}") from e
+    if ckpt.exists() and not ckpt.is_file():
+        raise ValueError(f"{ckpt} is not a file: the checkpoint cannot be written there")
+    with lock.hold(folder):
+        if ckpt.exists() and not (config.resume or config.overwrite):
+            raise ValueError(f"{folder} already holds a checkpoint: pass resume=True to continue it, or "
+                             "overwrite=True to start afresh and replace it")
+        for stale in folder.glob(f".{CHECKPOINT_FILE}.*"):
+            stale.unlink()  # a write or probe cut short by a kill; the checkpoint beside it is whole
+        yield ckpt
 
 
 def _start(run: _Run, params: Params, objs: list, opts: list) -> Checkpoint:
     """The state training starts from: fresh, or the checkpoint's when resuming and one exists."""
-    if run.checkpoint is not None and run.world.is_main:
-        for stale in run.checkpoint.parent.glob(f".{run.checkpoint.name}.*.tmp"):
-            stale.unlink()  # a write cut short by a kill; the checkpoint beside it is whole
     fresh = _fresh_state(params, run.n_models, objs, opts)
     if run.config.resume and run.checkpoint.is_file():
         state = load(run.checkpoint, device=run.x.device, model=run.model)
-        mismatch = {k: (v, state.config.get(k)) for k, v in run.fingerprint().items() if state.config.get(k) != v}
+        mismatch = {k: (v, state.config.get(k)) for k, v in run.fingerprint.items() if state.config.get(k) != v}
         if mismatch:
             diffs = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in mismatch.items())
             raise ValueError(f"cannot resume from {run.checkpoint}: it was made with other settings or data ({diffs})")
+        _check_resumable(run, state)
         return replace(state, opt_state=restore(fresh.opt_state, state.opt_state, run.checkpoint))
-    return Checkpoint(params, fresh.opt_state, fresh.hyper, fresh.count, 0, 0, run.fingerprint(),
-                      [[] for _ in run.seeds])
+    return Checkpoint(params, fresh.opt_state, fresh.hyper, fresh.count, 0, 0,
+                      {} if run.checkpoint is None else run.fingerprint, [[] for _ in run.seeds])
+
+
+def _check_resumable(run: _Run, state: Checkpoint) -> None:
+    """What a checkpoint of this run's settings must also hold to continue it: no more epochs than asked for,
+    and mid-epoch, a step inside the epoch with this device's generator states and the epoch's sums."""
+    where = f"cannot resume from {run.checkpoint}"
+    if state.epoch > run.config.epochs or (state.epoch == run.config.epochs and state.step):
+        raise ValueError(f"{where}: it holds {state.epoch} epoch(s){f' and {state.step} step(s)' if state.step else ''}"
+                         f", more than epochs={run.config.epochs}; ask for epochs >= {state.epoch + bool(state.step)}"
+                         " (as many as it holds returns its params as they are)")
+    if not state.step:
+        return
+    if state.step >= run.steps_per_epoch:
+        raise ValueError(f"{where}: field 'step' is {state.step}, not inside an epoch of {run.steps_per_epoch} steps")
+    rng = torch.stack([g.get_state() for g in _generators(run, state.epoch + 1)])
+    if state.rng.shape != rng.shape:
+        raise ValueError(f"{where}: field 'rng' has shape {tuple(state.rng.shape)}; this run's generators need "
+                         f"{tuple(rng.shape)}")
+    if state.sums.shape != (len(run.seeds), len(STATS)):
+        raise ValueError(f"{where}: field 'sums' has shape {tuple(state.sums.shape)}, not "
+                         f"{(len(run.seeds), len(STATS))}")
+
+
+def _generators(run: _Run, epoch: int) -> list[torch.Generator]:
+    """Each model's generator of epoch ``epoch``'s training draws."""
+    return [generator(s, "train", epoch, device=run.x.device) for s in run.seeds]
 
 
 def _fresh_state(params: Params, n_models: int | None, objs: list, opts: list) -> TrainState:
@@ -200,8 +273,10 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
     """Train epoch ``state.epoch + 1`` (from step ``state.step`` when resuming mid-epoch)."""
     epoch, start, began = state.epoch + 1, state.step, time.perf_counter()
     device = run.x.device
-    gens = [generator(s, "train", epoch, device=device) for s in run.seeds]
-    acc = state.sums.to(device) if start else torch.zeros(len(run.seeds), len(STATS), dtype=run.x.dtype, device=device)
+    gens = _generators(run, epoch)
+    # float64: an epoch's sums of finite float32 step sums cannot overflow.
+    acc = state.sums.to(device, torch.float64) if start else torch.zeros(len(run.seeds), len(STATS),
+                                                                          dtype=torch.float64, device=device)
     rng_states = list(state.rng) if start else None
     batches = model_batches(run.x, run.config.batch_size, gens, run.model.latent, run.config.binarize,
                             run.n_models is not None, samples=run.objective.samples, start=start, rng_states=rng_states,
@@ -234,7 +309,9 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
     state = _with(state, train, epoch=epoch, step=0, rng=None, sums=None,
                   history=[h + [r] for h, r in zip(state.history, history)])
     _save(run, state)
-    if stop:
+    # A signal that came during the evaluation or the write stops the run here, its epoch whole on disk;
+    # processes of a data-parallel run agree on stopping at the next step instead.
+    if stop or (received and run.world.size == 1):
         raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
     return state
 
@@ -352,10 +429,21 @@ def _close_epoch(run: _Run, epoch: int, acc: Tensor, train: TrainState, began: f
                            generator(run.seeds[m], "val", device=run.x.device), beta=1.0 if target is None else target)
             record.update({f"val_{k}": float(v.mean()) for k, v in val.items()})
         record["seconds"] = time.perf_counter() - began
+        _warn_if_nonfinite(record, m if stacked else None, run.steps_per_epoch)
         records.append(record)
         if run.callback is not None and run.world.is_main:
             run.callback(record if not stacked else {**record, "model": m})
     return records
+
+
+def _warn_if_nonfinite(record: dict, model: int | None, steps: int) -> None:
+    """A RuntimeWarning naming an epoch's non-finite metrics (kept in the history as NaN or inf, and written
+    to checkpoints as "NaN" or "Infinity"), and why when every step of it was skipped."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        why = f": every one of its {steps} steps was skipped as non-finite" if record["skipped"] == steps else ""
+        of = "" if model is None else f" of model {model}"
+        warnings.warn(f"epoch {record['epoch']}{of}: {', '.join(bad)} not finite{why}", RuntimeWarning, stacklevel=4)
 
 
 def _beta_in_force(run: _Run, hyper: dict, train: TrainState, m: int) -> float | None:
@@ -379,8 +467,8 @@ def _examples(data, params: Params, config: FitConfig, like: Tensor, name: str) 
     return x
 
 
-def _fingerprint(x: Tensor) -> list:
-    """Size, sum and a row-order-sensitive weighted sum: enough to tell that resumed data are not the same."""
-    rows = x.sum(1, dtype=torch.float64)
-    order = torch.arange(1, x.shape[0] + 1, dtype=torch.float64, device=x.device)
-    return [list(x.shape), round(float(rows.sum()), 6), round(float((rows * order).sum()), 3)]
+def _fingerprint(x: Tensor) -> dict:
+    """Shape, dtype and the SHA-256 of the bytes of the data as fit trains on them (after conversion and
+    scaling): any change to any value, or to the order of the examples, is another digest."""
+    digest = hashlib.sha256(x.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+    return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch."), "sha256": digest}

@@ -1,4 +1,5 @@
-"""Boundary checks: turn what a user passes as data into a validated (N, features) float tensor.
+"""Boundary checks: turn what a user passes as data into a validated (N, features) float tensor, and a
+setting into the plain Python value it stands for.
 
 Every check runs before any work, so bad input fails at once with an error that names the problem.
 """
@@ -6,69 +7,147 @@ Every check runs before any work, so bad input fails at once with an error that 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+#: PIL image modes whose values are intensities (grey levels or RGB, with or without alpha); the others hold
+#: palette indices or another colour space, which would pass for pixels silently.
+PIL_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Unsigned dtypes torch cannot yet compare or reduce, and what their range is read in (exactly, but for
+# uint64 values beyond 2^53).
+_WIDER = {torch.uint16: torch.int64, torch.uint32: torch.int64, torch.uint64: torch.float64}
 
 
 def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: str = "data") -> Tensor:
     """Validate ``data`` for ``model`` (a ``funcvae.Model``) and return it as (N, features) in ``like``'s dtype/device.
 
-    Accepts a tensor, a numpy array, a map-style Dataset or a DataLoader whose items are examples or
-    ``(example, label)`` pairs. Images may be (N, F), (N, H, W) when there is one channel, or (N, C, H, W).
-    Integer data must lie in [0, 1] unless ``scale`` says what to divide by (255 for 8-bit pixels).
+    Accepts a tensor (sparse and quantized ones as their values), a numpy array, a Dataset (map-style, or an
+    IterableDataset, read once) or a DataLoader whose items are examples or ``(example, label)`` pairs;
+    an example may be a tensor, an array or a PIL image (torchvision's datasets without a transform), which
+    becomes (channels, H, W) of its integer pixels. Images may be (N, F), (N, H, W) when there is one
+    channel, or (N, C, H, W). Integer data must lie in [0, 1] unless ``scale`` says what to divide by (255
+    for 8-bit pixels).
 
     Raises:
-      TypeError: an unsupported container or dtype.
-      ValueError: empty data, a wrong shape, NaN/Inf, a bad scale, or values outside the likelihood's support.
+      TypeError: an unsupported container, item or dtype.
+      ValueError: empty data, a wrong shape, data without values (the meta device), NaN/Inf, a bad scale, or
+        values outside the likelihood's support.
     """
-    x = _to_tensor(data, name)
+    scale = check_scale(scale)
+    x, from_pil = _to_tensor(data, name)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     x = _to_flat(x, model, name)
     if x.is_complex():
         raise TypeError(f"{name} has complex dtype {x.dtype}; expected real pixel values")
     if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
         x = x.to(torch.float64) / scale
     elif not x.is_floating_point() and x.dtype != torch.bool:
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"{name} is integer ({x.dtype}) with values in [{lo}, {hi}], outside [0, 1]; state the scale, "
-                f"e.g. scale=255 for 8-bit pixels"
-            )
+        _check_unit_integers(x, name, from_pil)
     x = x.to(dtype=like.dtype, device=like.device)
     model.likelihood.check_support(x, name)
     return x
 
 
-def _to_tensor(data, name: str) -> Tensor:
+def _to_tensor(data, name: str) -> tuple[Tensor, bool]:
+    """``data`` as one tensor of examples, and whether they came from PIL images."""
     if isinstance(data, Tensor):
-        return data.detach()
+        return _values(data.detach(), name), False
     if isinstance(data, np.ndarray):
-        if data.dtype == object:
-            raise TypeError(f"{name} is a numpy array of Python objects; expected numbers")
-        # torch reads native byte order only.
-        return torch.from_numpy(np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("=")))
+        return _from_numpy(data, name), False
     if isinstance(data, DataLoader):
-        batches = [_example_of(batch) for batch in data]
-        if not batches:
-            raise ValueError(f"{name} is an empty DataLoader")
-        return torch.cat([torch.as_tensor(b) for b in batches])
+        parts = [_example(batch, f"{name}'s batch {i}") for i, batch in enumerate(data)]
+        return _joined(parts, name, "DataLoader", "batch")
+    if isinstance(data, IterableDataset):  # no length: read once, like a DataLoader
+        parts = [_example(item, f"{name}'s item {i}") for i, item in enumerate(data)]
+        return _joined(parts, name, "IterableDataset", "item")
     if isinstance(data, Dataset):
-        if len(data) == 0:
-            raise ValueError(f"{name} is an empty Dataset")
-        return torch.stack([torch.as_tensor(_example_of(data[i])) for i in range(len(data))])
-    raise TypeError(f"{name} must be a torch.Tensor, numpy array, Dataset or DataLoader, got {type(data).__name__}")
+        parts = [_example(data[i], f"{name}'s item {i}") for i in range(len(data))]
+        return _joined(parts, name, "Dataset", "item")
+    hint = " (stack the examples into a tensor or array, or wrap them in a Dataset)" if isinstance(
+        data, (list, tuple)) else ""
+    raise TypeError(f"{name} must be a torch.Tensor, numpy array, Dataset or DataLoader, got {type(data).__name__}"
+                    + hint)
 
 
-def _example_of(item):
-    # Labelled datasets yield (image, label); the image is the example.
-    return item[0] if isinstance(item, (tuple, list)) else item
+def _values(x: Tensor, name: str) -> Tensor:
+    """``x`` as a dense (strided) tensor of its values: a sparse one densified, a quantized one dequantized."""
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device (no values): pass a tensor that holds the data")
+    if x.is_nested:
+        raise TypeError(f"{name} is a nested tensor; examples must share one shape (pad or resize them)")
+    if x.layout != torch.strided:
+        x = x.to_dense()
+    return x.dequantize() if x.is_quantized else x
+
+
+def _from_numpy(data: np.ndarray, name: str) -> Tensor:
+    if data.dtype == object:
+        raise TypeError(f"{name} is a numpy array of Python objects; expected numbers")
+    if data.dtype.kind not in "biufc":
+        raise TypeError(f"{name} is a numpy array of dtype {data.dtype}; expected numbers")
+    # torch reads native byte order only, and warns of read-only arrays (a PIL image's pixels, a memory map
+    # opened for reading), which it would share: those are copied.
+    array = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _example(item, where: str) -> tuple[Tensor, bool]:
+    """The example of a Dataset's item or a DataLoader's batch (labelled ones yield (example, label)) as a
+    tensor, and whether it was a PIL image."""
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise TypeError(f"{where} is an empty {type(item).__name__}; expected an example or (example, label)")
+        item = item[0]
+    if isinstance(item, Tensor):
+        return _values(item.detach(), where), False
+    if isinstance(item, np.ndarray):
+        return _from_numpy(item, where), False
+    if _is_pil(item):
+        return _from_pil(item, where), True
+    if isinstance(item, (int, float, np.number, np.bool_)):
+        return torch.as_tensor(item), False
+    if isinstance(item, dict):
+        raise TypeError(f"{where} is a dict (keys {list(item)}); pass the images themselves: a tensor or array "
+                        "of them, or a Dataset or DataLoader whose items are images or (image, label) pairs")
+    raise TypeError(f"{where} is a {type(item).__name__}; expected a tensor, numpy array or PIL image, or "
+                    "(example, label)")
+
+
+def _is_pil(value) -> bool:
+    image = sys.modules.get("PIL.Image")  # without PIL imported, nothing is a PIL image
+    return image is not None and isinstance(value, image.Image)
+
+
+def _from_pil(image, where: str) -> Tensor:
+    """A PIL image as (channels, H, W) of its pixels, in their own dtype (uint8 for 8-bit images)."""
+    if image.mode not in PIL_MODES:
+        raise TypeError(f"{where} is a PIL image in mode {image.mode!r}, whose values are not grey levels or RGB; "
+                        "convert it first, e.g. image.convert('L') or image.convert('RGB')")
+    x = _from_numpy(np.asarray(image), where)
+    return x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+
+
+def _joined(parts: list[tuple[Tensor, bool]], name: str, kind: str, what: str) -> tuple[Tensor, bool]:
+    """A Dataset's items stacked, or a DataLoader's batches concatenated; ValueError naming the first part
+    whose shape differs from the first one's."""
+    if not parts:
+        raise ValueError(f"{name} is an empty {kind}")
+    tensors = [t for t, _ in parts]
+    stack = what == "item"
+    key = (lambda t: t.shape) if stack else (lambda t: t.shape[1:])
+    for i, t in enumerate(tensors):
+        if not stack and t.ndim == 0:
+            raise ValueError(f"{name}'s batch {i} is a single number; expected a batch of examples")
+        if key(t) != key(tensors[0]):
+            raise ValueError(f"{name}'s {what} {i} has shape {tuple(t.shape)} and {what} 0 {tuple(tensors[0].shape)}; "
+                             "every example must have the same shape")
+    joined = torch.stack(tensors) if stack else torch.cat(tensors)
+    return joined, any(pil for _, pil in parts)
 
 
 def _to_flat(x: Tensor, model, name: str) -> Tensor:
@@ -83,22 +162,80 @@ def _to_flat(x: Tensor, model, name: str) -> Tensor:
     return x.reshape(x.shape[0], model.features)
 
 
-def check_int(name: str, value, *, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an int (not a bool) >= ``minimum``."""
+def _check_unit_integers(x: Tensor, name: str, from_pil: bool) -> None:
+    """ValueError unless integer data ``x`` (N, F) lie in [0, 1], naming the first value outside and where."""
+    wide = x.to(_WIDER[x.dtype]) if x.dtype in _WIDER else x
+    lo, hi = int(wide.min()), int(wide.max())
+    if lo < 0 or hi > 1:
+        where = first_index((wide < 0) | (wide > 1))
+        source = ", from PIL images" if from_pil else ""
+        raise ValueError(
+            f"{name} is integer ({x.dtype}{source}) with values in [{lo}, {hi}], outside [0, 1]; state the scale, "
+            f"e.g. scale=255 for 8-bit pixels (the first value outside is {int(wide[where])}, at index {where})"
+        )
+
+
+def first_index(mask: Tensor) -> tuple[int, ...]:
+    """The index of the first True of ``mask`` in row-major order (which holds one), without listing them all."""
+    flat = int(mask.reshape(-1).to(torch.uint8).argmax())  # argmax returns the first of equal maxima
+    return tuple(int(i) for i in np.unravel_index(flat, tuple(mask.shape)))
+
+
+def exact(value: float) -> str:
+    """``value`` written short (``%g``) where that reads back as the same number, else in full (its repr):
+    1.0000001192092896 must not print as 1 in a message that says it is above 1."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def plain(value):
+    """A numpy scalar, or a 0-d numpy array or tensor, as the Python value it holds (so a setting prints,
+    compares and saves as JSON as one); anything else as it is, for the caller's check."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_meta:
+        return value.item()
+    return value
+
+
+def check_int(name: str, value, *, minimum: int = 1) -> int:
+    """``value`` as an int; ValueError unless it is an int or numpy integer (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def check_positive(name: str, value) -> None:
-    """Raise ValueError unless ``value`` is a finite real number > 0."""
+def check_positive(name: str, value) -> int | float:
+    """``value`` as a Python number; ValueError unless it is a finite real number > 0."""
     if not _is_real(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return plain(value)
 
 
-def check_nonnegative(name: str, value) -> None:
-    """Raise ValueError unless ``value`` is a finite real number >= 0."""
+def check_nonnegative(name: str, value) -> int | float:
+    """``value`` as a Python number; ValueError unless it is a finite real number >= 0."""
     if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return plain(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool; ValueError unless it is a bool or a numpy bool (or a 0-d array or tensor of one)."""
+    value = plain(value)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_scale(scale) -> int | float | None:
+    """The ``scale`` integer pixels are divided by as a Python number (None: none); ValueError unless it is
+    a positive finite number (a numpy scalar, 0-d array or tensor of one included)."""
+    if scale is None:
+        return None
+    value = plain(scale)
+    if not _is_real(value) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return value
 
 
 def _is_real(value) -> bool:

@@ -134,16 +134,24 @@ def write_truncated(keep):
     return write
 
 
-def write_tensors(change=None, *, metadata="spec"):
-    """A safetensors file of ``small()``'s leaves after ``change(leaves)``, with the given metadata."""
+def write_tensors(change=None, *, metadata="spec", checksums=True):
+    """A safetensors file of ``small()``'s leaves after ``change(leaves)``, with the given metadata and, unless
+    ``checksums`` is False, a valid checksum record of them: a writer that is consistent but wrong."""
     def write(path):
         params = small()
         leaves = {k: v.contiguous() for k, v in funcvae.leaves_by_path(params).items()}
         if change is not None:
             change(leaves)
-        meta = {"funcvae_spec": spec_json(params)} if metadata == "spec" else metadata
+        meta = {"funcvae_model": json.dumps({"spec": json.loads(spec_json(params))})} if metadata == "spec" \
+            else metadata
+        if checksums and meta is not None:
+            meta = {**meta, "funcvae_integrity": json.dumps(CHECKPOINT._integrity(leaves, meta))}
         save_file(leaves, str(path), metadata=meta)
     return write
+
+
+def spec_metadata(text):
+    return {"funcvae_model": json.dumps({"spec": "PLACEHOLDER"}).replace('"PLACEHOLDER"', text)}
 
 
 def other_spec(leaves):
@@ -164,13 +172,16 @@ BAD_FILES = [
     ("no-metadata", lambda p: save_file({"a": torch.zeros(2)}, str(p)), r"has no funcvae model in its metadata"),
     ("leaves-without-metadata", write_tensors(metadata=None), r"has no funcvae model in its metadata"),
     ("foreign-metadata", write_tensors(metadata={"format": "pt"}), r"has no funcvae model in its metadata"),
-    ("spec-not-json", write_tensors(metadata={"funcvae_spec": "{arch: mlp"}), r"metadata is not valid JSON"),
-    ("spec-not-an-object", write_tensors(metadata={"funcvae_spec": "[1, 2]"}),
+    ("spec-not-json", write_tensors(metadata=spec_metadata("{arch: mlp")), r"metadata is not valid JSON"),
+    ("spec-not-an-object", write_tensors(metadata=spec_metadata("[1, 2]")),
      r"spec metadata does not describe a funcvae model"),
-    ("spec-unknown-field", write_tensors(metadata={"funcvae_spec": json.dumps({"arch": "mlp", "depth": 3})}),
+    ("spec-unknown-field", write_tensors(metadata=spec_metadata(json.dumps({"arch": "mlp", "depth": 3}))),
      r"spec metadata does not describe a funcvae model .*depth"),
-    ("spec-bad-value", write_tensors(metadata={"funcvae_spec": json.dumps({"arch": "transformer"})}),
+    ("spec-bad-value", write_tensors(metadata=spec_metadata(json.dumps({"arch": "transformer"}))),
      r"arch must be one of \('mlp', 'conv'\), got 'transformer'"),
+    ("no-checksums", write_tensors(checksums=False), r"carries no checksums"),
+    ("checksum-of-other-bytes", write_tensors(lambda t: t.update({"decoder/out/bias": t["decoder/out/bias"] + 1}),
+                                              checksums=False), r"carries no checksums"),
     ("tensors-of-another-spec", write_tensors(other_spec), r"param \S+ has shape \(12,?.*\), expected \(16,?.*\)"),
     ("missing-tensor", write_tensors(lambda t: t.pop("encoder/mean/kernel")),
      r"missing \['encoder/mean/kernel'\], unexpected \[\]"),
@@ -267,11 +278,11 @@ def test_a_training_state_round_trips_with_and_without_its_template(tmp_path):
         fresh.opt_state, namespace="funcvae")
     count = torch.tensor(7)
     path = tmp_path / "checkpoint.safetensors"
-    funcvae.save(path, funcvae.Checkpoint(params, opt_state, fresh.hyper, count, epoch=2, step=3,
+    funcvae.save(path, funcvae.Checkpoint(params, opt_state, fresh.hyper, count, epoch=1, step=0,
                                           config={"seed": 0}, history=[[{"epoch": 1, "loss": 500.0}]]))
     flat = funcvae.load(path)
     assert_same(flat.params, params)
-    assert (flat.epoch, flat.step, flat.config, flat.history) == (2, 3, {"seed": 0}, [[{"epoch": 1, "loss": 500.0}]])
+    assert (flat.epoch, flat.step, flat.config, flat.history) == (1, 0, {"seed": 0}, [[{"epoch": 1, "loss": 500.0}]])
     assert torch.equal(flat.count, count) and flat.hyper.keys() == {"beta"}
     assert flat.hyper["beta"].dtype == torch.float64 and float(flat.hyper["beta"]) == 0.5
     want = dict(CHECKPOINT.paths_and_leaves(opt_state))

@@ -305,7 +305,7 @@ def model_file(tmp_path):
     (["--free-bits", "-1"], "--free-bits -1.0: floor must be a finite number >= 0, got -1.0"),
     (["--k", "5"], "--k (importance samples) applies to --objective iwae only"),
     (["--objective", "elbo", "--k", "5"], "--k (importance samples) applies to --objective iwae only"),
-    (["--objective", "iwae", "--k", "0"], "k must be an int >= 1, got 0"),
+    (["--objective", "iwae", "--k", "0"], "argument --k: must be an int >= 1, got 0"),
     (["--objective", "iwae", "--beta", "2"], "--objective iwae has no KL weight to set (--beta are options"),
     (["--objective", "iwae", "--beta", "1", "--kl-warmup", "2"], "no KL weight to set (--beta and --kl-warmup are"),
     (["--objective", "vae"], "argument --objective: invalid choice: 'vae'"),
@@ -313,7 +313,7 @@ def model_file(tmp_path):
     (["--kl-warmup", "nan"], "--kl-warmup must be a finite number of epochs >= 0, got nan"),
     (["--prior", "laplace"], "argument --prior: invalid choice: 'laplace'"),
     (["--pseudo-inputs", "10"], "--pseudo-inputs applies to --prior vamp only"),
-    (["--prior", "vamp", "--pseudo-inputs", "0"], "pseudo_inputs must be an int >= 1, got 0"),
+    (["--prior", "vamp", "--pseudo-inputs", "0"], "argument --pseudo-inputs: must be an int >= 1, got 0"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
     (["--optimizer", "adamw", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
@@ -322,8 +322,8 @@ def model_file(tmp_path):
     (["--optimizer", "sgd", "--momentum", "1"], "momentum must be in [0, 1), got 1.0"),
     (["--optimizer", "adamw", "--weight-decay", "-1"], "weight_decay must be a finite number >= 0, got -1.0"),
     (["--optimizer", "sgd", "--lr", "0"], "lr must be a finite number > 0, got 0.0"),
-    (["--epochs", "0"], "epochs must be an int >= 1, got 0"),
-    (["--checkpoint-every", "0"], "checkpoint_every must be an int >= 1, got 0"),
+    (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
+    (["--checkpoint-every", "0"], "argument --checkpoint-every: must be an int >= 1, got 0"),
     (["--model", "nofile.py:model"], "--model nofile.py:model: there is no file nofile.py"),
     (["--model", "<file>:nothing"], "<file> defines no 'nothing'"),
     (["--model", "<file>:not_a_model"], "--model <file>:not_a_model: not_a_model must be a funcvae.Model, not int"),
@@ -459,7 +459,7 @@ def test_train_resume_continues_bit_identically(tmp_path, capsys, loads, model_f
     assert histories[0] == histories[1] and len(histories[0]) == 3
 
 
-@pytest.mark.parametrize("extra", [["--objective", "iwae"], ["--lr", "0.01"], ["--seed", "1"], ["--hidden", "8"],
+@pytest.mark.parametrize("extra", [["--objective", "iwae"], ["--lr", "0.01"], ["--seed", "1"], ["--hidden", "16"],
                                    ["--optimizer", "sgd"], ["--free-bits", "0.1"], ["--model", "x.py:model"],
                                    ["--batch-size", "64"], ["--bf16"]])
 def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, loads, extra):

@@ -246,7 +246,7 @@ def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, load
     (["sweep", "--betas", "-1", "1"], "beta must be a finite number >= 0, got -1.0"),
     (["sweep", "--betas", "nan", "1"], "beta must be a finite number >= 0, got nan"),
     (["sweep", "--betas", "one", "2"], "argument --betas: invalid float value: 'one'"),
-    (["sweep", "--epochs", "0"], "epochs must be an int >= 1"),
+    (["sweep", "--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
     (["sweep", "--latent", "0"], "latent"),
     (["eval", "RUN", "--k", "0"], "argument --k: must be an int >= 1, got 0"),
     (["eval", "RUN", "--n", "1"], "argument --n: must be an int >= 2, got 1"),

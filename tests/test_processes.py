@@ -115,3 +115,24 @@ def test_two_data_parallel_processes_give_the_params_of_one(tmp_path, reference)
         torch.testing.assert_close(got[path], t, rtol=1e-4, atol=1e-5, msg=path)
     state = funcvae.load(ckpt / CHECKPOINT_FILE)  # written by rank 0 alone
     assert state.epoch == 4
+
+
+def test_a_second_process_on_a_held_folder_is_refused_and_no_checkpoint_is_mixed(tmp_path, reference):
+    ckpt, out, gate = tmp_path / "ckpt", tmp_path / "out.safetensors", tmp_path / "gate"
+    gate.mkdir()
+    first = start(ckpt, out, "--pause", str(gate))
+    wait_for(gate / "paused", first)
+    live = ckpt / f".{CHECKPOINT_FILE}.live.tmp"  # as if the first run were mid-write
+    live.write_bytes(b"partial")
+    second = subprocess.run([sys.executable, str(WORKER), str(ckpt), str(tmp_path / "second.safetensors")],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 3, second.stderr
+    assert f"is in use by another run (pid {first.pid}" in second.stderr
+    assert live.read_bytes() == b"partial" and not (tmp_path / "second.safetensors").exists()
+    live.unlink()
+    (gate / "go").touch()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    got = leaves(out)
+    assert all(torch.equal(got[p], t) for p, t in reference.items())  # the first run, untouched by the second
+    assert funcvae.load(ckpt / CHECKPOINT_FILE).epoch == EPOCHS

@@ -409,3 +409,322 @@ def test_a_dataloader_trains_exactly_like_the_tensor(params):
     pa, pb = funcvae.leaves_by_path(a), funcvae.leaves_by_path(b)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
+
+
+# Images as torchvision's datasets give them without a transform: (PIL image, label) items.
+
+
+class PilDataset(Dataset):
+    """(PIL image, label) items made from (N, H, W) or (N, H, W, C) arrays, as torchvision's datasets yield them."""
+
+    def __init__(self, arrays, mode=None):
+        self.arrays, self.mode = arrays, mode
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        image = Image.fromarray(self.arrays[i])
+        return (image if self.mode is None else image.convert(self.mode)), i % 3
+
+
+def as_channels_first(arrays):
+    """(N, H, W) or (N, H, W, C) arrays as the (N, C, H, W) tensor they stand for."""
+    x = torch.from_numpy(np.ascontiguousarray(arrays))
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+def fashion_subset(n=100):
+    dataset = funcvae.data._dataset("fashion-mnist", True, None)  # torchvision's FashionMNIST, no transform
+    return torch.utils.data.Subset(dataset, range(n)), dataset.data[:n]
+
+
+def test_torchvision_fashion_mnist_without_a_transform_equals_its_pixels(params):
+    subset, pixels = fashion_subset()
+    assert type(subset[0][0]).__module__.startswith("PIL")  # the items really are PIL images
+    want = run_elbo(params, pixels, scale=255)
+    for data in (subset, ListDataset([subset[i][0] for i in range(len(subset))])):
+        got = run_elbo(params, data, scale=255)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    trained, history = run_fit(params, subset, scale=255, val_data=subset, batch_size=50)
+    assert math.isfinite(history[0]["val_loss"])
+
+
+@pytest.mark.parametrize("where", ["data", "val_data"])
+def test_pil_images_without_a_scale_are_refused_naming_pil(params, no_work, where):
+    subset, _ = fashion_subset(10)
+    data, val_data = (subset, None) if where == "data" else (images(), subset)
+    with pytest.raises(ValueError, match=rf"^{where} is integer \(torch\.uint8, from PIL images\) with values in "
+                                         r"\[0, 255\], outside \[0, 1\]; state the scale, e\.g\. scale=255"):
+        run_fit(params, data, val_data=val_data)
+
+
+# (PIL mode, pixel array of 4 images 6x5 (or 6x5xC), scale): channels become (C, 6, 5), in the array's order
+PIL_MODES = {
+    "L": (np.arange(4 * 6 * 5, dtype=np.uint8).reshape(4, 6, 5), 255),
+    "RGB": (np.arange(4 * 6 * 5 * 3, dtype=np.uint8).reshape(4, 6, 5, 3), 255),
+    "RGBA": (np.arange(4 * 6 * 5 * 4, dtype=np.uint8).reshape(4, 6, 5, 4), 255),
+    "I;16": (np.arange(4 * 6 * 5, dtype=np.uint16).reshape(4, 6, 5) * 500, 65535),
+    "F": (np.linspace(0, 1, 4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5), None),
+    "1": (np.arange(4 * 6 * 5).reshape(4, 6, 5) % 3 == 0, None),
+}
+
+
+@pytest.mark.parametrize("mode", PIL_MODES)
+def test_pil_images_of_every_pixel_mode_equal_their_array(mode):
+    arrays, scale = PIL_MODES[mode]
+    want = as_channels_first(arrays)
+    params = funcvae.init(seed=0, input_shape=(want.shape[1], 6, 5), **SMALL)
+    data = PilDataset(arrays)
+    assert data[0][0].mode == mode
+    got_terms, want_terms = run_elbo(params, data, scale=scale), run_elbo(params, want, scale=scale)
+    assert all(torch.equal(got_terms[k], want_terms[k]) for k in want_terms)
+
+
+@pytest.mark.parametrize("mode", ["P", "CMYK", "YCbCr", "HSV"])
+def test_pil_images_whose_values_are_not_pixels_are_refused(no_work, mode):
+    arrays = np.arange(4 * 6 * 5 * 3, dtype=np.uint8).reshape(4, 6, 5, 3)
+    channels = 4 if mode == "CMYK" else 1 if mode == "P" else 3
+    params = funcvae.init(seed=0, input_shape=(channels, 6, 5), **SMALL)
+    with pytest.raises(TypeError, match=rf"^data's item 0 is a PIL image in mode '{mode}', .*convert it first"):
+        run_fit(params, PilDataset(arrays, mode), scale=255)
+
+
+def test_a_list_of_pil_images_is_refused_with_a_hint(params, no_work):
+    subset, _ = fashion_subset(4)
+    with pytest.raises(TypeError, match=r"^data must be .* got list \(stack the examples into a tensor or array, or "
+                                        r"wrap them in a Dataset\)"):
+        run_elbo(params, [subset[i][0] for i in range(4)], scale=255)
+
+
+# Datasets of other shapes, and tensors without values.
+
+
+class Iterable(torch.utils.data.IterableDataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+@pytest.mark.parametrize("labelled", [False, True], ids=["images", "image-label"])
+def test_an_iterable_dataset_is_read_once_like_the_tensor(params, labelled):
+    x = images(9, seed=4)
+    items = [(x[i], i % 3) if labelled else x[i] for i in range(9)]
+    want = run_elbo(params, x, k=2)
+    got = run_elbo(params, Iterable(items), k=2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    (a, ha), (b, hb) = (run_fit(params, d, val_data=v, seed=2, batch_size=3)
+                        for d, v in ((x, x[:3]), (Iterable(items), Iterable(items[:3]))))
+    pa, pb = funcvae.leaves_by_path(a), funcvae.leaves_by_path(b)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa) and ha[0]["val_loss"] == hb[0]["val_loss"]
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+def test_an_empty_iterable_dataset_is_rejected(params, no_work, entry, name):
+    with pytest.raises(ValueError, match=rf"^{name} is an empty IterableDataset"):
+        entry(params, Iterable([]))
+
+
+@pytest.mark.parametrize("where", ["data", "val_data"])
+@pytest.mark.parametrize("container", ["Dataset", "IterableDataset", "DataLoader"])
+def test_dict_items_are_refused_listing_their_keys(params, no_work, where, container):
+    items = [{"image": x, "label": 0} for x in images()]
+    data = {"Dataset": ListDataset(items), "IterableDataset": Iterable(items),
+            "DataLoader": DataLoader(ListDataset(items), batch_size=2)}[container]
+    what = "batch" if container == "DataLoader" else "item"
+    with pytest.raises(TypeError, match=rf"^{where}'s {what} 0 is a dict \(keys \['image', 'label'\]\); pass the "
+                                        r"images themselves"):
+        run_fit(params, data, val_data=None) if where == "data" else run_fit(params, images(), val_data=data)
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+@pytest.mark.parametrize("item,what", [("a", "str"), (None, "NoneType"), ((), "empty tuple"), (object(), "object")])
+def test_items_that_are_not_examples_are_refused(params, no_work, entry, name, item, what):
+    with pytest.raises(TypeError, match=rf"^{name}'s item 0 is an? {what}"):
+        entry(params, ListDataset([item] * N))
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+@pytest.mark.parametrize("container", ["Dataset", "DataLoader"])
+def test_items_of_different_shapes_name_the_first_odd_one(params, no_work, entry, name, container):
+    items = [torch.rand(784)] * 4 + [torch.rand(783), torch.rand(784)]
+    if container == "Dataset":
+        message = rf"^{name}'s item 4 has shape \(783,\) and item 0 \(784,\); every example must have the same shape"
+        data = ListDataset(items)
+    else:
+        message = rf"^{name}'s batch 2 has shape \(2, 783\) and batch 0 \(2, 784\)"
+        data = DataLoader(ListDataset([torch.rand(2, 784)] * 2 + [torch.rand(2, 783)]), batch_size=None)
+    with pytest.raises(ValueError, match=message):
+        entry(params, data)
+
+
+META = {
+    "tensor": lambda: torch.empty(N, 784, device="meta"),
+    "uint8-tensor": lambda: torch.empty(N, 784, device="meta", dtype=torch.uint8),
+    "Dataset": lambda: ListDataset([(torch.empty(784, device="meta"), 0)] * N),
+    "DataLoader": lambda: DataLoader(TensorDataset(torch.empty(N, 784, device="meta")), batch_size=2),
+}
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+@pytest.mark.parametrize("kind", META)
+def test_meta_data_are_refused_as_having_no_values(params, no_work, entry, name, kind):
+    with pytest.raises(ValueError, match=rf"^{name}(\W.*)? is on the meta device \(no values\)"):
+        entry(params, META[kind]())
+
+
+def test_meta_val_data_are_refused_by_name(params, no_work):
+    with pytest.raises(ValueError, match=r"^val_data is on the meta device \(no values\)"):
+        run_fit(params, images(), val_data=torch.empty(3, 784, device="meta"))
+
+
+LAYOUTS = {
+    "sparse-coo": lambda x: x.to_sparse(),
+    "sparse-coo-4d": lambda x: x.reshape(N, 1, 28, 28).to_sparse(),
+    "sparse-csr": lambda x: x.to_sparse_csr(),
+    "sparse-csc": lambda x: x.to_sparse_csc(),
+    "quantized": lambda x: torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8),
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*(beta state|deprecated):UserWarning")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sparse_and_quantized_data_equal_their_dense_values(params, layout):
+    x = (images().reshape(N, 784) * 255).round() / 255
+    x[x < 0.5] = 0.0  # mostly zeros, as sparse data are
+    data = LAYOUTS[layout](x)
+    dense = data.dequantize() if data.is_quantized else data.to_dense()
+    got, want = run_elbo(params, data), run_elbo(params, dense.reshape(N, 784))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    trained, history = run_fit(params, data, val_data=data)
+    assert math.isfinite(history[0]["val_loss"])
+
+
+@pytest.mark.filterwarnings("ignore:.*prototype stage:UserWarning")
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged])
+def test_a_nested_tensor_is_refused(params, no_work, layout):
+    with pytest.raises(TypeError, match=r"^data is a nested tensor; examples must share one shape"):
+        run_elbo(params, torch.nested.nested_tensor([torch.rand(784), torch.rand(700)], layout=layout))
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+@pytest.mark.parametrize("dtype", ["<U3", "datetime64[s]", "S2", "V8"])
+def test_numpy_arrays_that_hold_no_numbers_are_refused(params, no_work, entry, name, dtype):
+    with pytest.raises(TypeError, match=rf"^{name} is a numpy array of dtype .*; expected numbers"):
+        entry(params, np.zeros((N, 784), dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_wide_unsigned_data_follow_the_integer_rule(params, dtype):
+    binary = images() > 0.5
+    got, want = run_elbo(params, binary.to(dtype)), run_elbo(params, binary.to(torch.float32))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    big = binary.to(dtype) * 1000
+    with pytest.raises(ValueError, match=rf"^data is integer \({re.escape(str(dtype))}\) with values in \[0, 1000\]"):
+        run_elbo(params, big)
+    got = run_elbo(params, big, scale=1000)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_read_only_arrays_are_read_without_a_warning(params, recwarn):
+    x = images().numpy()
+    x.flags.writeable = False
+    got, want = run_elbo(params, x), run_elbo(params, images())
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+# Params that would be accepted and then fail: half precision, mixed dtypes, no values.
+
+
+@pytest.mark.parametrize("entry", PARAM_ENTRIES, ids=PARAM_IDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("path", ["encoder/mean/kernel", "decoder/out/bias"])
+def test_one_leaf_of_another_dtype_is_named_with_both_dtypes(params, no_work, entry, dtype, path):
+    bad = with_leaf(params, path, funcvae.leaves_by_path(params)[path].to(dtype))
+    with pytest.raises(TypeError, match=rf"^param {path} is {re.escape(str(dtype))} and the other params are "
+                                        r"torch\.float32; params must all be float32 or all float64 \(mixed "
+                                        r"precision is matmul_dtype=torch\.bfloat16 with float32 params\)"):
+        entry(bad, images())
+
+
+@pytest.mark.parametrize("entry", PARAM_ENTRIES, ids=PARAM_IDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_params_are_refused_pointing_to_mixed_precision(no_work, entry, dtype):
+    params = funcvae.init(seed=0, dtype=dtype, **SMALL)
+    with pytest.raises(TypeError, match=rf"^params are {re.escape(str(dtype))}; .*matmul_dtype=torch\.bfloat16 "
+                                        r"with float32 params"):
+        entry(params, images())
+
+
+def test_float64_params_still_train_and_score():
+    params = funcvae.init(seed=0, dtype=torch.float64, **SMALL)
+    assert run_elbo(params, images())["loss"].dtype == torch.float64
+    trained, history = run_fit(params, images())
+    assert math.isfinite(history[0]["loss"])
+    assert {t.dtype for t in funcvae.leaves_by_path(trained).values()} == {torch.float64}
+
+
+@pytest.mark.parametrize("entry", PARAM_ENTRIES, ids=PARAM_IDS)
+@pytest.mark.parametrize("path", ["encoder/mean/kernel", "decoder/out/bias"])
+def test_a_meta_leaf_is_refused_by_name(params, no_work, entry, path):
+    leaf = funcvae.leaves_by_path(params)[path]
+    with pytest.raises(ValueError, match=rf"^param {path} is on the meta device \(no values\)"):
+        entry(with_leaf(params, path, torch.empty_like(leaf, device="meta")), images())
+
+
+def test_meta_params_are_refused_by_check_params_and_stack_size(params):
+    meta = funcvae.Params(params.model, optree.tree_map(lambda t: t.to("meta"), params.tree))
+    for check in (funcvae.model.check_params, funcvae.model.stack_size):
+        with pytest.raises(ValueError, match=r"^param \S+ is on the meta device \(no values\)"):
+            check(meta)
+
+
+@pytest.mark.parametrize("entry", PARAM_ENTRIES, ids=PARAM_IDS)
+def test_a_sparse_leaf_is_refused_by_name(params, no_work, entry):
+    path = "encoder/mean/kernel"
+    with pytest.raises(TypeError, match=rf"^param {path} is a torch\.sparse_coo tensor; params must be dense"):
+        entry(with_leaf(params, path, funcvae.leaves_by_path(params)[path].to_sparse()), images())
+
+
+# Values just outside the support are shown exactly, with where they are.
+
+JUST_OUTSIDE = {
+    "above-1": float(np.nextafter(np.float32(1), np.float32(2))),  # 1.0000001192092896
+    "below-0": float(np.nextafter(np.float32(0), np.float32(-1))),  # the negative float32 nearest 0
+    "far-above": 255.0,
+}
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+@pytest.mark.parametrize("value", JUST_OUTSIDE.values(), ids=JUST_OUTSIDE.keys())
+def test_a_value_just_outside_the_unit_interval_is_shown_exactly_where_it_is(params, no_work, entry, name, value):
+    x = images()
+    x[2, 0, 5, 7] = value
+    with pytest.raises(ValueError) as caught:
+        entry(params, x)
+    message = str(caught.value)
+    assert message.startswith(f"{name} has values in [")
+    lo, hi = (float(v) for v in re.match(r".*? values in \[(\S+), (\S+)\]", message).groups())
+    assert lo < 0 or hi > 1  # the range it prints is itself outside [0, 1]
+    assert f"the first value outside is {value!r}, at index (2, 147)" in message
+
+
+def test_check_support_shows_the_first_value_outside_exactly():
+    x = torch.tensor([0.5, 1.0, float(np.nextafter(np.float32(1), np.float32(2))), -0.25])
+    with pytest.raises(ValueError, match=r"values in \[-0\.25, 1\.0000001192092896\], outside \[0, 1\].*"
+                                         r"the first value outside is 1\.0000001192092896, at index \(2,\)"):
+        funcvae.distributions.check_support("bernoulli", x)
+
+
+@pytest.mark.parametrize("entry,name", DATA_ENTRIES)
+def test_integer_data_outside_unit_interval_name_the_first_value_and_where(params, no_work, entry, name):
+    x = torch.zeros(N, 1, 28, 28, dtype=torch.int64)
+    x[3, 0, 1, 2], x[4, 0, 0, 0] = 7, -2
+    with pytest.raises(ValueError, match=rf"^{name} is integer .* values in \[-2, 7\], outside \[0, 1\]; .*"
+                                         r"the first value outside is 7, at index \(3, 30\)"):
+        entry(params, x)

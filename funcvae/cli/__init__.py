@@ -2,15 +2,23 @@
 the run (each command's numbers also go to a JSON file beside its pictures).
 
 A model of your own: ``--model my_vae.py:model`` runs the file and trains its ``funcvae.Model`` named
-``model``; the run folder records the file, so ``eval``, ``sample`` and ``train --resume`` load it again."""
+``model``; the run folder records the file, so ``eval``, ``sample`` and ``train --resume`` load it again.
+
+Exit codes: 0 done; 2 a usage error (an option, before any work) or a run folder that cannot be used as it
+is (a garbage file, files of different runs, a resume that would lose epochs: one line naming the file);
+1 the run could not go on though the command is right (a non-finite loss; a run folder another command
+holds: the same command works once that one ends); 128 + N on signal N (the run is checkpointed)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
+from funcvae import lock
 from funcvae.cli import evaluate, options, sweep, train
 from funcvae.cli.evaluate import format_eval_table
+from funcvae.cli.folder import RunError
 from funcvae.cli.model import model_from_file
 from funcvae.cli.options import objective_of, optimizer_of
 from funcvae.cli.train import format_header, format_row
@@ -20,11 +28,21 @@ __all__ = ["format_eval_table", "format_header", "format_row", "main", "model_fr
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command (``argv``, default ``sys.argv[1:]``) and return its exit code; a usage error exits 2."""
+    """Run one command (``argv``, default ``sys.argv[1:]``) and return its exit code (see above); a usage error
+    exits 2 (``SystemExit``), a run folder that cannot be used returns 2 after one line on stderr."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # what options.given reads again
     # The compiler's note that a CPU-only machine has no CUDA runtime would land in the middle of the table.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except lock.FolderLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

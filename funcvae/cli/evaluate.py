@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import diagnostics, pictures
+from funcvae import diagnostics, pictures, records
+from funcvae.cli.folder import RunError
 from funcvae.cli.options import at_least
 from funcvae.cli.runs import open_run
 
@@ -20,7 +22,8 @@ PICTURES = ("reconstructions", "samples", "interpolations", "traversal", "loss_c
 def add_eval(sub, common: argparse.ArgumentParser) -> None:
     """``eval RUN``: the ``common`` options, ``--k`` and ``--n``."""
     p = sub.add_parser("eval", parents=[common], help="score a trained run on its held-out data, draw its pictures")
-    p.add_argument("run_dir", metavar="RUN", help="a run folder written by train")
+    p.add_argument("run_dir", metavar="RUN", help="a run folder written by train (its files are checked to be one "
+                                                  "finished run's)")
     p.add_argument("--k", default=5000, type=at_least(1), help="importance samples of IWAE_k (default: 5000)")
     p.add_argument("--n", default=None, type=at_least(2), help="use the first N held-out examples (default: all)")
     p.set_defaults(run=run_eval, parser=p)
@@ -38,7 +41,7 @@ def run_eval(args) -> int:
     """``eval``: print the run's scores and findings, write eval.json and the pictures; the exit code."""
     run_dir, config, params, history = open_run(args)
     if not history:
-        args.parser.error(f"{run_dir}: history.jsonl holds no epoch; nothing to diagnose")
+        raise RunError(f"{run_dir}: history.jsonl holds no epoch; nothing to diagnose")
     x = _held_out(args, config)
     print(f"run folder: {run_dir}")
     print(f"{params}; the first {x.shape[0]} held-out {config['dataset']} examples"
@@ -49,10 +52,10 @@ def run_eval(args) -> int:
     print(f"IWAE_{args.k} took {result['iwae_seconds']:.1f} s")
     print(format_eval_table(result))
     print(diagnostics.format_report(result["findings"], history))
-    result["files"] = {name: str(path) for name, path in zip(PICTURES, _eval_pictures(params, x, history, run_dir,
-                                                                                       seed=args.seed))}
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {run_dir / 'eval.json'}, " + ", ".join(result["files"].values()))
+    diverged = not all(math.isfinite(result[k]) for k in ("recon", "kl", "loss", "iwae"))
+    result["files"] = _eval_pictures(params, x, history, run_dir, seed=args.seed, diverged=diverged)
+    (run_dir / "eval.json").write_text(records.dumps(result, indent=2) + "\n")
+    print(f"wrote {run_dir / 'eval.json'}, " + ", ".join(filter(None, result["files"].values())))
     return 0
 
 
@@ -92,14 +95,28 @@ def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int
     return out
 
 
-def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path, *, seed: int) -> list[Path]:
-    """The pictures of ``PICTURES``, in that order, written into the run folder."""
+def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path, *, seed: int,
+                   diverged: bool) -> dict[str, str | None]:
+    """The pictures of ``PICTURES`` written into the run folder, by name. A ``diverged`` run's model (scores not
+    finite) may map data to non-finite latents, which the pictures refuse (ValueError): such a picture is None,
+    and why is printed, so that eval.json still records the run."""
     pairs = min(x.shape[0] // 2, 5)
-    return [pictures.reconstructions(params, x[:10], run_dir / "reconstructions.png"),
-            pictures.prior_samples(params, run_dir / "samples.png", n=64, seed=seed),
-            pictures.interpolations(params, x[:pairs], x[pairs:2 * pairs], run_dir / "interpolations.png"),
-            pictures.traversal(params, x, run_dir / "traversal.png"),
-            pictures.loss_curves(history, run_dir / "loss_curves.png")]
+    draws = {"reconstructions": lambda: pictures.reconstructions(params, x[:10], run_dir / "reconstructions.png"),
+             "samples": lambda: pictures.prior_samples(params, run_dir / "samples.png", n=64, seed=seed),
+             "interpolations": lambda: pictures.interpolations(params, x[:pairs], x[pairs:2 * pairs],
+                                                               run_dir / "interpolations.png"),
+             "traversal": lambda: pictures.traversal(params, x, run_dir / "traversal.png"),
+             "loss_curves": lambda: pictures.loss_curves(history, run_dir / "loss_curves.png")}
+    files = {}
+    for name in PICTURES:
+        try:
+            files[name] = str(draws[name]())
+        except ValueError as e:
+            if not diverged:
+                raise
+            print(f"{name}: not drawn, the run diverged ({e})")
+            files[name] = None
+    return files
 
 
 def format_eval_table(result: dict) -> str:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import funcvae
+from funcvae.cli.folder import RunError
 
 #: The options that describe a built-in model (refused with --model, whose file says all that).
 BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "prior", "pseudo_inputs")
@@ -22,7 +23,7 @@ def model_of(args) -> tuple[funcvae.Model, dict]:
         if given:
             args.parser.error(f"--model takes the architecture, likelihood and prior from its file; {', '.join(given)} "
                               "(options of the built-in models) cannot be used with it")
-        return _loaded(args, args.model, "--model "), {"model": None, "model_file": _absolute(args.model)}
+        return _loaded(args, args.model, "--model "), {"model": None, "model_file": absolute(args.model)}
     fields = {name: getattr(args, name) for name in BUILT_IN if getattr(args, name) is not None}
     if "pseudo_inputs" in fields and fields.get("prior") != "vamp":
         args.parser.error("--pseudo-inputs applies to --prior vamp only")
@@ -33,11 +34,15 @@ def model_of(args) -> tuple[funcvae.Model, dict]:
     return funcvae.models.from_spec(spec), {"model": spec.to_dict(), "model_file": None}
 
 
-def recorded_model(args, config: dict) -> funcvae.Model:
-    """The model a run folder's config.json records (the user's file loaded again, or the built-in spec)."""
-    if config.get("model_file"):
+def recorded_model(args, config: dict, path: Path) -> funcvae.Model:
+    """The model that ``config``, read from the run folder's config.json at ``path``, records: the user's file
+    loaded again (a usage error if it is gone), or the built-in spec (RunError if it describes none)."""
+    if config["model_file"]:
         return _loaded(args, config["model_file"], "the run's model file ")
-    return funcvae.models.from_spec(funcvae.ModelSpec.from_dict(config["model"]))
+    try:
+        return funcvae.models.from_spec(funcvae.ModelSpec.from_dict(config["model"]))
+    except (TypeError, ValueError) as e:  # an unknown or missing field, a value ModelSpec refuses
+        raise RunError(f"{path}: model does not describe a built-in model ({e})") from None
 
 
 def _loaded(args, reference: str, what: str) -> funcvae.Model:
@@ -84,7 +89,7 @@ def model_name(model: funcvae.Model, config: dict) -> str:
     return re.sub(r"[^\w.-]", "_", Path(config["model_file"].rpartition(":")[0]).stem)
 
 
-def _absolute(reference: str) -> str:
+def absolute(reference: str) -> str:
     """``FILE.py:NAME`` with FILE made an absolute path (what config.json records)."""
     path, sep, name = reference.rpartition(":")
     return f"{Path(path).resolve()}{sep}{name}" if sep and path else reference

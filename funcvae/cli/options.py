@@ -1,5 +1,9 @@
 """The options train and sweep share, and what they become: config.json's settings (checked as usage errors
-before any work), and the objective, optimiser and ``funcvae.FitConfig`` fields those settings describe."""
+before any work), and the objective, optimiser and ``funcvae.FitConfig`` fields those settings describe.
+
+Every int option is checked as it is parsed (``at_least``), by every command alike; the float options are
+checked, before any work, by the library objects they build (``check_settings``), the one place that knows
+their ranges."""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 #: What an option left out means, for the options whose default depends on others (they parse as None).
 DEFAULTS = dict(objective="elbo", k=5, beta=1.0, kl_warmup=0.0, optimizer="adam", lr=1e-3, momentum=0.9,
                 weight_decay=1e-2)
+#: What a run made before the objective and optimiser options existed has instead of those settings: the
+#: beta-ELBO and Adam.
+LEGACY_FIT = dict(objective="elbo", k=None, free_bits=None, optimizer="adam", momentum=None, weight_decay=None)
 #: The settings of config.json's "fit" that are ``funcvae.FitConfig`` fields (the rest build the objective
 #: and the optimiser).
 FIT_FIELDS = frozenset(f.name for f in dataclasses.fields(funcvae.FitConfig))
@@ -29,16 +36,17 @@ def model_options() -> argparse.ArgumentParser:
                    help="a funcvae.Model of your own: the attribute NAME of the Python file FILE.py (instead of "
                         "the built-in model that --arch ... --pseudo-inputs describe)")
     p.add_argument("--arch", default=None, choices=ARCHS, help="default: mlp")
-    p.add_argument("--hidden", default=None, type=int, nargs="*", help="hidden sizes (default: 400)")
-    p.add_argument("--latent", default=None, type=int, help="default: 20")
+    p.add_argument("--hidden", default=None, type=at_least(1), nargs="*", help="hidden sizes (default: 400)")
+    p.add_argument("--latent", default=None, type=at_least(1), help="default: 20")
     p.add_argument("--activation", default=None, choices=sorted(funcvae.nn.ACTIVATIONS), help="default: relu")
     p.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: bernoulli")
     p.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
     p.add_argument("--prior", default=None, choices=PRIORS, help="normal (default): N(0, I); vamp: the VampPrior")
-    p.add_argument("--pseudo-inputs", default=None, type=int, help="vamp only: its pseudo-inputs (default: 500)")
+    p.add_argument("--pseudo-inputs", default=None, type=at_least(1),
+                   help="vamp only: its pseudo-inputs (default: 500)")
     p.add_argument("--free-bits", default=None, type=float, metavar="NATS",
                    help="the ELBO with a factorised prior (not vamp) only: a floor on each latent dimension's KL")
-    p.add_argument("--batch-size", default=128, type=int)
+    p.add_argument("--batch-size", default=128, type=at_least(1))
     p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default: adam")
     p.add_argument("--lr", default=None, type=float, help="learning rate (default: 1e-3)")
     p.add_argument("--momentum", default=None, type=float, help="sgd only (default: 0.9)")
@@ -51,7 +59,7 @@ def model_options() -> argparse.ArgumentParser:
 def common_options() -> argparse.ArgumentParser:
     """The options eval, sample and sweep share: seed, data folder, progress bar."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", default=0, type=int, help="names every random draw (default: 0)")
+    common.add_argument("--seed", default=0, type=at_least(0), help="names every random draw (default: 0)")
     common.add_argument("--data-root", default=None, help="folder to look in first for the data (eval, sweep)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     return common
@@ -102,21 +110,40 @@ def optimizer_settings(args) -> dict:
 
 
 def check_settings(args, model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> None:
-    """Usage error unless ``funcvae.FitConfig`` takes the settings, each objective can train ``model`` and the
-    optimiser can be built (before any work: the warm-up's length in steps is not known yet, so it is checked
-    at one step per epoch)."""
+    """Usage error unless the settings can train ``model`` (``settings_problem``)."""
+    problem = settings_problem(model, fit_settings, each_objective)
+    if problem:
+        args.parser.error(problem)
+
+
+def settings_problem(model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> str | None:
+    """What is wrong with the settings, or None: ``funcvae.FitConfig`` must take them, each objective must be
+    able to train ``model`` and the optimiser must be buildable (checked before any work: the warm-up's length
+    in steps is not known yet, so it is checked at one step per epoch)."""
     try:
         funcvae.FitConfig(**fit_fields(fit_settings))
         optimizer_of(fit_settings)
         for settings in each_objective:
             objectives.check(objective_of({**settings, "free_bits": None}, steps_per_epoch=1), model)
     except ValueError as e:
-        args.parser.error(str(e))
+        return str(e)
     for settings in each_objective:
         try:
             objectives.check(objective_of(settings, steps_per_epoch=1), model)
         except ValueError as e:  # only free bits are left to refuse
-            args.parser.error(f"--free-bits {settings['free_bits']}: {e}")
+            return f"--free-bits {settings['free_bits']}: {e}"
+    return None
+
+
+def given(args, command: str) -> list[str]:
+    """The options (their ``dest``) that ``command``'s own command line sets, whatever their values, in the
+    parser's order: its arguments parsed again into a namespace whose every attribute is already set, to a
+    marker, since argparse fills in a default only where the namespace has none. (Comparing each value with
+    its default cannot tell ``--batch-size 128`` from no ``--batch-size`` at all.)"""
+    unset = object()
+    namespace = argparse.Namespace(**{dest: unset for dest in vars(args)})
+    args.parser.parse_args(args.argv[args.argv.index(command) + 1:], namespace=namespace)
+    return [dest for dest, value in vars(namespace).items() if value is not unset]
 
 
 def check_data(args, model: funcvae.Model, x, batch_size: int) -> None:

@@ -4,15 +4,15 @@ table goes to sweep.json beside the curve's picture."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import funcvae
 import funcvae.sweep
+from funcvae import records
 from funcvae.cli import runs
 from funcvae.cli.model import model_of
-from funcvae.cli.options import check_data, check_settings, optimizer_of, optimizer_settings
+from funcvae.cli.options import at_least, check_data, check_settings, optimizer_of, optimizer_settings
 
 #: The sweep's settings that ``funcvae.sweep.rate_distortion`` takes as they are (the others build the optimiser).
 SWEEP_FIELDS = ("betas", "epochs", "seed", "batch_size", "compile", "free_bits")
@@ -23,7 +23,7 @@ def add_parser(sub, common: argparse.ArgumentParser, model: argparse.ArgumentPar
     p = sub.add_parser("sweep", parents=[common, model],
                        help="rate-distortion: one model per KL weight (of the ELBO), one stacked fit")
     p.add_argument("--betas", default=[0.1, 0.5, 1.0, 2.0, 4.0, 8.0], type=float, nargs="+", help="KL weights")
-    p.add_argument("--epochs", default=10, type=int)
+    p.add_argument("--epochs", default=10, type=at_least(1))
     p.set_defaults(run=run, parser=p)
 
 
@@ -46,7 +46,7 @@ def run(args) -> int:
                                          optimizer=optimizer, **{k: settings[k] for k in SWEEP_FIELDS})
     print(funcvae.sweep.format_table(rows))
     print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")
-    (run_dir / "sweep.json").write_text(json.dumps({**config, "rows": rows}, indent=2) + "\n")
+    (run_dir / "sweep.json").write_text(records.dumps({**config, "rows": rows}, indent=2) + "\n")
     plot = funcvae.sweep.rate_distortion_plot(rows, run_dir / "rate_distortion.png")
     print(f"wrote {run_dir / 'sweep.json'}, {plot}")
     return 0

@@ -1,0 +1,155 @@
+"""What the files of a run folder must hold, read and checked: config.json (the settings train recorded),
+history.jsonl (one record per epoch), params.safetensors and checkpoint.safetensors. Whatever is wrong with
+one is a ``RunError`` that names the file and the field or line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import funcvae
+from funcvae import records
+from funcvae.cli.options import LEGACY_FIT, OBJECTIVES, OPTIMIZERS
+from funcvae.model import stack_size
+
+CONFIG, HISTORY, PARAMS = "config.json", "history.jsonl", "params.safetensors"
+
+
+class RunError(Exception):
+    """A run folder that cannot be used as it is (a garbage file, files of different runs) or a run that cannot
+    go on: the CLI prints it as one line and exits 2. Not a usage error: the options are fine, the folder (or
+    what it asks for) is not."""
+
+
+class Kind(NamedTuple):
+    """What a JSON value may be: ``test`` says whether it is, ``text`` says it in a message."""
+
+    test: Callable[[object], bool]
+    text: str
+
+
+def at_least(minimum: int) -> Kind:
+    return Kind(lambda v: type(v) is int and v >= minimum, f"an int >= {minimum}")
+
+
+def one_of(*values) -> Kind:
+    """One of ``values`` (strings, or None, True, False: matched as themselves, so 1 is not True)."""
+    return Kind(lambda v: any(v == c if isinstance(c, str) else v is c for c in values),
+                "one of " + ", ".join(map(json.dumps, values)))
+
+
+def or_null(kind: Kind) -> Kind:
+    return Kind(lambda v: v is None or kind.test(v), f"{kind.text} or null")
+
+
+NUMBER = Kind(lambda v: type(v) in (int, float), "a number")
+OBJECT = Kind(lambda v: isinstance(v, dict), "an object")
+#: config.json as train writes it (model_file: absent in runs made before models of one's own).
+TOP = dict(dataset=one_of(*funcvae.data.DATASETS), binarize=one_of(None, "static", "dynamic"),
+           model=or_null(OBJECT), model_file=or_null(Kind(lambda v: isinstance(v, str), "a string")), fit=OBJECT)
+#: config.json's "fit", every setting train writes; ranges of the floats are the library's to check (on resume).
+FIT = dict(epochs=at_least(1), batch_size=at_least(1), seed=at_least(0), binarize=one_of(None, "dynamic"),
+           compile=one_of(None, True, False), checkpoint_every=or_null(at_least(1)),
+           on_nonfinite=one_of("raise", "skip"), matmul_dtype=one_of(None, "bfloat16"), objective=one_of(*OBJECTIVES),
+           k=or_null(at_least(1)), beta=or_null(NUMBER), kl_warmup=or_null(NUMBER), free_bits=or_null(NUMBER),
+           optimizer=one_of(*OPTIMIZERS), lr=NUMBER, momentum=or_null(NUMBER), weight_decay=or_null(NUMBER))
+#: What eval, its pictures and train's table read of an epoch's record (others may be there too).
+RECORD = dict(epoch=at_least(1), recon=NUMBER, kl=NUMBER, loss=NUMBER, val_recon=or_null(NUMBER),
+              val_kl=or_null(NUMBER), val_loss=or_null(NUMBER), seconds=NUMBER)
+
+
+def read_config(run_dir: Path) -> dict:
+    """config.json, checked against ``TOP`` and ``FIT``; a run made before some settings existed gets what they
+    meant then (``LEGACY_FIT``, no model file). A setting train does not write is refused rather than ignored:
+    it would be a typo, or a ``FitConfig`` field such as ``resume`` that the CLI sets itself."""
+    path = run_dir / CONFIG
+    try:
+        config = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise RunError(f"{path} is not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} must hold a JSON object, not {type(config).__name__}")
+    config = {"model_file": None, **config}
+    _check(config, TOP, f"{path}: ")
+    fit = {**LEGACY_FIT, **config["fit"]}
+    unknown = sorted(fit.keys() - FIT.keys())
+    if unknown:
+        raise RunError(f"{path}: fit has settings train does not write: {', '.join(unknown)}")
+    _check(fit, FIT, f"{path}: fit.")
+    if config["model"] is None and config["model_file"] is None:
+        raise RunError(f"{path}: no model (model and model_file are both null)")
+    if fit["binarize"] != ("dynamic" if config["binarize"] == "dynamic" else None):
+        raise RunError(f"{path}: binarize {config['binarize']!r} and fit.binarize {fit['binarize']!r} disagree")
+    return {**config, "fit": fit}
+
+
+def write_config(run_dir: Path, config: dict) -> None:
+    (run_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.jsonl's records, each checked (``check_record``); none without the file; blank lines skipped."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_bytes().decode().splitlines()
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path} is not text ({e})") from None
+    history = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = records.loads(line)
+        except ValueError as e:
+            raise RunError(f"{path} line {number} is not JSON ({e})") from None
+        history.append(check_record(record, len(history) + 1, f"{path} line {number}"))
+    return history
+
+
+def check_record(record, epoch: int, where: str) -> dict:
+    """``record`` if it is epoch ``epoch``'s record with the fields of ``RECORD``; else RunError."""
+    if not isinstance(record, dict):
+        raise RunError(f"{where}: an epoch's record must be a JSON object, not {type(record).__name__}")
+    _check(record, RECORD, f"{where}: ")
+    if record["epoch"] != epoch:
+        raise RunError(f"{where}: epoch {record['epoch']}, expected {epoch} (the epochs in order from 1)")
+    return record
+
+
+def read_params(path: Path, model: funcvae.Model) -> funcvae.Params:
+    """One model's params from ``path``, which must be params of ``model`` (the model config.json records)."""
+    try:
+        params = funcvae.load_params(path, model=model)
+    except ValueError as e:  # the message names the file
+        raise RunError(str(e)) from None
+    if stack_size(params) is not None:
+        raise RunError(f"{path} holds a stack of {stack_size(params)} models, not one model's params")
+    return params
+
+
+def read_checkpoint(path: Path, model: funcvae.Model) -> tuple[funcvae.Checkpoint, list[dict]]:
+    """The checkpoint at ``path`` (of ``model``) and its one model's history, each record checked."""
+    try:
+        checkpoint = funcvae.load(path, model=model)
+    except ValueError as e:  # the message names the file
+        raise RunError(str(e)) from None
+    kept = checkpoint.history
+    if not (isinstance(kept, list) and len(kept) == 1 and isinstance(kept[0], list)):
+        raise RunError(f"{path}: its history is not the records of one model")
+    return checkpoint, [check_record(records.decode(r), i, f"{path}: history record {i}")
+                        for i, r in enumerate(kept[0], 1)]
+
+
+def _check(values: dict, kinds: dict, where: str) -> None:
+    for name, kind in kinds.items():
+        if name not in values:
+            raise RunError(f"{where}{name} is missing")
+        if not kind.test(values[name]):
+            raise RunError(f"{where}{name} must be {kind.text}, got {_short(values[name])}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
