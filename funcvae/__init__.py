@@ -9,8 +9,8 @@
 A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
 """
 
-from funcvae import (data, diagnostics, distributions, likelihoods, lock, models, nn, objectives, optim, priors, records,
-                     schedules)
+from funcvae import (data, diagnostics, distributions, likelihoods, lock, models, nn, objectives, optim, priors, quality,
+                     records, schedules)
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
 from funcvae.codec import decode, encode
 from funcvae.config import FitConfig
@@ -31,5 +31,5 @@ __all__ = [
     "NonFiniteError", "Params", "TrainState", "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit",
     "gradient_snr", "init", "init_state", "iwae", "leaves_by_path", "likelihoods", "load", "load_params", "lock",
     "loss_and_grad", "make_train_step", "models", "nn", "objectives", "optim", "per_example_grads", "priors",
-    "records", "save", "save_params", "schedules", "stack", "unstack",
+    "quality", "records", "save", "save_params", "schedules", "stack", "unstack",
 ]

@@ -95,7 +95,10 @@ def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, s
 
     One z_i ~ q(z | x_i) per example; the aggregate posterior q(z) = (1/N) sum_j q(z | x_j) is estimated on
     the same N examples by a logsumexp. Both terms use the same z_i, so the estimate is exactly 0 for an
-    encoder that ignores x and never exceeds log N (the most N examples can tell apart).
+    encoder that ignores x and never exceeds log N (the most N examples can tell apart). It is the InfoNCE
+    bound with the encoder as critic (Poole et al. 2019): in expectation a LOWER bound on I(x; z), for any N.
+    An encoder whose posteriors barely overlap drives it to its ceiling log N, whatever its true information:
+    ``latent_information`` says when.
 
     Args:
       params: the model.
@@ -122,6 +125,29 @@ def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, s
     log_q_z = torch.cat([torch.logsumexp(vmap(log_q_all)(z[a:a + chunk_size]), dim=-1)
                          for a in range(0, n, chunk_size)]) - math.log(n)
     return (log_q_own - log_q_z).mean()
+
+
+#: An I(x; z) estimate within this many nats of its ceiling log N is saturated: each z_i is credited to its
+#: own x_i with weight above e^-1 on average, so the estimate says more about N than about the encoder.
+MI_SATURATION_NATS = 1.0
+
+
+def latent_information(params: Params, x, *, seed: int, kl: float) -> dict:
+    """The encoder's information, stated with its bounds: I(x; z) (``mutual_information``, a lower bound; its
+    ceiling log N; whether it is saturated) and the gap between the aggregate posterior and the prior,
+    KL(q(z) || p(z)) = E_x KL(q(z|x) || p(z)) - I(x; z), which is then an UPPER bound (nats).
+
+    Args:
+      params, x, seed: as for ``mutual_information`` (N = the examples of ``x``).
+      kl: E_x KL(q(z|x) || p(z)) on ``x`` in nats (the mean ``kl`` term of ``funcvae.elbo``).
+
+    Returns:
+      ``{"mutual_information", "mi_ceiling", "mi_saturated", "aggregate_kl"}``.
+    """
+    mi = float(mutual_information(params, x, seed=seed))
+    ceiling = math.log(len(x))
+    return {"mutual_information": mi, "mi_ceiling": ceiling, "mi_saturated": ceiling - mi < MI_SATURATION_NATS,
+            "aggregate_kl": kl - mi}
 
 
 def diagnose(history: list[dict], *, kl_per_dim: Tensor | None = None, active: ActiveUnits | None = None,

@@ -1,5 +1,5 @@
-"""Pictures of a VAE, saved as PNG: reconstructions, prior samples, interpolations, latent traversals, and
-the loss curves of a run.
+"""Pictures of a VAE, saved as PNG: reconstructions, prior samples, their nearest training images,
+interpolations, latent traversals, and the loss curves of a run.
 
 Decoder outputs are shown as their mean image (the likelihood's ``mean``: sigmoid(logits) for the Bernoulli
 likelihood, the mean for the Gaussian one), clamped to [0, 1]; no pixel noise is drawn. Grids are ``torchvision.utils.save_image``
@@ -79,6 +79,23 @@ def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow:
     with torch.no_grad():
         z = model.prior.sample(params.tree, model, n, generator(seed, "pictures", "prior", device=like.device), like)
     return _save(mean_images(params, decode(params, z)), path, nrow=nrow)
+
+
+def nearest_training_images(params: Params, samples: Tensor, neighbours: Tensor, path: str | os.PathLike) -> Path:
+    """Samples (top row) above the training image nearest to each in feature space (bottom row): what a
+    memorising model shows as pairs of near copies.
+
+    Args:
+      params: the model (for the image shape).
+      samples, neighbours: (N, features) images in [0, 1], paired by row.
+      path: the PNG to write.
+
+    Returns:
+      ``path``: a 2 x N grid.
+    """
+    shape = params.model.input_shape
+    rows = [t.detach().clamp(0.0, 1.0).reshape(-1, *shape) for t in (samples, neighbours)]
+    return _save(torch.cat(rows), path, nrow=samples.shape[0])
 
 
 def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, steps: int = 10) -> Path:

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
+from funcvae import quality
 from funcvae.diagnostics import active_units
 from funcvae.elbo import elbo
 from funcvae.model import Params, check_params, some_leaf
@@ -23,8 +25,8 @@ from funcvae.stack import stack, unstack
 from funcvae.train import fit
 from funcvae.validate import as_examples, check_nonnegative
 
-#: The table's columns and the row keys they show (``format_table``).
-COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units")
+#: The table's columns (``format_table``); the last is there when the rows hold a FID.
+COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units", "FID samples")
 
 
 def check_betas(betas: Sequence[float]) -> list[float]:
@@ -45,7 +47,7 @@ def check_betas(betas: Sequence[float]) -> list[float]:
 
 def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int, val_data, seed: int = 0,
                     batch_size: int = 128, lr: float | None = None, optimizer=None, free_bits: float | None = None,
-                    compile=None, progress: bool | None = None) -> list[dict]:
+                    compile=None, progress: bool | None = None, network_name=None) -> list[dict]:
     """Train one copy of ``params`` per beta (as ONE stacked model, one vmapped step) and score each on
     ``val_data``.
 
@@ -61,13 +63,16 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
       val_data: held-out examples, as for ``funcvae.fit``; the scores are computed on them.
       seed: ``fit``'s seed, the same for every beta (same batch order and noise: common random numbers),
         and the seed of the held-out noise (``funcvae.elbo``'s draw, also the same for every beta).
+      network_name: a feature network of ``funcvae.quality`` (e.g. "fashion-mnist") or a feature function:
+        each row then holds ``fid``, the FID of as many prior samples as ``val_data`` has against it (the
+        perception axis of Blau & Michaeli's rate-distortion-perception trade-off); None: no FID.
 
     Returns:
       One dict per beta, in the order given: ``beta``; ``rate`` (mean KL) and ``distortion`` (mean recon)
       on ``val_data`` in nats per example, with their standard errors ``rate_se`` and ``distortion_se``;
       ``loss`` = rate + distortion = -ELBO (at beta = 1) and ``loss_se``; ``elbo`` = -loss;
-      ``active_units`` (``funcvae.diagnostics.active_units`` on ``val_data``) out of ``latent``; ``history``:
-      that model's per-epoch records from ``fit``.
+      ``active_units`` (``funcvae.diagnostics.active_units`` on ``val_data``) out of ``latent``; ``fid`` (with
+      ``network_name``); ``history``: that model's per-epoch records from ``fit``.
 
     Example:
       >>> rows = rate_distortion(funcvae.init(seed=0), x_train, betas=[0.1, 1, 10], epochs=5, val_data=x_test)
@@ -82,8 +87,18 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
     stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
                              optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=x_val,
                              compile=compile, progress=progress)
-    return [{"beta": beta, **score(model, x_val, seed=seed), "history": history}
-            for beta, model, history in zip(betas, unstack(stacked), histories)]
+    real = None if network_name is None else quality.embed(x_val, network_name=network_name)
+    return [{"beta": beta, **score(model, x_val, seed=seed), **_perception(model, real, network_name, seed=seed),
+             "history": history} for beta, model, history in zip(betas, unstack(stacked), histories)]
+
+
+def _perception(params: Params, real, network_name, *, seed: int) -> dict:
+    """``{"fid": ...}`` of prior samples against the embedded held-out images ``real`` ({} without them)."""
+    if real is None:
+        return {}
+    with torch.no_grad():
+        samples = quality.samples.prior_images(params, real.features.shape[0], seed=seed)
+    return {"fid": quality.metrics.fid(real.features, quality.features(samples, network_name=network_name))}
 
 
 def score(params: Params, x, *, seed: int) -> dict:
@@ -105,18 +120,20 @@ def mean_se(values: Tensor) -> tuple[float, float]:
 
 def format_table(rows: list[dict]) -> str:
     """The sweep as a text table (header, then one line per beta), each cell right-aligned under its heading."""
-    widths = [max(len(c), 8) for c in COLUMNS]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(COLUMNS, widths))]
+    columns = COLUMNS if all("fid" in r for r in rows) else COLUMNS[:-1]
+    widths = [max(len(c), 8) for c in columns]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(columns, widths))]
     for r in rows:
         cells = (f"{r['beta']:g}", f"{r['rate']:.2f}", f"{r['distortion']:.2f}", f"{r['loss']:.2f}",
-                 f"{r['active_units']}/{r['latent']}")
+                 f"{r['active_units']}/{r['latent']}", f"{r.get('fid', 0.0):.2f}")
         lines.append(" | ".join(c.rjust(w) for c, w in zip(cells, widths)))
     return "\n".join(lines)
 
 
 def rate_distortion_plot(rows: list[dict], path: str | os.PathLike, *, dpi: int = 100) -> Path:
     """Distortion against rate, one point per beta labelled with it, joined in order of beta; the dotted
-    line is rate + distortion = the best -ELBO of the sweep (points on it are equally good bounds).
+    line is rate + distortion = the best -ELBO of the sweep (points on it are equally good bounds). Rows
+    with a ``fid`` add a second panel: the prior samples' FID (perception) against the rate.
 
     Args:
       rows: from ``rate_distortion``.
@@ -129,8 +146,9 @@ def rate_distortion_plot(rows: list[dict], path: str | os.PathLike, *, dpi: int 
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
     rows = sorted(rows, key=lambda r: r["beta"])
-    fig = figure(6, 4.5, dpi)
-    ax = fig.subplots()
+    perception = all("fid" in r for r in rows)
+    fig = figure(12 if perception else 6, 4.5, dpi)
+    ax, *other = fig.subplots(1, 2) if perception else [fig.subplots()]
     rate, distortion = [r["rate"] for r in rows], [r["distortion"] for r in rows]
     ax.plot(rate, distortion, marker="o")
     for r in rows:
@@ -142,7 +160,19 @@ def rate_distortion_plot(rows: list[dict], path: str | os.PathLike, *, dpi: int 
            title="rate-distortion on held-out data")
     ax.margins(x=0.15, y=0.1)  # room for the labels of the end points
     ax.legend()
+    if perception:
+        _perception_panel(other[0], rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def _perception_panel(ax, rows: list[dict]) -> None:
+    """The prior samples' FID against the rate, one labelled point per beta."""
+    ax.plot([r["rate"] for r in rows], [r["fid"] for r in rows], marker="o", color="tab:red")
+    for r in rows:
+        ax.annotate(f"β={r['beta']:g}", (r["rate"], r["fid"]), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="rate: KL (nats per example)", ylabel="perception: FID of prior samples (lower is better)",
+           title="rate-perception on held-out data")
+    ax.margins(x=0.15, y=0.1)

@@ -16,7 +16,8 @@ from PIL import Image
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import diagnostics, optim, pictures
+from funcvae import diagnostics, optim, pictures, quality, records
+from funcvae.cli import evaluate
 
 N, K, SEED = 100, 1000, 5  # eval's --n, --k, --seed
 CELL = 28 + pictures.PADDING
@@ -117,7 +118,7 @@ def test_eval_numbers_are_the_librarys(trained, subset):
     assert result["active_variance"] == pytest.approx(active.variance.tolist())
     assert result["mutual_information"] == pytest.approx(float(diagnostics.mutual_information(params, x, seed=SEED)))
     assert result["findings"] == diagnostics.diagnose(history, kl_per_dim=diagnostics.kl_per_dim(params, x),
-                                                      active=active)
+                                                      active=active) + result["samples"]["findings"]
 
 
 def test_iwae_is_at_least_the_elbo_within_monte_carlo_error(trained, subset):
@@ -135,8 +136,8 @@ def test_iwae_is_at_least_the_elbo_within_monte_carlo_error(trained, subset):
 
 def test_eval_draws_the_pictures_with_their_sizes(trained):
     run_dir, _, result = trained
-    want = {"reconstructions": grid(2, 10), "samples": grid(8, 8), "interpolations": grid(5, 10),
-            "traversal": grid(4, 9), "loss_curves": (1200, 350)}  # latent 4: 4 traversal rows
+    want = {"reconstructions": grid(2, 10), "samples": grid(8, 8), "nearest_training_images": grid(2, 12),
+            "interpolations": grid(5, 10), "traversal": grid(4, 9), "loss_curves": (1200, 350)}  # latent 4: 4 rows
     assert result["files"] == {name: str(run_dir / f"{name}.png") for name in want}
     for name, pixels in want.items():
         assert size(run_dir / f"{name}.png") == pixels, name
@@ -146,21 +147,43 @@ def test_eval_prints_what_it_saves(trained):
     run_dir, lines, result = trained
     assert lines[0] == f"run folder: {run_dir}"
     assert re.fullmatch(rf"IWAE_{K} took \d+\.\d s", next(line for line in lines if line.endswith(" s")))
-    rows = {cells[0].strip(): cells[1:] for cells in (line.split(" | ") for line in lines) if len(cells) == 3}
+    rows = {cells[0].strip(): cells[1:] for cells in (line.split(" | ") for line in lines) if len(cells) == 4}
     assert list(rows)[0] == "nats per example"
-    for label, key, se in (("reconstruction (distortion)", "recon", "recon_se"), ("KL (rate)", "kl", "kl_se"),
-                           ("-ELBO", "loss", "loss_se"), (f"-IWAE_{K} (NLL estimate)", "nll", "iwae_se"),
-                           (f"IWAE_{K} - ELBO", "gap", "gap_se"),
-                           ("mutual information I(x;z)", "mutual_information", None)):
-        value, err = (c.strip() for c in rows[label])
-        assert value == f"{result[key]:.2f}", label
+    for label, key, se, bits in (("reconstruction (distortion)", "recon", "recon_se", "recon"),
+                                 ("KL (rate)", "kl", "kl_se", "kl"), ("-ELBO", "loss", "loss_se", "loss"),
+                                 (f"-IWAE_{K} (NLL estimate)", "nll", "iwae_se", "nll"),
+                                 (f"IWAE_{K} - ELBO", "gap", "gap_se", None),
+                                 ("mutual information I(x;z)", "mutual_information", None, None),
+                                 ("KL(q(z) || p(z)), prior gap", "aggregate_kl", None, None)):
+        value, err, per_dim = (c.strip() for c in rows[label])
+        bound = {"mutual_information": ">= ", "aggregate_kl": "<= "}.get(key, "")
+        assert value == f"{bound}{result[key]:.2f}", label
         assert err == ("-" if se is None else f"{result[se]:.2f}"), label
+        assert per_dim.split()[0] == ("-" if bits is None else f"{result['bits_per_dim'][bits]:.4f}"), label
+    assert result["bits_per_dim"]["nll"] == pytest.approx(result["nll"] / (784 * math.log(2)))
     assert rows["active units"][0].strip() == f"{result['active_units']}/4"
+    assert f"at most log N = {math.log(N):.2f}" in "\n".join(lines)
+    assert result["mi_ceiling"] == pytest.approx(math.log(N))
     assert f"KL per latent dim: {' '.join(f'{v:.2f}' for v in result['kl_per_dim'])}" in lines
     report = diagnostics.format_report(result["findings"], [json.loads(line) for line in
                                                             (run_dir / "history.jsonl").read_text().splitlines()])
     assert report in "\n".join(lines)
     assert lines[-1] == f"wrote {run_dir / 'eval.json'}, " + ", ".join(result["files"].values())
+
+
+def test_eval_scores_samples_as_the_library_does_and_prints_them(trained, subset):
+    run_dir, lines, result = trained
+    params = funcvae.load_params(run_dir / "params.safetensors")
+    want = quality.sample_quality(params, subset["test"][:N].reshape(N, -1), seed=SEED,
+                                  x_train=subset["train"].reshape(-1, 784), network_name="fashion-mnist")
+    got = {k: v for k, v in result["samples"].items() if k != "seconds"}
+    assert records.dumps(got) == records.dumps(want) and got["n"] == N // 2
+    assert all(f in result["findings"] for f in want["findings"])
+    table = evaluate.format_samples_table(result["samples"]).splitlines()
+    assert "\n".join(table) in "\n".join(lines)
+    for name, line in zip(quality.SETS, table[2:5], strict=True):
+        cells = [c.strip() for c in line.split(" | ")]
+        assert cells[0].startswith(name) and cells[1] == f"{got['sets'][name]['fid']:.2f}"
 
 
 @pytest.mark.parametrize("binarize", ["static", "dynamic"])
@@ -170,8 +193,9 @@ def test_eval_scores_the_held_out_data_binarised_as_in_training(tmp_path, loads,
     (run_dir,) = tmp_path.iterdir()
     loads.clear()
     assert cli("eval", run_dir, "--k", "10", "--n", "20")[0] == 0
-    assert loads == [dict(name="fashion-mnist", split="test", root=None, binarize=binarize if binarize == "static"
-                          else None, seed=3)]
+    static = binarize if binarize == "static" else None  # the training images too, for the memorisation check
+    assert loads == [dict(name="fashion-mnist", split=split, root=None, binarize=static, seed=3)
+                     for split in ("test", "train")]
     x = subset["test"].reshape(256, -1)
     if binarize == "static":  # data.load's own draw, seeded as train's
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(3))
@@ -220,20 +244,20 @@ def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, load
     assert saved["fit"] == dict(betas=[0.1, 1.0, 10.0], epochs=1, seed=2, batch_size=128, lr=2e-3, compile=False,
                                 free_bits=None, optimizer="adam", momentum=None, weight_decay=None)
     assert saved["model_file"] is None
-    assert size(run_dir / "rate_distortion.png") == (600, 450)
+    assert size(run_dir / "rate_distortion.png") == (1200, 450)  # rate-distortion and rate-perception panels
 
     # The table is format_table of the saved rows, and the rows are what the library computes.
     header = lines.index(funcvae.sweep.format_table([]))
     assert "\n".join(lines[header:header + 4]) == funcvae.sweep.format_table(saved["rows"])
     for line, row in zip(lines[header + 1:header + 4], saved["rows"], strict=True):
-        beta, rate, distortion, loss, active = (c.strip() for c in line.split(" | "))
-        assert (float(beta), rate, distortion, loss, active) == (row["beta"], f"{row['rate']:.2f}",
-                                                                 f"{row['distortion']:.2f}", f"{row['loss']:.2f}",
-                                                                 f"{row['active_units']}/3")
+        beta, rate, distortion, loss, active, fid = (c.strip() for c in line.split(" | "))
+        assert (float(beta), rate, distortion, loss, active, fid) == (
+            row["beta"], f"{row['rate']:.2f}", f"{row['distortion']:.2f}", f"{row['loss']:.2f}",
+            f"{row['active_units']}/3", f"{row['fid']:.2f}")
     params = funcvae.init(seed=2, **saved["model"])
     settings = {k: v for k, v in saved["fit"].items() if k not in ("optimizer", "momentum", "weight_decay")}
     want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
-                                         **settings)  # Adam at lr: rate_distortion's own default optimiser
+                                         network_name="fashion-mnist", **settings)  # Adam at lr: the default
     for row in [*want, *saved["rows"]]:
         for record in row["history"]:
             record.pop("seconds")  # wall-clock time: the one number that may differ
@@ -324,9 +348,11 @@ def test_eval_of_a_vamp_prior_run_has_no_kl_per_dim_and_the_rest(tmp_path, loads
     active = diagnostics.active_units(params, x)
     assert (result["active_units"], result["latent"]) == (active.count, 3)
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert result["findings"] == diagnostics.diagnose(history, kl_per_dim=None, active=active)
+    assert result["findings"] == (diagnostics.diagnose(history, kl_per_dim=None, active=active)
+                                  + result["samples"]["findings"])
     assert result["iwae"] - result["elbo"] >= -4 * result["gap_se"]
-    assert sorted(result["files"]) == sorted(["reconstructions", "samples", "interpolations", "traversal",
+    assert sorted(result["files"]) == sorted(["reconstructions", "samples", "nearest_training_images",
+                                              "interpolations", "traversal",
                                               "loss_curves"])
 
 
@@ -385,7 +411,7 @@ def test_sweep_with_the_new_options_is_the_librarys_sweep(tmp_path, loads, subse
     want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
                                          optimizer=optimizer, free_bits=fit["free_bits"], betas=fit["betas"],
                                          epochs=fit["epochs"], seed=fit["seed"], batch_size=fit["batch_size"],
-                                         compile=fit["compile"])
+                                         compile=fit["compile"], network_name="fashion-mnist")
     for row in [*want, *saved["rows"]]:
         for record in row["history"]:
             record.pop("seconds")

@@ -77,6 +77,21 @@ def test_mutual_information_saturates_at_log_n_for_a_perfect_code():
                                torch.tensor(math.log(50), dtype=F64))
 
 
+def test_latent_information_marks_a_saturated_estimate_and_bounds_the_prior_gap():
+    W, b, sigma = oracle.linear_gaussian(0, features=3, latent=2, sigma=1e-3, norms=[2.0, 2.0])
+    x = oracle.sample(W, b, sigma, 50, seed=1)
+    perfect = oracle.exact_params(W, b, sigma)
+    kl = float(funcvae.elbo(perfect, x, seed=0)["kl"].mean())
+    info = G.latent_information(perfect, x, seed=0, kl=kl)
+    assert info["mi_saturated"] and info["mi_ceiling"] == pytest.approx(math.log(50))
+    # The prior gap is E KL - I(x;z) with I(x;z) a lower bound: an upper bound, large while saturated.
+    assert info["aggregate_kl"] == pytest.approx(kl - info["mutual_information"]) and info["aggregate_kl"] > 1
+    blind_encoder = oracle.exact_encoder(W, b, sigma)
+    blind_encoder["mean"]["kernel"] = torch.zeros_like(blind_encoder["mean"]["kernel"])
+    blind = G.latent_information(oracle.vae_params(W, b, sigma, blind_encoder), x, seed=0, kl=0.5)
+    assert not blind["mi_saturated"] and blind["aggregate_kl"] == pytest.approx(0.5)
+
+
 def test_mutual_information_does_not_depend_on_the_chunk_size():
     W, b, sigma = oracle.linear_gaussian(2, features=4, latent=2, sigma=0.5)
     params, x = oracle.exact_params(W, b, sigma), oracle.sample(W, b, sigma, 100, seed=0)

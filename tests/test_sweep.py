@@ -143,10 +143,13 @@ def test_the_plot_has_its_size_and_is_drawn_for_any_order(tmp_path):
 
 def test_the_table_shows_each_row_aligned():
     lines = sweep.format_table(ROWS).splitlines()
-    assert lines[0].split(" | ") == [c.rjust(max(len(c), 8)) for c in sweep.COLUMNS]
+    assert lines[0].split(" | ") == [c.rjust(max(len(c), 8)) for c in sweep.COLUMNS[:-1]]  # no FID without it
     for line, row in zip(lines[1:], ROWS, strict=True):
         cells = [c.strip() for c in line.split(" | ")]
         assert len(line) == len(lines[0])
         assert float(cells[0]) == row["beta"]
         assert [float(c) for c in cells[1:4]] == pytest.approx([row["rate"], row["distortion"], row["loss"]], abs=5e-3)
         assert cells[4] == f"{row['active_units']}/4"
+    with_fid = sweep.format_table([{**r, "fid": 100.0 + i} for i, r in enumerate(ROWS)]).splitlines()
+    assert with_fid[0].split(" | ")[-1] == "FID samples"
+    assert [line.split(" | ")[-1].strip() for line in with_fid[1:]] == [f"{100.0 + i:.2f}" for i in range(len(ROWS))]

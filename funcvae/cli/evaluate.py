@@ -11,12 +11,14 @@ from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import diagnostics, pictures, records
+from funcvae import diagnostics, pictures, quality, records
 from funcvae.cli.folder import RunError
 from funcvae.cli.options import at_least
 from funcvae.cli.runs import open_run
 
-PICTURES = ("reconstructions", "samples", "interpolations", "traversal", "loss_curves")
+PICTURES = ("reconstructions", "samples", "nearest_training_images", "interpolations", "traversal", "loss_curves")
+#: Samples shown beside their nearest training images.
+NEIGHBOURS_SHOWN = 12
 
 
 def add_eval(sub, common: argparse.ArgumentParser) -> None:
@@ -51,9 +53,15 @@ def run_eval(args) -> int:
               "n": int(x.shape[0]), "seed": args.seed, **_scores(params, x, history, k=args.k, seed=args.seed)}
     print(f"IWAE_{args.k} took {result['iwae_seconds']:.1f} s")
     print(format_eval_table(result))
-    print(diagnostics.format_report(result["findings"], history))
     diverged = not all(math.isfinite(result[k]) for k in ("recon", "kl", "loss", "iwae"))
-    result["files"] = _eval_pictures(params, x, history, run_dir, seed=args.seed, diverged=diverged)
+    x_train = None if diverged else _training_images(args, config)
+    result["samples"] = None if diverged else _samples(params, x, x_train, config, seed=args.seed)
+    if result["samples"] is not None:
+        print(format_samples_table(result["samples"]))
+        result["findings"] += result["samples"]["findings"]
+    print(diagnostics.format_report(result["findings"], history))
+    result["files"] = _eval_pictures(params, x, history, run_dir, seed=args.seed, diverged=diverged,
+                                     nearest=None if result["samples"] is None else (x_train, result["samples"]))
     (run_dir / "eval.json").write_text(records.dumps(result, indent=2) + "\n")
     print(f"wrote {run_dir / 'eval.json'}, " + ", ".join(filter(None, result["files"].values())))
     return 0
@@ -70,6 +78,25 @@ def _held_out(args, config: dict):
     if args.n is not None and args.n > x.shape[0]:
         args.parser.error(f"--n {args.n} is more than the {x.shape[0]} held-out examples")
     return x[:args.n]
+
+
+def _training_images(args, config: dict):
+    """The run's training images as its model sees them (flattened; binarised as for training when static)."""
+    static = "static" if config["binarize"] == "static" else None
+    x = funcvae.data.load(config["dataset"], "train", root=args.data_root, binarize=static, seed=config["fit"]["seed"])
+    return x.reshape(x.shape[0], -1)
+
+
+def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int) -> dict | None:
+    """``quality.sample_quality`` on the held-out examples with the dataset's own feature network (None, said
+    why, for held-out sets too small to split)."""
+    if x.shape[0] < 12:
+        print(f"samples: not scored, {x.shape[0]} held-out examples are too few to split into two sets of 6")
+        return None
+    began = time.perf_counter()
+    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network_name=config["dataset"])
+    out["seconds"] = time.perf_counter() - began
+    return out
 
 
 def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int) -> dict:
@@ -89,20 +116,24 @@ def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int
     out.update(elbo=-out["loss"], iwae_k=k, nll=-out["iwae"], iwae_seconds=seconds, prior=type(prior).__name__,
                kl_per_dim=None if kl_dims is None else kl_dims.tolist(), active_units=active.count,
                latent=params.model.latent, active_variance=active.variance.tolist(),
-               mutual_information=float(diagnostics.mutual_information(params, x, seed=seed)),
+               **diagnostics.latent_information(params, x, seed=seed, kl=out["kl"]),
                findings=diagnostics.diagnose(history, kl_per_dim=kl_dims, active=active,
                                                factorised_prior=params.model.prior.factorised))
+    out["bits_per_dim"] = {k: out[k] / (params.model.features * math.log(2)) for k in ("recon", "kl", "loss", "nll")}
     return out
 
 
 def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path, *, seed: int,
-                   diverged: bool) -> dict[str, str | None]:
-    """The pictures of ``PICTURES`` written into the run folder, by name. A ``diverged`` run's model (scores not
-    finite) may map data to non-finite latents, which the pictures refuse (ValueError): such a picture is None,
-    and why is printed, so that eval.json still records the run."""
+                   diverged: bool, nearest: tuple | None) -> dict[str, str | None]:
+    """The pictures of ``PICTURES`` written into the run folder, by name; the nearest training images need
+    ``nearest`` (the training images and the ``samples`` result), else are None. A ``diverged`` run's model
+    (scores not finite) may map data to non-finite latents, which the pictures refuse (ValueError): such a
+    picture is None, and why is printed, so that eval.json still records the run."""
     pairs = min(x.shape[0] // 2, 5)
     draws = {"reconstructions": lambda: pictures.reconstructions(params, x[:10], run_dir / "reconstructions.png"),
              "samples": lambda: pictures.prior_samples(params, run_dir / "samples.png", n=64, seed=seed),
+             "nearest_training_images": lambda: None if nearest is None else _nearest_picture(
+                 params, *nearest, run_dir / "nearest_training_images.png", seed=seed),
              "interpolations": lambda: pictures.interpolations(params, x[:pairs], x[pairs:2 * pairs],
                                                                run_dir / "interpolations.png"),
              "traversal": lambda: pictures.traversal(params, x, run_dir / "traversal.png"),
@@ -110,7 +141,8 @@ def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path
     files = {}
     for name in PICTURES:
         try:
-            files[name] = str(draws[name]())
+            path = draws[name]()
+            files[name] = None if path is None else str(path)
         except ValueError as e:
             if not diverged:
                 raise
@@ -119,20 +151,63 @@ def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path
     return files
 
 
+def _nearest_picture(params: funcvae.Params, x_train, samples: dict, path: Path, *, seed: int) -> Path:
+    """The first ``NEIGHBOURS_SHOWN`` prior samples that ``sample_quality`` scored, above their nearest
+    training images (its memorisation check found them)."""
+    shown = quality.samples.prior_images(params, samples["n"], seed=seed)[:NEIGHBOURS_SHOWN]
+    nearest = samples["memorisation"]["nearest"][:NEIGHBOURS_SHOWN]
+    return pictures.nearest_training_images(params, shown, x_train[nearest], path)
+
+
+def format_samples_table(samples: dict) -> str:
+    """eval's "samples" section: each set's metrics against the held-out reference half, the real floor last."""
+    head = ("FID", "KID", "precision", "recall", "density", "coverage", "classes")
+    rows = [[name + (" (floor)" if name == "real" else ""), *_sample_cells(samples["sets"][name])]
+            for name in quality.SETS]
+    widths = [max(len(cell) for cell in column) for column in zip(("set", *head), *rows)]
+    lines = [f"samples: {samples['n']} of each against {samples['n']} held-out images, on the {samples['network']} "
+             f"classifier's features ({samples['seconds']:.1f} s)"]
+    for row in [("set", *head), *rows]:
+        lines.append(" | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+    memo = samples["memorisation"]
+    if memo is not None:
+        lines.append(f"nearest training image: median distance {memo['median_samples']:.2f} for samples, "
+                     f"{memo['median_held_out']:.2f} for held-out images; {memo['share']:.1%} of samples nearer than "
+                     f"{1 - memo['expected']:.0%} of held-out images (chance: {memo['expected']:.0%})")
+    return "\n".join(lines)
+
+
+def _sample_cells(r: dict) -> list[str]:
+    """One set's row of the samples section: FID, KID ± std, precision, recall, density, coverage, classes."""
+    classes = r["classes"]
+    return [f"{r['fid']:.2f}", f"{r['kid']:.2f}±{r['kid_std']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+            f"{r['density']:.3f}", f"{r['coverage']:.3f}",
+            "-" if classes is None else f"{classes['classes_covered']}/{classes['classes_real']}"]
+
+
 def format_eval_table(result: dict) -> str:
     """eval's table: ``label | value | std err`` lines, then the KL of each latent dim (or why there is none)."""
-    k = result["iwae_k"]
-    rows = [("reconstruction (distortion)", result["recon"], result["recon_se"]),
-            ("KL (rate)", result["kl"], result["kl_se"]), ("-ELBO", result["loss"], result["loss_se"]),
-            (f"-IWAE_{k} (NLL estimate)", result["nll"], result["iwae_se"]),
-            (f"IWAE_{k} - ELBO", result["gap"], result["gap_se"]),
-            ("mutual information I(x;z)", result["mutual_information"], None)]
-    width = max(len(label) for label, _, _ in rows)
-    lines = [f"{'nats per example'.ljust(width)} | {'value':>9} | std err"]
-    lines += [f"{label.ljust(width)} | {value:9.2f} | {'-' if se is None else f'{se:.2f}':>7}"
-              for label, value, se in rows]
+    k, bits = result["iwae_k"], result["bits_per_dim"]
+    saturated = result["mi_saturated"]
+    rows = [("reconstruction (distortion)", f"{result['recon']:.2f}", result["recon_se"], bits["recon"], ""),
+            ("KL (rate)", f"{result['kl']:.2f}", result["kl_se"], bits["kl"], ""),
+            ("-ELBO", f"{result['loss']:.2f}", result["loss_se"], bits["loss"], "an upper bound on -log p(x)"),
+            (f"-IWAE_{k} (NLL estimate)", f"{result['nll']:.2f}", result["iwae_se"], bits["nll"],
+             "an upper bound on -log p(x), tighter"),
+            (f"IWAE_{k} - ELBO", f"{result['gap']:.2f}", result["gap_se"], None, ""),
+            ("mutual information I(x;z)", f">= {result['mutual_information']:.2f}", None, None,
+             f"a lower bound; at most log N = {result['mi_ceiling']:.2f}" + (
+                 ", which it has reached: the true I(x;z) may be far larger" if saturated else "")),
+            ("KL(q(z) || p(z)), prior gap", f"<= {result['aggregate_kl']:.2f}", None, None,
+             "E KL(q(z|x) || p(z)) - I(x;z): an upper bound" + (", loose while I(x;z) is saturated" if saturated
+                                                              else ""))]
+    width = max(len(label) for label, *_ in rows)
+    lines = [f"{'nats per example'.ljust(width)} | {'value':>9} | std err | bits/dim"]
+    lines += [f"{label.ljust(width)} | {value:>9} | {'-' if se is None else f'{se:.2f}':>7} | "
+              f"{'-' if b is None else f'{b:.4f}':>8}" + (f"  ({note})" if note else "")
+              for label, value, se, b, note in rows]
     lines.append(f"{'active units'.ljust(width)} | {str(result['active_units']) + '/' + str(result['latent']):>9} | "
-                 f"{'-':>7}")
+                 f"{'-':>7} | {'-':>8}")
     per_dim = result["kl_per_dim"]
     lines.append("KL per latent dim: " + (f"n/a (the {result['prior']} does not factorise)" if per_dim is None
                                           else " ".join(f"{v:.2f}" for v in per_dim)))

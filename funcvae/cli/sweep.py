@@ -1,5 +1,6 @@
-"""``sweep``: the rate-distortion curve, one model per KL weight of the ELBO, all trained in one stacked fit; its
-table goes to sweep.json beside the curve's picture."""
+"""``sweep``: the rate-distortion-perception curve, one model per KL weight of the ELBO, all trained in one
+stacked fit, each scored by its rate, distortion and the FID of its prior samples; its table goes to sweep.json
+beside the curves' picture."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def run(args) -> int:
           f"train / {x_test.shape[0]} held-out examples; nats per example, held-out")
     began = time.perf_counter()
     rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, progress=False if args.quiet else None,
-                                         optimizer=optimizer, **{k: settings[k] for k in SWEEP_FIELDS})
+                                         optimizer=optimizer, network_name=args.dataset,
+                                         **{k: settings[k] for k in SWEEP_FIELDS})
     print(funcvae.sweep.format_table(rows))
     print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")
     (run_dir / "sweep.json").write_text(records.dumps({**config, "rows": rows}, indent=2) + "\n")

@@ -1,0 +1,308 @@
+"""How good are samples? Numbers comparing a set of generated (fake) features with a set of real ones.
+
+Every function takes (N, d) feature matrices (tensors or numpy arrays, one row per image) and works in
+float64 on the first argument's device:
+
+- ``fid``: the Fréchet distance between Gaussians fitted to the two sets (Heusel et al. 2017), closed form
+  ``frechet_distance``;
+- ``kid``: the unbiased squared MMD under a cubic polynomial kernel, over random subsets (Bińkowski et al. 2018);
+- ``precision_recall``: how much of the fakes lies on the real manifold and vice versa (Kynkäänniemi et al. 2019);
+- ``density_coverage``: the same, robust to outliers (Naeem et al. 2020);
+- ``class_coverage``: which classes a classifier finds in the fakes, against the real histogram;
+- ``nearest``: each query's nearest reference row (a fake that sits on a training image is memorised).
+
+The k-NN metrics use exact pairwise distances (differences, not the |a|^2 + |b|^2 - 2ab expansion), so a
+point's distance to itself is exactly 0 and equal pairs give equal distances; they work in row blocks of at
+most ``_BLOCK`` distances, so 10k x 10k sets need ~128 MiB, not 800.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from funcvae.rng import generator
+from funcvae.validate import check_int
+
+_BLOCK = 1 << 24  # distances per block: 128 MiB in float64
+
+
+def fid(real, fake) -> float:
+    """FID: the ``frechet_distance`` of the feature sets' means and unbiased covariances (Heusel et al. 2017
+    with Inception features; here any features).
+
+    Args:
+      real: (N, d) features, N >= 2.
+      fake: (M, d) features, M >= 2.
+
+    Returns:
+      The distance in squared feature units, >= 0; 0 up to roundoff for identical sets. Its estimate is biased
+      upwards by O(d/N) (the fitted means alone add tr(cov_real)/N + tr(cov_fake)/M), so compare FIDs at
+      equal sample sizes.
+    """
+    real, fake = _pair(real, fake, rows=2)
+    return frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Squared 2-Wasserstein (Fréchet) distance between N(mu1, cov1) and N(mu2, cov2):
+    |mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr((cov1^1/2 cov2 cov1^1/2)^1/2).
+
+    Both square roots are taken through symmetric eigendecompositions (``eigh`` of the symmetric part), never
+    complex: cov1^1/2 cov2 cov1^1/2 is symmetric positive semi-definite, so its eigenvalues are real and >= 0,
+    and the negative ones roundoff leaves (of order eps * |cov|) are clamped to 0. The result is clamped at 0
+    for the same reason: the distance of a Gaussian to itself comes out as +-1e-13, and a distance is >= 0.
+
+    Args:
+      mu1, mu2: (d,) means.
+      cov1, cov2: (d, d) covariances (symmetric positive semi-definite).
+
+    Returns:
+      The distance in squared units of the means, >= 0.
+    """
+    mu1 = _tensor(mu1, "mu1", ndim=1)
+    device, d = mu1.device, mu1.shape[0]
+    mu2 = _tensor(mu2, "mu2", ndim=1, shape=(d,), device=device)
+    cov1 = _tensor(cov1, "cov1", ndim=2, shape=(d, d), device=device)
+    cov2 = _tensor(cov2, "cov2", ndim=2, shape=(d, d), device=device)
+    values, vectors = _eigh(cov1)
+    root1 = (vectors * values.sqrt()) @ vectors.T
+    cross = _eigh(root1 @ cov2 @ root1)[0].sqrt().sum()
+    distance = (mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * cross
+    return max(float(distance), 0.0)
+
+
+def kid(real, fake, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased estimate of MMD^2 between the sets under
+    k(x, y) = (x.y / d + 1)^3, on ``subsets`` random subsets of each set.
+
+    Each subset draws min(subset_size, N, M) rows of each set without replacement, from the stream
+    ``funcvae.rng.generator(seed, "kid")``. The estimate is unbiased, so it is ~0 (and can be negative) for
+    samples of the same distribution.
+
+    Args:
+      real: (N, d) features, N >= 2.
+      fake: (M, d) features, M >= 2.
+      subsets: how many subsets.
+      subset_size: rows per subset and set, >= 2.
+      seed: names the subsets.
+
+    Returns:
+      (mean, std) of the subsets' estimates; the std over subsets (population, ddof 0, as common implementations
+      report it) is their spread, not the standard error of the mean.
+    """
+    real, fake = _pair(real, fake, rows=2)
+    subsets = check_int("subsets", subsets)
+    size = min(check_int("subset_size", subset_size, minimum=2), real.shape[0], fake.shape[0])
+    draws = generator(seed, "kid")
+    estimates = torch.stack([_mmd2(_subset(real, size, draws), _subset(fake, size, draws)) for _ in range(subsets)])
+    return float(estimates.mean()), float(estimates.std(correction=0))
+
+
+def precision_recall(real, fake, *, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls.
+
+    Each point's ball is centred on it with radius the distance to its k-th nearest other point of its own set;
+    balls are open (a point at exactly the radius is outside), as in the reference code of Naeem et al. 2020.
+    Ties matter only for repeated points: k+1 copies of a point give it a ball of radius 0, which holds nothing.
+
+    Args:
+      real: (N, d) features, N >= k + 1.
+      fake: (M, d) features, M >= k + 1.
+      k: the neighbour that sets the radii.
+
+    Returns:
+      (precision, recall): the fraction of fake points inside some real point's ball, and the fraction of real
+      points inside some fake point's ball; each in [0, 1].
+    """
+    k = check_int("k", k)
+    real, fake = _pair(real, fake, rows=k + 1)
+    fake_in_real = _inside(fake, real, _radii(real, k))[0]
+    real_in_fake = _inside(real, fake, _radii(fake, k))[0]
+    return float((fake_in_real > 0).double().mean()), float((real_in_fake > 0).double().mean())
+
+
+def density_coverage(real, fake, *, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020), with the open k-NN balls of ``precision_recall`` around the
+    real points only.
+
+    Args:
+      real: (N, d) features, N >= k + 1.
+      fake: (M, d) features, M >= 1.
+      k: the neighbour that sets the radii.
+
+    Returns:
+      (density, coverage): density = (1 / (k M)) sum_j #{real balls holding fake j}, >= 0 and unbounded
+      above, with expectation 1 when the fakes are drawn like the reals (exactly 1 for fake = real without
+      ties: each ball holds its centre and k - 1 others); coverage = the fraction of real balls that hold
+      some fake point, in [0, 1].
+    """
+    k = check_int("k", k)
+    real = _features(real, "real", rows=k + 1)
+    fake = _features(fake, "fake", rows=1, like=("real", real))
+    counts, hit = _inside(fake, real, _radii(real, k))
+    return int(counts.sum()) / (k * fake.shape[0]), float(hit.double().mean())
+
+
+def class_coverage(fake_classes, real_classes, classes: int) -> dict:
+    """How the predicted classes of the fakes cover those of the real images.
+
+    Args:
+      fake_classes: (M,) integer class ids in [0, classes) of the fakes (a classifier's predictions).
+      real_classes: (N,) the same for real images.
+      classes: how many classes there are.
+
+    Returns:
+      ``covered``: the fraction of the classes present in real that are present in fake, in [0, 1];
+      ``classes_covered``, ``classes_real``: those two counts;
+      ``kl``: KL(fake histogram || real histogram) in nats. This direction is finite whenever the fakes use
+      only classes the real images have, so a generator that drops classes gets a finite number (the other
+      direction would be infinite); it is ``inf`` when the fakes use a class the real images lack;
+      ``entropy``, ``entropy_real``: the entropies of the fake and real histograms in nats (log(classes) for
+      a uniform histogram, 0 for one class).
+    """
+    classes = check_int("classes", classes)
+    fake = _histogram(fake_classes, "fake_classes", classes)
+    real = _histogram(real_classes, "real_classes", classes)
+    present = real > 0
+    covered = int((present & (fake > 0)).sum())
+    kl = torch.where(fake > 0, fake * (fake.log() - real.log()), 0.0).sum()
+    return {"covered": covered / int(present.sum()), "classes_covered": covered, "classes_real": int(present.sum()),
+            "kl": float(kl), "entropy": _entropy(fake), "entropy_real": _entropy(real)}
+
+
+def nearest(queries, reference, *, chunk: int | None = None) -> tuple[Tensor, Tensor]:
+    """The nearest reference row of each query, by Euclidean distance (the first one on ties).
+
+    Args:
+      queries: (Q, d) rows, Q >= 1.
+      reference: (R, d) rows, R >= 1.
+      chunk: queries per block; None: as many as keep a block at ``_BLOCK`` distances (128 MiB).
+
+    Returns:
+      (distances, indices): (Q,) float64 distances in feature units and (Q,) int64 rows of ``reference``.
+    """
+    queries = _features(queries, "queries", rows=1)
+    reference = _features(reference, "reference", rows=1, like=("queries", queries))
+    step = None if chunk is None else check_int("chunk", chunk)
+    blocks = _blocks(queries.shape[0], reference.shape[0], step)
+    parts = [_distances(queries[rows], reference).min(1) for rows in blocks]
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
+def _mmd2(x: Tensor, y: Tensor) -> Tensor:
+    """Unbiased MMD^2 between (m, d) samples ``x`` and ``y`` under the cubic kernel: off-diagonal means within
+    each set, minus twice the mean across."""
+    m = x.shape[0]
+    within = [_kernel(a, a) for a in (x, y)]
+    same = sum((kk.sum() - kk.diagonal().sum()) / (m * (m - 1)) for kk in within)
+    return same - 2 * _kernel(x, y).mean()
+
+
+def _kernel(x: Tensor, y: Tensor) -> Tensor:
+    """(m, n) cubic polynomial kernel (x.y / d + 1)^3 of Bińkowski et al."""
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def _subset(x: Tensor, size: int, draws: torch.Generator) -> Tensor:
+    """``size`` rows of ``x`` drawn without replacement."""
+    return x[torch.randperm(x.shape[0], generator=draws)[:size].to(x.device)]
+
+
+def _distances(a: Tensor, b: Tensor) -> Tensor:
+    """(n, m) exact Euclidean distances (from differences: 0 for equal rows, the same for equal pairs)."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _blocks(rows: int, columns: int, step: int | None = None):
+    """Row slices of an (rows, columns) distance matrix, ``step`` rows each (None: ``_BLOCK`` distances)."""
+    step = step or max(1, _BLOCK // columns)
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _radii(x: Tensor, k: int) -> Tensor:
+    """(N,) distance from each row to its k-th nearest other row (row itself, at distance 0, skipped)."""
+    n = x.shape[0]
+    return torch.cat([_distances(x[rows], x).topk(k + 1, dim=1, largest=False).values[:, k] for rows in _blocks(n, n)])
+
+
+def _inside(points: Tensor, centres: Tensor, radii: Tensor) -> tuple[Tensor, Tensor]:
+    """For open balls (``centres``, ``radii``): (P,) how many balls hold each point, (C,) whether each ball
+    holds some point."""
+    counts, hit = [], torch.zeros(centres.shape[0], dtype=torch.bool, device=centres.device)
+    for rows in _blocks(points.shape[0], centres.shape[0]):
+        inside = _distances(points[rows], centres) < radii
+        counts.append(inside.sum(1))
+        hit |= inside.any(0)
+    return torch.cat(counts), hit
+
+
+def _entropy(histogram: Tensor) -> float:
+    """Entropy in nats of a histogram of probabilities (empty bins contribute 0)."""
+    return 0.0 - float(torch.where(histogram > 0, histogram * histogram.log(), 0.0).sum())  # 0.0, never -0.0
+
+
+def _histogram(ids, name: str, classes: int) -> Tensor:
+    """(classes,) float64 frequencies of the integer class ids ``ids``; ValueError naming ``name`` unless they
+    are a non-empty 1-D integer array with values in [0, classes)."""
+    ids = _as_tensor(ids, name)
+    if ids.ndim != 1 or ids.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of class ids, got shape {tuple(ids.shape)}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class ids, got dtype {ids.dtype}")
+    ids = ids.to(torch.int64)
+    if int(ids.min()) < 0 or int(ids.max()) >= classes:
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"{name} must lie in [0, {classes}) (classes={classes}), got class id {bad}")
+    return torch.bincount(ids, minlength=classes).double() / ids.shape[0]
+
+
+def _pair(real, fake, *, rows: int) -> tuple[Tensor, Tensor]:
+    """Both feature sets validated (``rows`` rows at least, the same width), on ``real``'s device."""
+    real = _features(real, "real", rows=rows)
+    return real, _features(fake, "fake", rows=rows, like=("real", real))
+
+
+def _features(x, name: str, *, rows: int, like: tuple[str, Tensor] | None = None) -> Tensor:
+    """``x`` as an (N, d) float64 tensor; ValueError naming ``name`` unless it is 2-D with N >= ``rows``,
+    d >= 1 and finite, and (given ``like``, a name and a tensor) as wide as that tensor and moved to its device."""
+    other, device = (None, None) if like is None else (like[0], like[1].device)
+    x = _tensor(x, name, ndim=2, device=device)
+    if x.shape[0] < rows or x.shape[1] == 0:
+        raise ValueError(f"{name} must be an (N, d) feature matrix with N >= {rows} and d >= 1, "
+                         f"got shape {tuple(x.shape)}")
+    if like is not None and x.shape[1] != like[1].shape[1]:
+        raise ValueError(f"{name} has {x.shape[1]} features per row but {other} has {like[1].shape[1]}")
+    return x
+
+
+def _tensor(x, name: str, *, ndim: int, shape: tuple | None = None, device=None) -> Tensor:
+    """``x`` as a finite float64 tensor of ``ndim`` dims (and ``shape``), on ``device`` (None: its own)."""
+    x = _as_tensor(x, name)
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if x.ndim != ndim or (shape is not None and tuple(x.shape) != shape):
+        want = f"shape {shape}" if shape is not None else f"{ndim} dimensions"
+        raise ValueError(f"{name} must have {want}, got shape {tuple(x.shape)}")
+    x = x.to(dtype=torch.float64, device=device)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or Inf")
+    return x
+
+
+def _as_tensor(x, name: str) -> Tensor:
+    """A tensor (detached) or numpy array as a tensor; TypeError naming ``name`` for anything else."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biuf":
+        return torch.tensor(x)
+    raise TypeError(f"{name} must be a torch.Tensor or a numeric numpy array, got {type(x).__name__}"
+                    + (f" of dtype {x.dtype}" if isinstance(x, np.ndarray) else ""))
+
+
+def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (clamped at 0: a PSD matrix's negative ones are roundoff) and eigenvectors of the symmetric
+    part of ``matrix``."""
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return values.clamp(min=0), vectors

@@ -1,0 +1,142 @@
+"""``quality.sample_quality``: three sets of one size scored against one reference half, with the real floor
+beside them; the verdicts name a prior hole, sample collapse and memorisation only where their evidence is."""
+
+import math
+
+import pytest
+import torch
+
+import funcvae
+from funcvae import quality, records
+from funcvae.quality import samples as S
+
+SMALL = dict(hidden=(32,), latent=4)
+
+
+def projection(dim=16, classes=10):
+    """A feature function of one's own: a fixed random projection, with logits from a fixed linear map."""
+    g = torch.Generator().manual_seed(0)
+    w, c = torch.randn(784, dim, generator=g, dtype=torch.float64), torch.randn(dim, classes, generator=g,
+                                                                                 dtype=torch.float64)
+
+    def feats(x):
+        f = x.reshape(x.shape[0], -1).double() @ w
+        return f, f @ c
+    return feats
+
+
+@pytest.fixture(scope="module")
+def trained(fashion):
+    params, _ = funcvae.fit(funcvae.init(seed=0, **SMALL), fashion[0][:1024], epochs=2, batch_size=128,
+                            compile=False)
+    return params
+
+
+def test_the_three_sets_are_scored_against_one_reference_of_their_size(trained, fashion):
+    x = fashion[1][:200]
+    result = quality.sample_quality(trained, x, seed=3, network_name=projection())
+    assert result["n"] == 100 and list(result["sets"]) == list(quality.SETS)
+    real = S.embed(x[:100].reshape(100, -1), network_name=projection())
+    held = S.embed(x[100:200].reshape(100, -1), network_name=projection())
+    assert result["sets"]["real"] == S.scores(real, held, seed=3)  # the floor: half against half
+    recon = S.embed(S.reconstruction_images(trained, x[100:200].reshape(100, -1)), network_name=projection())
+    assert result["sets"]["reconstructions"] == S.scores(real, recon, seed=3)
+    # The same seed gives the same result, and the result is strict JSON.
+    assert records.dumps(quality.sample_quality(trained, x, seed=3, network_name=projection())) == records.dumps(result)
+
+
+def test_on_the_shipped_features_the_real_floor_is_below_the_model(trained, fashion):
+    result = quality.sample_quality(trained, fashion[1][:400], seed=0)
+    sets = result["sets"]
+    assert sets["real"]["fid"] < sets["reconstructions"]["fid"] and sets["real"]["fid"] < sets["prior samples"]["fid"]
+    assert sets["real"]["classes"]["covered"] == 1.0
+
+
+def test_memorisation_of_a_model_that_copies_its_training_images(fashion):
+    # Samples that ARE training images lie nearer to one (distance 0) than any held-out image does.
+    x_train, x_test = fashion[0][:300].reshape(300, -1), fashion[1][:200].reshape(200, -1)
+    copies = S.embed(x_train[:100], network_name=projection())
+    held, train = S.embed(x_test[:100], network_name=projection()), S.embed(x_train, network_name=projection())
+    memo = S.memorisation(copies, held, train)
+    assert memo["share"] == 1.0 and memo["median_samples"] == 0.0 and memo["nearest"] == list(range(100))
+    fresh = S.memorisation(S.embed(x_test[100:200], network_name=projection()), held, train)
+    assert fresh["share"] < fresh["expected"] + 4 * fresh["share_se"]
+
+
+def result_with(prior=None, recon=None, real=None, memorisation=None):
+    """A sample_quality result whose sets hold the given figures (a healthy model's otherwise)."""
+    def row(fid, recall=0.6, coverage=0.9, covered=1.0):
+        return {"fid": fid, "kid": 0.0, "kid_std": 0.0, "precision": 0.7, "recall": recall, "density": 1.0,
+                "coverage": coverage, "classes": {"covered": covered, "classes_covered": round(10 * covered),
+                                                  "classes_real": 10, "kl": 0.0, "entropy": 2.0,
+                                                  "entropy_real": 2.3}}
+    sets = {"prior samples": row(**(prior or {"fid": 12.0})), "reconstructions": row(**(recon or {"fid": 10.0})),
+            "real": row(**(real or {"fid": 1.0, "recall": 0.8, "coverage": 0.95}))}
+    return {"n": 1000, "network": "test", "sets": sets, "memorisation": memorisation}
+
+
+def names(result):
+    return [f["name"] for f in S.verdicts(result)]
+
+
+def test_a_healthy_model_has_no_sample_findings():
+    assert names(result_with()) == []
+
+
+@pytest.mark.parametrize("prior_fid, found", [(29.9, False), (30.1, True), (60.0, True)])
+def test_a_prior_hole_is_prior_samples_far_worse_than_reconstructions(prior_fid, found):
+    result = result_with(prior={"fid": prior_fid})
+    assert ("prior hole" in names(result)) == found
+    if found:
+        (finding,) = S.verdicts(result)
+        assert finding["evidence"]["fid_prior_samples"] == prior_fid
+        assert "VampPrior" in finding["advice"] and "Ghosh" in finding["advice"]
+
+
+def test_no_prior_hole_when_the_reconstructions_are_as_poor():
+    assert names(result_with(prior={"fid": 60.0}, recon={"fid": 50.0})) == []
+    assert names(result_with(prior={"fid": 3.5}, recon={"fid": 0.5}, real={"fid": 1.5})) == []  # near the floor
+
+
+@pytest.mark.parametrize("classes", [
+    {"covered": 0.3, "classes_covered": 3, "entropy": 1.0},
+    {"covered": 1.0, "classes_covered": 10, "entropy": 0.5},  # every class, but nearly all samples in one
+])
+def test_sample_collapse_is_few_classes_or_a_peaked_class_histogram(classes):
+    result = result_with()
+    result["sets"]["prior samples"]["classes"].update(classes)
+    (finding,) = S.verdicts(result)
+    assert finding["name"] == "sample collapse"
+    assert finding["evidence"]["classes_covered"] == classes["classes_covered"]
+    assert finding["evidence"]["recall_real"] == 0.8  # the floor's recall and coverage beside the samples'
+
+
+def test_blurred_but_diverse_samples_are_not_collapsed():
+    # Recall and coverage near 0 (blur) with every class at the real entropy: not "all the same".
+    assert names(result_with(prior={"fid": 12.0, "recall": 0.006, "coverage": 0.07})) == []
+
+
+@pytest.mark.parametrize("share, found", [(0.012, False), (0.05, True)])
+def test_memorisation_needs_more_near_copies_than_chance(share, found):
+    se = math.sqrt(0.01 * 0.99 / 1000)
+    memo = {"share": share, "expected": 0.01, "share_se": se, "threshold": 1.0, "median_samples": 2.0,
+            "median_held_out": 2.0, "nearest": []}
+    assert ("memorisation" in names(result_with(memorisation=memo))) == found
+
+
+def test_too_few_held_out_images_are_refused(trained, fashion):
+    with pytest.raises(ValueError, match=r"x_real has 10 images; sample_quality needs 2 n of them"):
+        quality.sample_quality(trained, fashion[1][:10], network_name=projection())
+
+
+@pytest.mark.parametrize("beta, epochs, named", [
+    (1.0, 5, []),                     # healthy: prior samples 2x the reconstructions' FID, every class
+    (0.01, 5, ["prior hole"]),        # an unregularised latent space: prior samples 3.7x
+    (100.0, 2, ["sample collapse"]),  # posterior collapse: every sample the same image, one or two classes
+])
+def test_real_runs_are_named_by_what_they_have(beta, epochs, named):
+    # Real Fashion-MNIST (8192 training images), the shipped features, 1000 images per set.
+    x_train = funcvae.data.load("fashion-mnist", "train")[:8192]
+    params, _ = funcvae.fit(funcvae.init(seed=0), x_train, epochs=epochs, beta=beta, compile=False)
+    result = quality.sample_quality(params, funcvae.data.load("fashion-mnist", "test")[:2000], seed=0)
+    assert names(result) == named
