@@ -90,7 +90,7 @@ class Checkpoint:
 def save(path: str | os.PathLike, state: Checkpoint) -> None:
     """Write ``state`` to ``path`` atomically (see ``Checkpoint``); a state that ``load`` would refuse (its
     fields inconsistent) is refused here, before anything is written."""
-    stack_size(state.params)
+    n = stack_size(state.params)
     tensors = {f"params/{k}": v for k, v in leaves_by_path(state.params).items()}
     tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.opt_state)})
     tensors.update({f"hyper/{k}": v for k, v in state.hyper.items()})
@@ -103,7 +103,7 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
             "config": state.config, "history": state.history}
     text = records.dumps(meta)
     path = Path(path)
-    _check_stacked(path, stack_size(state.params), _state_fields(records.loads(text), tensors, path), tensors)
+    _check_stacked(path, n, _state_fields(records.loads(text), tensors, path), tensors)
     _write(path, tensors, {_STATE_KEY: text})
 
 

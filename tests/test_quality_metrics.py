@@ -150,6 +150,19 @@ def test_knn_metrics_of_a_set_with_itself():
     assert metrics.density_coverage(x, x) == (1.0, 1.0)
 
 
+@pytest.mark.parametrize("make", [
+    lambda g: (torch.randn(300, 6, generator=g), torch.randn(250, 6, generator=g) * 1.3 + 0.2),
+    lambda g: (torch.randint(0, 4, (200, 3), generator=g).double(),  # many ties and repeated points
+               torch.randint(0, 5, (150, 3), generator=g).double()),
+], ids=["gaussians", "ties"])
+def test_prdc_is_precision_recall_and_density_coverage_at_once(make):
+    real, fake = make(torch.Generator().manual_seed(0))
+    precision, recall = metrics.precision_recall(real, fake, k=3)
+    density, coverage = metrics.density_coverage(real, fake, k=5)
+    assert metrics.prdc(real, fake) == {"precision": precision, "recall": recall, "density": density,
+                                        "coverage": coverage}
+
+
 def test_knn_metrics_of_far_apart_sets_are_zero():
     real = torch.randn(100, 5)
     assert metrics.precision_recall(real, torch.randn(80, 5) + 100) == (0.0, 0.0)

@@ -124,8 +124,9 @@ def read_params(path: Path, model: funcvae.Model) -> funcvae.Params:
         params = funcvae.load_params(path, model=model)
     except ValueError as e:  # the message names the file
         raise RunError(str(e)) from None
-    if stack_size(params) is not None:
-        raise RunError(f"{path} holds a stack of {stack_size(params)} models, not one model's params")
+    n = stack_size(params)
+    if n is not None:
+        raise RunError(f"{path} holds a stack of {n} models, not one model's params")
     return params
 
 
@@ -135,11 +136,10 @@ def read_checkpoint(path: Path, model: funcvae.Model) -> tuple[funcvae.Checkpoin
         checkpoint = funcvae.load(path, model=model)
     except ValueError as e:  # the message names the file
         raise RunError(str(e)) from None
-    kept = checkpoint.history
-    if not (isinstance(kept, list) and len(kept) == 1 and isinstance(kept[0], list)):
+    if len(checkpoint.history) != 1:  # load checked its shape: one list of records per model
         raise RunError(f"{path}: its history is not the records of one model")
-    return checkpoint, [check_record(records.decode(r), i, f"{path}: history record {i}")
-                        for i, r in enumerate(kept[0], 1)]
+    return checkpoint, [check_record(r, i, f"{path}: history record {i}")
+                        for i, r in enumerate(checkpoint.history[0], 1)]
 
 
 def _check(values: dict, kinds: dict, where: str) -> None:

@@ -7,7 +7,7 @@ float64 on the first argument's device:
   ``frechet_distance``;
 - ``kid``: the unbiased squared MMD under a cubic polynomial kernel, over random subsets (Bińkowski et al. 2018);
 - ``precision_recall``: how much of the fakes lies on the real manifold and vice versa (Kynkäänniemi et al. 2019);
-- ``density_coverage``: the same, robust to outliers (Naeem et al. 2020);
+- ``density_coverage``: the same, robust to outliers (Naeem et al. 2020); ``prdc``: all four at once;
 - ``class_coverage``: which classes a classifier finds in the fakes, against the real histogram;
 - ``nearest``: each query's nearest reference row (a fake that sits on a training image is memorised).
 
@@ -118,8 +118,8 @@ def precision_recall(real, fake, *, k: int = 3) -> tuple[float, float]:
     """
     k = check_int("k", k)
     real, fake = _pair(real, fake, rows=k + 1)
-    fake_in_real = _inside(fake, real, _radii(real, k))[0]
-    real_in_fake = _inside(real, fake, _radii(fake, k))[0]
+    fake_in_real = _inside(fake, real, *_radii(real, k))[0]
+    real_in_fake = _inside(real, fake, *_radii(fake, k))[0]
     return float((fake_in_real > 0).double().mean()), float((real_in_fake > 0).double().mean())
 
 
@@ -141,8 +141,36 @@ def density_coverage(real, fake, *, k: int = 5) -> tuple[float, float]:
     k = check_int("k", k)
     real = _features(real, "real", rows=k + 1)
     fake = _features(fake, "fake", rows=1, like=("real", real))
-    counts, hit = _inside(fake, real, _radii(real, k))
+    counts, hit = _inside(fake, real, *_radii(real, k))
     return int(counts.sum()) / (k * fake.shape[0]), float(hit.double().mean())
+
+
+def prdc(real, fake, *, k_pr: int = 3, k_dc: int = 5) -> dict:
+    """``precision_recall(real, fake, k=k_pr)`` and ``density_coverage(real, fake, k=k_dc)`` together, the same
+    numbers from one pass over each distance matrix (real-real, fake-fake, fake-real) instead of six: what
+    scoring one set of samples needs. The fake-real distances serve the recall too, as exact distances are
+    symmetric to the bit.
+
+    Returns:
+      ``{"precision", "recall", "density", "coverage"}``.
+    """
+    k_pr, k_dc = check_int("k_pr", k_pr), check_int("k_dc", k_dc)
+    real = _features(real, "real", rows=max(k_pr, k_dc) + 1)
+    fake = _features(fake, "fake", rows=k_pr + 1, like=("real", real))
+    real_pr, real_dc = _radii(real, k_pr, k_dc)
+    (fake_pr,) = _radii(fake, k_pr)
+    precise = torch.zeros(fake.shape[0], dtype=torch.bool, device=real.device)
+    recalled, covered = (torch.zeros(real.shape[0], dtype=torch.bool, device=real.device) for _ in range(2))
+    held = 0
+    for rows in _blocks(fake.shape[0], real.shape[0]):
+        d = _distances(fake[rows], real)  # (block of fakes, reals)
+        precise[rows] = (d < real_pr).any(1)
+        recalled |= (d < fake_pr[rows, None]).any(0)
+        inside = d < real_dc
+        held += int(inside.sum())
+        covered |= inside.any(0)
+    return {"precision": float(precise.double().mean()), "recall": float(recalled.double().mean()),
+            "density": held / (k_dc * fake.shape[0]), "coverage": float(covered.double().mean())}
 
 
 def class_coverage(fake_classes, real_classes, classes: int) -> dict:
@@ -221,10 +249,13 @@ def _blocks(rows: int, columns: int, step: int | None = None):
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
-def _radii(x: Tensor, k: int) -> Tensor:
-    """(N,) distance from each row to its k-th nearest other row (row itself, at distance 0, skipped)."""
+def _radii(x: Tensor, *ks: int) -> tuple[Tensor, ...]:
+    """For each k of ``ks``, (N,) distance from each row to its k-th nearest other row (row itself, at distance 0,
+    skipped); one pass over the distances serves every k."""
     n = x.shape[0]
-    return torch.cat([_distances(x[rows], x).topk(k + 1, dim=1, largest=False).values[:, k] for rows in _blocks(n, n)])
+    nearest = torch.cat([_distances(x[rows], x).topk(max(ks) + 1, dim=1, largest=False).values
+                         for rows in _blocks(n, n)])
+    return tuple(nearest[:, k] for k in ks)
 
 
 def _inside(points: Tensor, centres: Tensor, radii: Tensor) -> tuple[Tensor, Tensor]:

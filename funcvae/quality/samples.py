@@ -74,10 +74,8 @@ def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
     """Every metric of ``other`` against the reference ``real`` (equal sizes), as JSON values: FID, KID mean
     and std, precision and recall (k=3), density and coverage (k=5), and with a classifier class coverage."""
     kid, kid_std = metrics.kid(real.features, other.features, seed=seed)
-    precision, recall = metrics.precision_recall(real.features, other.features)
-    density, coverage = metrics.density_coverage(real.features, other.features)
-    out = {"fid": metrics.fid(real.features, other.features), "kid": kid, "kid_std": kid_std, "precision": precision,
-           "recall": recall, "density": density, "coverage": coverage, "classes": None}
+    out = {"fid": metrics.fid(real.features, other.features), "kid": kid, "kid_std": kid_std,
+           **metrics.prdc(real.features, other.features), "classes": None}
     if real.classes is not None and other.classes is not None:
         out["classes"] = metrics.class_coverage(other.classes, real.classes, network.CLASSES)
     return out
