@@ -1,13 +1,14 @@
 """Speed of funcvae's training step, per-example gradients and model stacks, against the classic eager
 ``nn.Module`` VAE, JAX (when installed) and this machine's measured GEMM rate.
 
-Run (2 to 4 minutes on 2 CPU cores, about a minute of it compilation; ``--quick`` is a smoke run whose time is
+Run (about 12 minutes on 2 CPU cores: 3 for the step sections, the rest in child processes for the epoch,
+contention, cold-start and memory sections; ``--quick`` is a smoke run of the step sections whose time is
 mostly compilation, from a few seconds with a warm compile cache to a minute cold):
 
     python benchmarks/elbo_speed.py --json benchmarks/results/elbo_speed_cpu.json
 
-Options: ``--only step,per-example,stack,batch-sizes,gemm`` (any subset; batch-sizes brings gemm along for
-its percentages), ``--device cuda`` (everything on the GPU, data included), ``--rounds``, ``--block-ms``,
+Options: ``--only step,per-example,stack,batch-sizes,gemm,epoch,contention,cold-start,memory`` (any subset;
+batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data included), ``--rounds``, ``--block-ms``,
 ``--warmup``, ``--quick``, ``--threads N`` (torch's and JAX's CPU threads; default: each library's own), ``--json
 PATH`` (every figure and sample, the settings and the machine).
 JAX is optional (``pip install jax``); without it the JAX rows say "jax not installed".
@@ -42,6 +43,18 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
   batch-sizes  the compiled step (fp32 and with bf16 products) and the baseline at batch 32, 128, 512, 1024,
                4096; ratios per batch size, examples/s, GFLOP/s and GFLOP/s as a percentage of the peak GEMM
                rate of the row's product dtype.
+  epoch        what fit adds around its step: the seconds fit records for an epoch of 30,000 8-bit examples
+               (235 steps of 128, uint8 data) against 235 calls of the compiled step it runs, on a uint8
+               batch, one of each per round (fit skips dynamo's guard checks after an epoch's first step, and
+               so do the timed blocks here);
+  contention   fit epochs in child processes (``fit_speed.py``), alone and beside one busy Python process
+               (``while True: pass``), with fit's default of sharing the cores (``funcvae.threads``) and with
+               ``share_cores=False``, all four interleaved; each child's median epoch after its first;
+  cold-start   a fresh process with an empty compile cache (its own TORCHINDUCTOR_CACHE_DIR) calls fit on one
+               batch of 128: seconds from the call to its first (and only) step done; then the same with
+               that cache warm;
+  memory       a child makes 60,000 random 8-bit images (784 pixels), hands them to fit as float32 / 255 or
+               as uint8 with scale=255, trains one epoch; its peak resident memory (ru_maxrss);
   gemm         the peaks: a 1024^3 fp32 product by ``torch.mm`` and, on CPU, by oneDNN
                (``torch.ops.mkldnn._linear_pointwise(X, W, None, "none", [], "")``, i.e. X W^T); the best of
                them is the physical limit the fp32 step figures are compared with; the same product in bf16
@@ -67,8 +80,11 @@ more calls come before. On CUDA the device is synchronised before each clock rea
 
 Targets (pass / miss): compiled step <= 0.5x the baseline and <= 1.0x JAX jit at batch 128; at batch >= 1024
 the compiled step reaches >= 60% of the peak GEMM rate; per-example gradients (compiled) at batch 32 no
-slower than JAX jit(vmap(grad)) and >= 2x faster than the loop; 8 stacked models >= 1.5x faster than 8
-sequential compiled steps on CPU (>= 4x on a GPU).
+slower than JAX jit(vmap(grad)) and >= 2x faster than the loop; eager step <= 1.5x the eager baseline; fit's
+epoch <= 1.1x its steps' time; an epoch beside one busy process <= 1.7x the epoch alone, and sharing the
+cores <= 1.05x fixed threads alone (it must not slow the unloaded case); the first step within 10 s of
+fit starting with an empty compile cache; uint8 data saving >= 3/4 of the float32 set's bytes in peak RSS;
+8 stacked models >= 1.5x faster than 8 sequential compiled steps on CPU (>= 4x on a GPU).
 """
 
 from __future__ import annotations
@@ -84,14 +100,15 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import optree
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch._dynamo.utils import counters
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this checkout's funcvae
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import optree  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torch._dynamo.utils import counters  # noqa: E402
+
+import fit_speed  # noqa: E402
 import funcvae  # noqa: E402
 from baseline_vae import ClassicVAE, machine  # noqa: E402
 from funcvae import objectives  # noqa: E402
@@ -100,11 +117,13 @@ from funcvae.optim import adam, apply_if_finite  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
 from funcvae.step import Batch, init_state, make_train_step, stacked  # noqa: E402
 
-SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm")
+SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm", "epoch", "contention", "cold-start", "memory")
 BATCH_SIZES = (32, 128, 512, 1024, 4096)
 LR, B1, B2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
 N_MODELS = 8
 LATENT = 20
+EPOCH_EXAMPLES = 30000  # the issue's epoch: 235 steps of 128
+CHILD_ROUNDS = 3  # rounds of the child-process sections (contention; cold start runs one fewer)
 NOISY = 0.2  # an interquartile range above this fraction of the median flags a disturbed measurement
 
 
@@ -262,22 +281,27 @@ def baseline_variant(batch: int, device: torch.device, name: str) -> Variant:
     return Variant(name, call, syncer(device), flops=step_flops(batch), examples=batch, batch=batch)
 
 
-def funcvae_step(params: funcvae.Params, lr: float = LR, bf16: bool = False, guarded: bool = True):
+def funcvae_step(params: funcvae.Params, lr: float = LR, bf16: bool = False, guarded: bool = True,
+                 scale: int | None = None):
     """The step ``fit`` runs (guarded) or the same without its non-finite guard (what the baseline and JAX
-    steps do: for scale only), and its starting state."""
+    steps do: for scale only), and its starting state; ``scale``: its batches are uint8 pixel levels."""
     objective = objectives.elbo()
     optimizer = apply_if_finite(adam(lr), freeze=True) if guarded else adam(lr)
-    step = make_train_step(params.model, objective, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None)
+    step = make_train_step(params.model, objective, optimizer, matmul_dtype=torch.bfloat16 if bf16 else None,
+                           scale=scale)
     return step, init_state(params, objective, optimizer)
 
 
 def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1,
-                    bf16: bool = False, guarded: bool = True) -> Variant:
+                    bf16: bool = False, guarded: bool = True, scale: int | None = None) -> Variant:
     """funcvae's training step on one model, eager or through ``make_step``; ``calls`` steps per call; ``bf16``:
-    matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: without the guard."""
-    step, state = funcvae_step(funcvae.init(seed=0, device=device), bf16=bf16, guarded=guarded)
+    matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: without the guard;
+    ``scale``: the batch as uint8 pixel levels that the step divides by it (how fit holds 8-bit data)."""
+    step, state = funcvae_step(funcvae.init(seed=0, device=device), bf16=bf16, guarded=guarded, scale=scale)
     run = make_step(step, device, True, key=step.key) if compiled else step
     x, eps, _, weights = batch_data(batch, device)
+    if scale is not None:
+        x = fit_speed.pixels(batch).to(device)
     chain = Chain(run, (state,), (Batch(x, eps, weights),), keep=1)
 
     def call():
@@ -481,8 +505,78 @@ def run_gemm(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     return out
 
 
+def run_epoch(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    """fit's epoch (its own record of the epoch's seconds) against the same number of calls of the compiled
+    step it runs, one of each per round, interleaved."""
+    import math
+    n = EPOCH_EXAMPLES
+    steps = math.ceil(n / 128)
+    x = fit_speed.pixels(n).to(cfg.device)
+    params = funcvae.init(seed=0, device=cfg.device)
+    run_fit = lambda: funcvae.fit(params, x, epochs=1, batch_size=128, seed=0, scale=255,  # noqa: E731
+                                  progress=False)[1][0]["seconds"]
+    step = funcvae_variant(128, cfg.device, True, f"compiled step x {steps}", calls=steps, scale=255)
+    run_fit()
+    warm_up(step, cfg)
+    fits, blocks = [], []
+    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):  # as fit runs its step after the first
+        for r in range(cfg.rounds):
+            pair = [lambda: fits.append(run_fit()), lambda: blocks.append(time_block(step, 1))]
+            for go in pair if r % 2 == 0 else reversed(pair):
+                go()
+    rows = []
+    for name, samples, ref in ((f"fit epoch, {n} examples ({steps} steps)", fits, step.name),
+                               (step.name, blocks, step.name)):
+        q1, _, q3 = statistics.quantiles(samples, n=4)
+        median = statistics.median(samples)
+        rows.append({"name": name, "median_s": median, "median_ms": median * 1e3, "iqr_ms": (q3 - q1) * 1e3,
+                     "samples_ms": [v * 1e3 for v in samples], "ref": ref})
+    for r in rows:
+        r["ratio"] = r["median_s"] / rows[1]["median_s"]
+    return {"title": f"epoch: fit's epoch (seconds it records) vs {steps} compiled steps; uint8 data, batch 128",
+            "rows": rows, "notes": [], "kind": "plain"}
+
+
+def run_contention(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    """fit epochs in child processes, alone and beside one busy process, sharing the cores (fit's default) and
+    with torch's thread count fixed."""
+    variants = {"shared cores": [], "fixed threads": ["--fixed-threads"]}
+    result = fit_speed.contention(CHILD_ROUNDS, EPOCH_EXAMPLES, 3, variants)
+    base = result["shared cores"]["median_s"]
+    rows = [{"name": name, "median_s": r["median_s"], "median_ms": r["median_s"] * 1e3,
+             "samples_ms": [v * 1e3 for v in r["epoch_s"]], "ratio": r["median_s"] / base, "ref": "shared cores"}
+            for name, r in result.items()]
+    return {"title": f"contention: a fit epoch ({EPOCH_EXAMPLES} examples) in a child process, alone or beside one "
+                     "busy Python process; ratio vs shared cores alone",
+            "rows": rows, "notes": ["shared cores: fit's default (funcvae.threads); fixed threads: "
+                                    "fit(share_cores=False)"], "kind": "plain"}
+
+
+def run_cold_start(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    """Seconds from calling fit to the end of its first step in a fresh process, empty compile cache and warm."""
+    result = fit_speed.cold_start(max(1, CHILD_ROUNDS - 1))
+    rows = [{"name": "first step, empty compile cache", "median_s": result["cold_median_s"],
+             "samples_ms": [v * 1e3 for v in result["cold_s"]]},
+            {"name": "first step, warm compile cache", "median_s": result["warm_median_s"],
+             "samples_ms": [v * 1e3 for v in result["warm_s"]]}]
+    for r in rows:
+        r["median_ms"], r["ratio"], r["ref"] = r["median_s"] * 1e3, None, None
+    return {"title": "cold-start: a fresh process, fit on one batch; seconds from the call to its first step done",
+            "rows": rows, "notes": [], "kind": "plain"}
+
+
+def run_memory(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    """Peak RSS of a child fitting one epoch on 60,000 8-bit images given as float32 / 255 and as uint8."""
+    result = fit_speed.memory(60000)
+    rows = [{"name": f"fit on {kind} data", "peak_rss_mb": r["peak_rss_mb"], "data_mb": r["data_mb"]}
+            for kind, r in result.items()]
+    return {"title": "memory: a child process makes 60,000 random 8-bit images (784 pixels), fits one epoch; peak RSS",
+            "rows": rows, "notes": [], "kind": "memory"}
+
+
 RUNNERS = {"step": run_step, "per-example": run_per_example, "stack": run_stack, "gemm": run_gemm,
-           "batch-sizes": run_batch_sizes}  # gemm before batch-sizes: its percentages need the peak
+           "batch-sizes": run_batch_sizes,  # gemm before batch-sizes: its percentages need the peak
+           "epoch": run_epoch, "contention": run_contention, "cold-start": run_cold_start, "memory": run_memory}
 
 
 def section(title: str, variants: list[Variant], notes: list[str]) -> dict:
@@ -523,7 +617,29 @@ def _cell(value, fmt: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
 
 
+def print_plain(result: dict) -> None:
+    """A section of times (or, kind "memory", of peak memory) without FLOP rates."""
+    print(f"\n{result['title']}")
+    if result["kind"] == "memory":
+        head = f"{'variant':<46}{'peak RSS MB':>12}{'data MB':>10}"
+        print(f"{head}\n{'-' * len(head)}")
+        for r in result["rows"]:
+            print(f"{r['name']:<46}{r['peak_rss_mb']:>12.0f}{r['data_mb']:>10.0f}")
+    else:
+        head = f"{'variant':<46}{'median s':>10}{'range s':>16}{'ratio':>8}"
+        print(f"{head}\n{'-' * len(head)}")
+        for r in result["rows"]:
+            lo, hi = min(r["samples_ms"]) / 1e3, max(r["samples_ms"]) / 1e3
+            ratio = "" if r["ratio"] is None else f"{r['ratio']:>7.2f}x"
+            print(f"{r['name']:<46}{r['median_s']:>10.3f}{f'{lo:.3f}-{hi:.3f}':>16}{ratio:>8}")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+
+
 def print_section(result: dict) -> None:
+    if "kind" in result:
+        print_plain(result)
+        return
     rows = result["rows"]
     extra = "pct_peak" in rows[0]
     head = (f"{'variant':<38}{'ms/call':>10}{'IQR ms':>9}{'ratio':>8}{'speed-up':>9}{'GFLOP/s':>9}"
@@ -576,6 +692,25 @@ def targets(results: dict, device: torch.device, why_no_jax: str | None) -> list
     loop = _time_ratio(results, "per-example", "loop of torch.func.grad (eager)", "vmap(grad) compiled")
     out.append(_target("per-example grads (compiled) >= 2x faster than the loop (batch 32)", loop, 2.0, False, "x",
                        "section per-example not run"))
+    out.append(_target("eager step <= 1.5x the eager nn.Module step (batch 128)",
+                       _time_ratio(results, "step", "funcvae eager", "baseline nn.Module eager"), 1.5, True, "x",
+                       "section step not run"))
+    epoch = next(iter(results.get("epoch", {}).get("rows", [])), None)
+    out.append(_target("fit's epoch <= 1.1x (steps x the compiled step's time)", epoch and epoch["ratio"], 1.1, True,
+                       "x", "section epoch not run"))
+    out.append(_target("epoch beside one busy process <= 1.7x the epoch alone",
+                       _time_ratio(results, "contention", "shared cores, busy", "shared cores"), 1.7, True, "x",
+                       "section contention not run"))
+    out.append(_target("epoch alone, shared cores <= 1.05x fixed threads (the unloaded case not slowed)",
+                       _time_ratio(results, "contention", "shared cores", "fixed threads"), 1.05, True, "x",
+                       "section contention not run"))
+    cold = _row(results, "cold-start", "first step, empty compile cache")
+    out.append(_target("first step within 10 s of fit starting, empty compile cache", cold and cold["median_s"],
+                       10.0, True, "s", "section cold-start not run"))
+    wide, narrow = _row(results, "memory", "fit on float32 data"), _row(results, "memory", "fit on uint8 data")
+    saved = None if wide is None or narrow is None else (wide["peak_rss_mb"] - narrow["peak_rss_mb"]) / wide["data_mb"]
+    out.append(_target("uint8 data saves >= 3/4 of the float32 set's size in peak RSS", saved, 0.75, False, "of",
+                       "section memory not run"))
     goal = 4.0 if device.type == "cuda" else 1.5
     seq = _time_ratio(results, "stack", f"{N_MODELS} sequential compiled steps",
                       f"stacked compiled step, {N_MODELS} models")
@@ -590,7 +725,8 @@ def print_targets(rows: list[dict]) -> None:
         if t["value"] is None:
             print(f"  {t['target']:<72} {'':>9}  n/a ({t['why_not_measured']})")
         else:
-            value = f"{t['value']:.1f}%" if t["unit"] == "%" else f"{t['value']:.2f}x"
+            value = {"%": f"{t['value']:.1f}%", "s": f"{t['value']:.1f} s", "of": f"{t['value']:.2f}"}.get(
+                t["unit"], f"{t['value']:.2f}x")
             print(f"  {t['target']:<72} {value:>9}  {'pass' if t['pass'] else 'MISS'}")
 
 
@@ -600,7 +736,7 @@ def describe_machine(device: torch.device, jax) -> dict:
     info.update({"device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                  "jax": None if jax is None else jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS"),
-                 "inductor_cpp_compiler": funcvae.compiling.has_cpp_compiler()})
+                 "inductor_cpp_compiler": funcvae.compiling.has_cpp_compiler(), "cpu_vendor": funcvae.gemm.cpu_vendor()})
     return info
 
 

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from funcvae.gemm import products_pass
+
 
 def make_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
               key=None, cuda_graphs: bool = True) -> Callable:
@@ -32,7 +34,8 @@ def make_step(step: Callable, device: torch.device, compile: bool | str | Callab
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
     if key is None or key not in _COMPILED:
-        compiled = torch.compile(_with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False)
+        compiled = _scalars_stay_tensors(torch.compile(_with_own_code(step), backend=backend, mode=mode,
+                                                       fullgraph=True, dynamic=False, options=_options(backend, device)))
         if key is None:
             return compiled
         _COMPILED[key] = compiled
@@ -50,6 +53,34 @@ def _with_own_code(step: Callable) -> Callable:
     call.__code__ = call.__code__.replace(co_name=f"funcvae_step_{next(_COUNTER)}")
     return call
 
+
+def _options(backend, device: torch.device) -> dict | None:
+    """Inductor's settings for the step: on a CPU, the matrix products' library (``funcvae.gemm``)."""
+    products = products_pass(device) if backend == "inductor" else None
+    return None if products is None else {"post_grad_custom_post_pass": products}
+
+
+def _scalars_stay_tensors(compiled: Callable) -> Callable:
+    """``compiled`` called with AOT autograd's pass that turns Python float scalars into tensors switched off.
+
+    The step has no Python float inputs, but its 0-d float64 tensors (learning rate, KL weight) each get a
+    symbolic float for a ``.item()`` that nothing calls; that pass then finds symbols it did not convert
+    and restarts the whole trace, which cost 10 of 34 s of a cold compile on 2 cores. The switch is an
+    environment variable read while compiling, so it is set for the call and restored after it."""
+    def call(*args):
+        before = os.environ.get(_TENSORIFY)
+        os.environ[_TENSORIFY] = "0"
+        try:
+            return compiled(*args)
+        finally:
+            if before is None:
+                del os.environ[_TENSORIFY]
+            else:
+                os.environ[_TENSORIFY] = before
+    return call
+
+
+_TENSORIFY = "TENSORIFY_PYTHON_SCALARS"
 
 # Compiled steps by what they compute: a second fit with the same model, optimiser and device reuses the
 # graph instead of tracing again (each new trace of the same function also counts towards dynamo's

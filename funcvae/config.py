@@ -34,7 +34,8 @@ class FitConfig:
         one for all.
       binarize: "dynamic" draws binary pixels ~ Bernoulli(data) afresh for every batch (val data get one
         fixed draw).
-      scale: divide integer pixel data by this (e.g. 255).
+      scale: divide integer pixel data by this (e.g. 255). Training data of integers in [0, 255] are held as
+        uint8 and divided inside the step, exactly as ``(x.to(float64) / scale)`` in the params' dtype.
       matmul_dtype: ``torch.bfloat16`` (or "bfloat16"): the layers' matrix products in bfloat16.
       compile: None (compile where a GPU or a C++ compiler is present), True, False, or a backend.
       checkpoint_dir, resume, checkpoint_every: where and when to checkpoint, and whether to continue.
@@ -42,6 +43,8 @@ class FitConfig:
         ``resume``, such a checkpoint is refused before any work rather than replaced).
       on_nonfinite: "raise" or "skip" a step with a non-finite loss term or gradient.
       progress: show a progress bar (default: when stderr is a terminal).
+      share_cores: on a CPU, run the steps on the cores other processes leave free, rechecked every half
+        second (``funcvae.threads``); False keeps torch's thread count throughout.
     """
 
     epochs: int
@@ -57,6 +60,7 @@ class FitConfig:
     overwrite: bool = False
     on_nonfinite: str = "raise"
     progress: bool | None = None
+    share_cores: bool = True
 
     def __post_init__(self):
         # Every field becomes the plain Python value it stands for (numpy scalars, 0-d arrays and tensors
@@ -77,6 +81,7 @@ class FitConfig:
             "overwrite": check_bool("overwrite", self.overwrite),
             "on_nonfinite": _one_of("on_nonfinite", self.on_nonfinite, ON_NONFINITE, ""),
             "progress": None if self.progress is None else check_bool("progress", self.progress),
+            "share_cores": check_bool("share_cores", self.share_cores),
         }
         for name, value in fields.items():
             object.__setattr__(self, name, value)

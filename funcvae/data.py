@@ -28,20 +28,24 @@ DATASETS = {
 }
 SPLITS = ("train", "test")
 BINARIZE = (None, "static")
+PIXELS = ("float32", "uint8")
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load(name: str, split: str, root: str | os.PathLike | None = None, binarize: str | None = None,
-         seed: int = 0) -> Tensor:
+         seed: int = 0, pixels: str = "float32") -> Tensor:
     """Images of ``name`` ("mnist" or "fashion-mnist"), ``split`` ("train": 60k, "test": 10k).
 
     Args:
       root: a folder to look in first, and to download into when the data is found nowhere.
       binarize: None for grey levels in [0, 1]; "static" for one fixed Bernoulli draw per pixel, seeded
         by ``seed`` (for a fresh draw every batch use ``fit(..., binarize="dynamic")``).
+      pixels: "float32" for the grey levels / 255; "uint8" for the file's own 8-bit levels 0..255 (0 or 1,
+        the same draw, when binarised), a quarter of the memory: ``fit(..., scale=255)`` (1 when binarised)
+        trains on them exactly as on the float32 images.
 
     Returns:
-      (N, 1, 28, 28) float32 in [0, 1].
+      (N, 1, 28, 28) float32 in [0, 1], or uint8.
 
     Raises:
       FileNotFoundError: nothing on disk and no download possible; the message says where it looked.
@@ -53,10 +57,14 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, binarize:
     if binarize not in BINARIZE:
         hint = " (dynamic binarisation is fit(..., binarize='dynamic'))" if binarize == "dynamic" else ""
         raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}{hint}")
-    images = _dataset(name, split == "train", root).data.unsqueeze(1).to(torch.float32) / 255.0
-    if binarize == "static":
-        images = torch.bernoulli(images, generator=generator(seed, "static-binarize", name, split))
-    return images
+    if pixels not in PIXELS:
+        raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
+    levels = _dataset(name, split == "train", root).data.unsqueeze(1)
+    if binarize is None:
+        return levels if pixels == "uint8" else levels.to(torch.float32) / 255.0
+    gen = generator(seed, "static-binarize", name, split)
+    images = torch.bernoulli(levels.to(torch.float32) / 255.0, generator=gen)
+    return images.to(torch.uint8) if pixels == "uint8" else images
 
 
 def held_out(x: Tensor, seed: int, binarize: str | None) -> Tensor:

@@ -21,6 +21,7 @@ from torch.func import grad, grad_and_value, vmap
 from funcvae import objectives as O
 from funcvae.model import Model, Params, some_leaf, with_matmul_dtype
 from funcvae.optim import GradientTransformation, applied, apply_updates
+from funcvae.validate import check_scale, level_values, pixel_values
 
 #: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
 #: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it).
@@ -39,7 +40,8 @@ class TrainState(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """``x`` (B, features); ``eps`` (B, samples, latent) standard normal noise; ``weights`` (B,) 1 for real rows
+    """``x`` (B, features), floats in the params' dtype or uint8 pixel levels (the step divides them by its
+    ``scale``); ``eps`` (B, samples, latent) standard normal noise; ``weights`` (B,) 1 for real rows
     and 0 for padding; ``total``: the real rows of the whole batch (the sum of ``weights`` unless a
     data-parallel shard holds part of it); ``noise``: standard normal draws shaped like the params, for
     an optimiser that adds noise (DP-SGD), else None."""
@@ -64,20 +66,21 @@ class TrainStep:
     """``make_train_step``'s step; hashable by what it computes, so equal steps share a compiled graph."""
 
     def __init__(self, model: Model, objective: O.Objective, optimizer: GradientTransformation,
-                 matmul_dtype: torch.dtype | None = None):
+                 matmul_dtype: torch.dtype | None = None, scale: int | float | None = None):
         O.check(objective, model)
         if optimizer.per_example and objective.reduce is not O.mean_loss:
             raise ValueError(f"{optimizer.name} takes per-example gradients, which {objective.name} cannot give "
                              "(its batch loss is not a mean of per-example losses)")
         self.model, self.objective, self.optimizer, self.matmul_dtype = model, objective, optimizer, matmul_dtype
+        self.scale = check_scale(scale)
 
     @property
     def key(self) -> tuple:
-        """What the step computes: the model and the code of the objective and the optimiser (not their
-        numbers, which live in the state)."""
+        """What the step computes: the model, the code of the objective and the optimiser (not their numbers,
+        which live in the state), and the scale of pixel levels (a constant of the compiled graph)."""
         o = self.objective
         return (self.model, o.samples, o.schedule, o.terms, o.reduce, self.optimizer.update,
-                self.optimizer.per_example, self.matmul_dtype)
+                self.optimizer.per_example, self.matmul_dtype, self.scale)
 
     def __eq__(self, other):
         return isinstance(other, TrainStep) and self.key == other.key
@@ -88,6 +91,7 @@ class TrainStep:
     def gradients(self, state: TrainState, batch: Batch) -> tuple[dict, Tensor]:
         """Gradients of the batch's loss w.r.t. ``state.tree`` (per example, leaves (B, ...), for a per-example
         optimiser) and the batch's stats: sums of recon, kl, loss and the real rows, (4,)."""
+        batch = batch._replace(x=self._values(batch.x, batch.eps.dtype))
         hyper = self.objective.schedule(state.hyper, state.count, batch.x.dtype)
         total = batch.weights.sum() if batch.total is None else batch.total
         if self.optimizer.per_example:
@@ -111,6 +115,15 @@ class TrainStep:
         grads, stats = self.gradients(state, batch)
         return self.apply(state, grads, stats, batch)
 
+    def _values(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """The batch as the model sees it: floats as they are; uint8 pixel levels divided by the scale (1 without
+        one) in float64 and rounded to ``dtype``, the noise's, which is the params' (``validate.pixel_values``)."""
+        if x.is_floating_point():
+            return x
+        if x.dtype not in (torch.uint8, torch.bool):
+            raise TypeError(f"a batch's x must be floats or uint8 pixel levels, got {x.dtype}")
+        return pixel_values(x, level_values(1 if self.scale is None else self.scale, dtype, x.device))
+
     def _params(self, tree: dict) -> Params:
         return Params(self.model, with_matmul_dtype(tree, self.matmul_dtype))
 
@@ -124,17 +137,19 @@ class TrainStep:
 
 
 def make_train_step(model: Model, objective: O.Objective, optimizer: GradientTransformation, *,
-                    matmul_dtype: torch.dtype | None = None) -> TrainStep:
+                    matmul_dtype: torch.dtype | None = None, scale: int | float | None = None) -> TrainStep:
     """The training step of ``model`` under ``objective`` and ``optimizer``: ``step(state, batch) -> (state,
     metrics)``, pure. ``matmul_dtype`` (``torch.bfloat16``): the layers' matrix products in it, everything
-    else (params, gradients, optimiser state, terms) in the params' dtype.
+    else (params, gradients, optimiser state, terms) in the params' dtype. ``scale``: a batch of uint8 pixel
+    levels (a quarter of float32's bytes) is divided by it, 1 when None, inside the step, giving exactly the
+    values of ``(x.to(float64) / scale).to(dtype)`` in the params' dtype; a float batch is taken as it is.
 
     Example:
       >>> step = make_train_step(model, objectives.elbo(), optim.adam(1e-3))
       >>> state = init_state(params, objectives.elbo(), optim.adam(1e-3))
       >>> state, metrics = step(state, Batch(x, eps, weights))
     """
-    return TrainStep(model, objective, optimizer, matmul_dtype)
+    return TrainStep(model, objective, optimizer, matmul_dtype, scale)
 
 
 def stacked(step: TrainStep):

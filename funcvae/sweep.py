@@ -23,7 +23,7 @@ from funcvae.model import Params, check_params, some_leaf
 from funcvae.pictures import figure
 from funcvae.stack import stack, unstack
 from funcvae.train import fit
-from funcvae.validate import as_examples, check_nonnegative
+from funcvae.validate import as_examples, check_nonnegative, read_examples
 
 #: The table's columns (``format_table``); the last is there when the rows hold a FID.
 COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units", "FID samples")
@@ -47,7 +47,8 @@ def check_betas(betas: Sequence[float]) -> list[float]:
 
 def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int, val_data, seed: int = 0,
                     batch_size: int = 128, lr: float | None = None, optimizer=None, free_bits: float | None = None,
-                    compile=None, progress: bool | None = None, network_name=None) -> list[dict]:
+                    scale: float | None = None, compile=None, progress: bool | None = None,
+                    network_name=None) -> list[dict]:
     """Train one copy of ``params`` per beta (as ONE stacked model, one vmapped step) and score each on
     ``val_data``.
 
@@ -61,6 +62,8 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
       free_bits: a floor in nats on each latent dimension's KL, as for ``funcvae.fit`` (the objective is then
         ``funcvae.objectives.free_bits(elbo(beta), free_bits)``; needs a factorised prior).
       val_data: held-out examples, as for ``funcvae.fit``; the scores are computed on them.
+      scale: what integer pixels of ``data`` and ``val_data`` are divided by, as for ``funcvae.fit`` (255 for
+        8-bit pixels, which ``fit`` then holds as uint8).
       seed: ``fit``'s seed, the same for every beta (same batch order and noise: common random numbers),
         and the seed of the held-out noise (``funcvae.elbo``'s draw, also the same for every beta).
       network_name: a feature network of ``funcvae.quality`` (e.g. "fashion-mnist") or a feature function:
@@ -83,10 +86,11 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
         raise ValueError("pass either lr (Adam at that rate) or optimizer=, not both")
     if val_data is None:
         raise ValueError("val_data is required: the rate and distortion are measured on held-out data")
-    x_val = as_examples(val_data, params.model, like=some_leaf(params), name="val_data")
+    held_out = read_examples(val_data, params.model, "val_data")  # read once: scored here and by fit
+    x_val = as_examples(held_out, params.model, scale=scale, like=some_leaf(params), name="val_data")
     stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
-                             optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=x_val,
-                             compile=compile, progress=progress)
+                             optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=held_out,
+                             scale=scale, compile=compile, progress=progress)
     real = None if network_name is None else quality.embed(x_val, network_name=network_name)
     return [{"beta": beta, **score(model, x_val, seed=seed), **_perception(model, real, network_name, seed=seed),
              "history": history} for beta, model, history in zip(betas, unstack(stacked), histories)]

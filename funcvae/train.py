@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -36,9 +36,12 @@ from funcvae.model import Params, some_leaf, stack_size
 from funcvae.objectives import mean_loss
 from funcvae.rng import generator
 from funcvae.step import STATS, Batch, TrainState, init_state, make_train_step, stacked
-from funcvae.validate import as_examples
+from funcvae.threads import shared_cores
+from funcvae.validate import as_examples, as_levels, check_values, level_values, pixel_values
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+#: Rows of the data converted and hashed at a time by the data's fingerprint.
+FINGERPRINT_ROWS = 4096
 
 
 class NonFiniteError(FloatingPointError):
@@ -59,10 +62,14 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
         number of processes.
       data: training examples: tensor, numpy array, Dataset (map-style or iterable), or DataLoader, whose items
         may be tensors, arrays or PIL images, alone or with a label (read once; fit batches the examples
-        itself in a seeded order), shaped (N, F), (N, H, W) or (N, C, H, W).
+        itself in a seeded order), shaped (N, F), (N, H, W) or (N, C, H, W). Integer or bool data with
+        values in [0, 255] (8-bit pixels) are held as uint8, a quarter of float32's memory, and divided by
+        ``scale`` inside the step: the model sees exactly the values ``(x.to(float64) / scale)`` in the
+        params' dtype that it would see in data given as floats. Other data are held in the params' dtype.
       epochs: passes over the data (or in ``config``).
       val_data: held-out examples, scored after each epoch by the ELBO (one sample, the same noise every
-        epoch) at the objective's KL weight.
+        epoch) at the objective's KL weight; converted to the params' dtype (``scale`` applies as to ``data``)
+        and held so: a held-out set is small.
       objective: from ``funcvae.objectives`` (``elbo``, ``iwae``, ``free_bits``); for a stack, one for all
         or one per model, differing only in their numbers. Default: the beta-ELBO of the shorthand below.
       optimizer: from ``funcvae.optim`` (``adam``, ``adamw``, ``sgd``, ``chain(...)``); for a stack, one for
@@ -110,7 +117,7 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
     n_models = stack_size(params)
     seeds = per_model(n_models, "seed", config.seed)
     like = some_leaf(params)
-    x = _examples(data, params, config, like, "data")
+    x, divisor = _training_set(data, params, config, like)
     x_val = None if val_data is None else _examples(val_data, params, config, like, "val_data")
     x_vals = None if x_val is None else [held_out(x_val, s, config.binarize) for s in seeds]
     if config.batch_size > x.shape[0]:
@@ -122,21 +129,25 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
                                                              noise_multiplier=noise_multiplier))]
     if n_models is not None and opts[0].per_example:
         raise ValueError(f"{opts[0].name} (per-example gradients) trains one model at a time, not a stack")
-    steps = [make_train_step(params.model, o, t, matmul_dtype=config.matmul_dtype) for o, t in zip(objs, opts)]
+    steps = [make_train_step(params.model, o, t, matmul_dtype=config.matmul_dtype, scale=divisor)
+             for o, t in zip(objs, opts)]
     if len(set(steps)) > 1:
         raise ValueError("the models of a stack must share one objective and one optimiser, up to their numbers "
                          f"(got {sorted({o.name for o in objs})} and {sorted({t.name for t in opts})})")
     world = distributed.join(x.device)
     try:
         with _folder(config, world) as ckpt:
-            run = _Run(config=config, model=params.model, n_models=n_models, x=x, x_val=x_val, x_vals=x_vals,
-                       seeds=seeds, objective=objs[0], per_example=opts[0].per_example, world=world, step=None,
+            run = _Run(config=config, model=params.model, n_models=n_models, x=x, divisor=divisor, dtype=like.dtype,
+                       x_val=x_val, x_vals=x_vals, seeds=seeds, objective=objs[0], per_example=opts[0].per_example,
+                       world=world, step=None,
                        description={"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]},
                        checkpoint=ckpt, callback=callback,
                        show=(sys.stderr.isatty() if config.progress is None else config.progress) and world.is_main)
-            run = replace(run, step=_make_runner(run, steps[0]))
+            runner, compiled = _make_runner(run, steps[0])
+            run = replace(run, step=runner, compiled=compiled)
             state = _start(run, params, objs, opts)
-            with deferred_signals(ckpt is not None) as received:
+            with deferred_signals(ckpt is not None) as received, shared_cores(x.device, config.share_cores) as look:
+                run = replace(run, look=look)
                 while state.epoch < config.epochs:
                     state = _run_epoch(run, state, received)
                 if received:  # during the last epoch's evaluation or its write: the run is whole on disk
@@ -151,12 +162,16 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
 
 @dataclass(frozen=True)
 class _Run:
-    """What stays fixed through a run."""
+    """What stays fixed through a run. ``x``: the training set, (N, features) in ``dtype`` (the params'), or
+    uint8 levels whose values are ``pixel_values(x, level_values(divisor, dtype))`` (``divisor`` None
+    otherwise)."""
 
     config: FitConfig
     model: object
     n_models: int | None
     x: Tensor
+    divisor: int | float | None
+    dtype: torch.dtype
     x_val: Tensor | None
     x_vals: list | None
     seeds: list
@@ -168,6 +183,8 @@ class _Run:
     checkpoint: Path | None
     callback: Callable | None
     show: bool
+    compiled: bool = False  # whether ``step`` runs a compiled graph
+    look: Callable[[], bool] = lambda: False  # called after each step: threads.shared_cores's
 
     @property
     def steps_per_epoch(self) -> int:
@@ -181,7 +198,8 @@ class _Run:
         out = {"model": describe(self.model), "stack": self.n_models, "seed": self.seeds,
                "batch_size": c.batch_size, "binarize": c.binarize, **self.description,
                "matmul_dtype": None if c.matmul_dtype is None else str(c.matmul_dtype).removeprefix("torch."),
-               "data": _fingerprint(self.x), "val_data": None if self.x_val is None else _fingerprint(self.x_val)}
+               "data": _fingerprint(self.x, self.divisor, self.dtype),
+               "val_data": None if self.x_val is None else _fingerprint(self.x_val, None, self.dtype)}
         return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
 
 
@@ -280,30 +298,38 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
     rng_states = list(state.rng) if start else None
     batches = model_batches(run.x, run.config.batch_size, gens, run.model.latent, run.config.binarize,
                             run.n_models is not None, samples=run.objective.samples, start=start, rng_states=rng_states,
-                            shard=(run.world.rank, run.world.size))
+                            shard=(run.world.rank, run.world.size), divisor=run.divisor, dtype=run.dtype)
     train = TrainState(state.params.tree, state.opt_state, state.hyper, state.count)
-    stop, watch = False, _watch_start(acc)
-    for b, (xb, eps, weights) in enumerate(tqdm(batches, total=run.steps_per_epoch - start, leave=False,
-                                                  desc=f"epoch {epoch}/{run.config.epochs}", disable=not run.show,
-                                                  file=sys.stderr), start=start):
-        noise = _noise(train.tree, gens[0]) if run.per_example else None
-        train, stats, stop = run.step(train, Batch(xb, eps, weights, None, noise), b, received)
-        acc = _accumulate(acc, stats.view_as(acc))
-        if run.config.on_nonfinite == "raise":
-            watch = _watched(watch, stats, b)
-        done = b + 1
-        every = run.config.checkpoint_every and (
-            (epoch - 1) * run.steps_per_epoch + done) % run.config.checkpoint_every == 0
-        if (stop or every) and done < run.steps_per_epoch:
-            _raise_if_frozen(run, watch, epoch)
-            mid = _with(state, train, step=done, rng=torch.stack([g.get_state() for g in gens]), sums=acc)
-            _save(run, mid)
-        if stop:
-            if done == run.steps_per_epoch:
-                break  # the epoch is complete: finish it and save it as an epoch boundary below
-            # A process that got no signal itself stops because another one did (they agree through the
-            # all-reduce); torchrun forwards SIGTERM, so that is what it reports.
-            raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
+    stop, watch, trusted = False, _watch_start(acc), False
+    with ExitStack() as trust:
+        for b, (xb, eps, weights) in enumerate(tqdm(batches, total=run.steps_per_epoch - start, leave=False,
+                                                      desc=f"epoch {epoch}/{run.config.epochs}", disable=not run.show,
+                                                      file=sys.stderr), start=start):
+            noise = _noise(train.tree, gens[0]) if run.per_example else None
+            train, stats, stop = run.step(train, Batch(xb, eps, weights, None, noise), b, received)
+            if run.compiled and not trusted:
+                # The later steps' inputs keep every property this one's guards checked (static shapes,
+                # dtypes, devices, structure), so dynamo's guard evaluation is skipped: 0.4-0.5 ms a step.
+                trusted = trust.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True)) or True
+            acc = _accumulate(acc, stats.view_as(acc))
+            if run.look() and trusted:  # another thread count: the next step's guards pick (or compile) its graph
+                trust.close()
+                trusted = False
+            if run.config.on_nonfinite == "raise":
+                watch = _watched(watch, stats, b)
+            done = b + 1
+            every = run.config.checkpoint_every and (
+                (epoch - 1) * run.steps_per_epoch + done) % run.config.checkpoint_every == 0
+            if (stop or every) and done < run.steps_per_epoch:
+                _raise_if_frozen(run, watch, epoch)
+                mid = _with(state, train, step=done, rng=torch.stack([g.get_state() for g in gens]), sums=acc)
+                _save(run, mid)
+            if stop:
+                if done == run.steps_per_epoch:
+                    break  # the epoch is complete: finish it and save it as an epoch boundary below
+                # A process that got no signal itself stops because another one did (they agree through the
+                # all-reduce); torchrun forwards SIGTERM, so that is what it reports.
+                raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
     _raise_if_frozen(run, watch, epoch)
     history = _close_epoch(run, epoch, acc, train, began)
     state = _with(state, train, epoch=epoch, step=0, rng=None, sums=None,
@@ -322,10 +348,10 @@ def _with(state: Checkpoint, train: TrainState, **changes) -> Checkpoint:
                    hyper=train.hyper, count=train.count, **changes)
 
 
-def _make_runner(run: _Run, step) -> Callable:
+def _make_runner(run: _Run, step) -> tuple[Callable, bool]:
     """The step as fit calls it: ``(state, batch, b, received) -> (state, metrics, stop)`` for batch ``b``,
     compiled; ``stop`` says a signal asks to stop (agreed by all processes, which reads the all-reduced flag
-    from the device every step)."""
+    from the device every step). And whether it is compiled (not the eager fallback)."""
     device, compile = run.x.device, run.config.compile
     if run.world.size > 1:
         if run.n_models is not None or run.per_example:
@@ -345,15 +371,13 @@ def _make_runner(run: _Run, step) -> Callable:
             grads, stats = gradients(state, batch)
             grads, stats, flag = distributed.all_reduce_sum(grads, stats, float(bool(received)))
             return (*apply(state, grads, stats, batch), flag > 0)
-        return parallel
-    if run.n_models is not None:
-        compiled = make_step(stacked(step), device, compile, key=(step.key, "stack"))
-    else:
-        compiled = make_step(step, device, compile, key=step.key)
+        return parallel, apply != step.apply
+    one, key = (stacked(step), (step.key, "stack")) if run.n_models is not None else (step, step.key)
+    compiled = make_step(one, device, compile, key=key)
 
     def local(state, batch, b, received):
         return (*compiled(state, batch), bool(received))
-    return local
+    return local, compiled is not one
 
 
 def _noise(tree: dict, gen: torch.Generator) -> dict:
@@ -366,7 +390,7 @@ def _counts(run: _Run) -> Tensor:
     """Real rows in each batch of the whole (not sharded) batch, (steps,) on the device."""
     size = run.config.batch_size
     rows = [min(size, run.x.shape[0] - b * size) for b in range(run.steps_per_epoch)]
-    return torch.tensor(rows, dtype=run.x.dtype, device=run.x.device)
+    return torch.tensor(rows, dtype=run.dtype, device=run.x.device)
 
 
 def _accumulate(acc: Tensor, stats: Tensor) -> Tensor:
@@ -451,7 +475,7 @@ def _beta_in_force(run: _Run, hyper: dict, train: TrainState, m: int) -> float |
     if "beta" not in hyper:
         return None
     count = train.count if run.n_models is None else train.count[m]
-    return float(run.objective.schedule(hyper, count - 1, run.x.dtype)["beta"])
+    return float(run.objective.schedule(hyper, count - 1, run.dtype)["beta"])
 
 
 def _save(run: _Run, state: Checkpoint) -> None:
@@ -460,15 +484,34 @@ def _save(run: _Run, state: Checkpoint) -> None:
         save(run.checkpoint, state)
 
 
+def _training_set(data, params: Params, config: FitConfig, like: Tensor) -> tuple[Tensor, int | float | None]:
+    """The training set as fit holds it and its divisor (``validate.as_levels``), checked as ``_examples``."""
+    x, divisor = as_levels(data, params.model, scale=config.scale, like=like, name="data")
+    if config.binarize == "dynamic":
+        check_values(x, divisor, like.dtype, "data", _probabilities)
+    return x, divisor
+
+
 def _examples(data, params: Params, config: FitConfig, like: Tensor, name: str) -> Tensor:
     x = as_examples(data, params.model, scale=config.scale, like=like, name=name)
-    if config.binarize == "dynamic":  # pixels become Bernoulli probabilities, whatever the likelihood
-        check_support("bernoulli", x, name=name)
+    if config.binarize == "dynamic":
+        _probabilities(x, name)
     return x
 
 
-def _fingerprint(x: Tensor) -> dict:
-    """Shape, dtype and the SHA-256 of the bytes of the data as fit trains on them (after conversion and
-    scaling): any change to any value, or to the order of the examples, is another digest."""
-    digest = hashlib.sha256(x.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
-    return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch."), "sha256": digest}
+def _probabilities(x: Tensor, name: str) -> None:
+    """Under dynamic binarisation pixels become Bernoulli probabilities, whatever the likelihood."""
+    check_support("bernoulli", x, name=name)
+
+
+def _fingerprint(x: Tensor, divisor: int | float | None, dtype: torch.dtype) -> dict:
+    """Shape, dtype and the SHA-256 of the bytes of the data as the model sees them (after conversion and
+    scaling): any change to any value, or to the order of the examples, is another digest. uint8 levels are
+    hashed as their values (``pixel_values``), so the same images as 8-bit pixels and as floats are one
+    digest; ``FINGERPRINT_ROWS`` rows at a time, never a float copy of the whole set."""
+    digest = hashlib.sha256()
+    levels = None if divisor is None else level_values(divisor, dtype, x.device)
+    for rows in x.detach().split(FINGERPRINT_ROWS):
+        values = rows if levels is None else pixel_values(rows, levels)
+        digest.update(values.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    return {"shape": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "sha256": digest.hexdigest()}

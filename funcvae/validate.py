@@ -1,5 +1,6 @@
-"""Boundary checks: turn what a user passes as data into a validated (N, features) float tensor, and a
-setting into the plain Python value it stands for.
+"""Boundary checks: turn what a user passes as data into a validated (N, features) float tensor (or, for a
+training set of 8-bit pixels, a uint8 one and its divisor), and a setting into the plain Python value it
+stands for.
 
 Every check runs before any work, so bad input fails at once with an error that names the problem.
 """
@@ -38,12 +39,101 @@ def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: 
         values outside the likelihood's support.
     """
     scale = check_scale(scale)
+    x, from_pil = _read(data, model, name)
+    return _as_float(x, model, scale, like, name, from_pil)
+
+
+def as_levels(data, model, *, scale: float | None = None, like: Tensor,
+              name: str = "data") -> tuple[Tensor, int | float | None]:
+    """``data`` as ``fit`` holds its training set: 8-bit data as uint8 levels, the rest as ``as_examples`` gives.
+
+    Integer or bool data whose values all lie in [0, 255] become (N, features) uint8 on ``like``'s device,
+    returned with the divisor that makes them the values the model sees (``pixel_values`` of
+    ``level_values(divisor, like.dtype)``), equal bit for bit to ``as_examples``'s: ``scale``, or 1 without
+    one (the values must then be 0 or 1, as ``as_examples`` requires). That is a quarter of float32's memory,
+    and checking them makes no float copy: the likelihood's support is checked on the values of their levels
+    (``check_values``). Other data come back as ``as_examples``'s tensor with the divisor None. Arguments
+    and errors as ``as_examples``'s.
+    """
+    scale = check_scale(scale)
+    x, from_pil = _read(data, model, name)
+    if not x.is_floating_point():
+        if scale is None and x.dtype != torch.bool:
+            _check_unit_integers(x, name, from_pil)  # 0 or 1 from here on
+        if scale is None or x.dtype in (torch.bool, torch.uint8) or _in_byte_range(x):
+            divisor = 1 if scale is None else scale
+            levels = x.to(torch.uint8).to(like.device)
+            check_values(levels, divisor, like.dtype, name, model.likelihood.check_support)
+            return levels, divisor
+    return _as_float(x, model, scale, like, name, from_pil), None
+
+
+def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, name: str, check) -> None:
+    """``check(values, name)``, a support check (``distributions.check_support``'s), of the values ``x`` stands
+    for: ``x`` itself when ``divisor`` is None, else those of uint8 levels ``x`` (N, F) in ``dtype``
+    (``pixel_values``), checked on the values of the levels 0..max rather than on a float copy of ``x``.
+
+    Raises:
+      ValueError: ``check_support``'s, word for word. A level's value rises with it and is >= 0, so the
+        levels outside a support (the finite numbers; [0, 1], the Bernoulli likelihood's and dynamic
+        binarisation's) are those from the first failing one up: masks of ``x`` find the count and the
+        first index the message names.
+    """
+    if divisor is None:
+        check(x, name)
+        return
+    values = level_values(divisor, dtype)[:int(x.max()) + 1]
+    try:
+        check(values, name)
+    except ValueError:
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            bad = x >= int(finite.sum())
+            raise ValueError(f"{name} holds {int(bad.sum())} NaN or Inf values (first at index {first_index(bad)})"
+                             ) from None
+        where = first_index(x >= int((values <= 1).sum()))
+        lo, hi = float(values[int(x.min())]), float(values[-1])
+        raise ValueError(
+            f"{name} has values in [{exact(lo)}, {exact(hi)}], outside [0, 1], the support of the Bernoulli "
+            "likelihood; pass scale= (e.g. 255 for 8-bit pixels) or use likelihood='gaussian' (the first value "
+            f"outside is {float(values[int(x[where])])!r}, at index {where})"
+        ) from None
+
+
+def level_values(divisor: int | float, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+    """(256,): the value each uint8 level stands for, ``(level.to(float64) / divisor).to(dtype)``. The divisions
+    are Python's, in IEEE double like torch's float64, so they are exact whatever runs the step: inductor
+    turns a division by a constant into a multiplication by its reciprocal on a GPU, which can differ."""
+    return torch.tensor([float(level) / divisor for level in range(256)], dtype=torch.float64,
+                        device=device).to(dtype)
+
+
+def pixel_values(x: Tensor, levels: Tensor) -> Tensor:
+    """The values of uint8 (or bool) levels ``x``, of its shape, read from ``levels = level_values(divisor,
+    dtype, x.device)``: exactly ``(x.to(float64) / divisor).to(dtype)``."""
+    index = x.reshape(-1).to(torch.int32)  # index_select with int32 indices is as fast as the division
+    return levels.index_select(0, index).view(x.shape)
+
+
+def read_examples(data, model, name: str = "data") -> Tensor:
+    """``data`` (any container ``as_examples`` takes) read once into (N, features) of its own values and dtype,
+    for a caller that both uses the examples and passes them on (to ``fit``, which reads them again)."""
+    return _read(data, model, name)[0]
+
+
+def _read(data, model, name: str) -> tuple[Tensor, bool]:
+    """``data`` as (N, features) of its own dtype, and whether it came from PIL images."""
     x, from_pil = _to_tensor(data, name)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     x = _to_flat(x, model, name)
     if x.is_complex():
         raise TypeError(f"{name} has complex dtype {x.dtype}; expected real pixel values")
+    return x, from_pil
+
+
+def _as_float(x: Tensor, model, scale, like: Tensor, name: str, from_pil: bool) -> Tensor:
+    """(N, features) ``x`` divided by ``scale`` (in float64), in ``like``'s dtype and device, checked."""
     if scale is not None:
         x = x.to(torch.float64) / scale
     elif not x.is_floating_point() and x.dtype != torch.bool:
@@ -164,7 +254,7 @@ def _to_flat(x: Tensor, model, name: str) -> Tensor:
 
 def _check_unit_integers(x: Tensor, name: str, from_pil: bool) -> None:
     """ValueError unless integer data ``x`` (N, F) lie in [0, 1], naming the first value outside and where."""
-    wide = x.to(_WIDER[x.dtype]) if x.dtype in _WIDER else x
+    wide = _wide(x)
     lo, hi = int(wide.min()), int(wide.max())
     if lo < 0 or hi > 1:
         where = first_index((wide < 0) | (wide > 1))
@@ -173,6 +263,17 @@ def _check_unit_integers(x: Tensor, name: str, from_pil: bool) -> None:
             f"{name} is integer ({x.dtype}{source}) with values in [{lo}, {hi}], outside [0, 1]; state the scale, "
             f"e.g. scale=255 for 8-bit pixels (the first value outside is {int(wide[where])}, at index {where})"
         )
+
+
+def _in_byte_range(x: Tensor) -> bool:
+    """Whether integer data ``x`` lie in [0, 255], as 8-bit pixels do."""
+    wide = _wide(x)
+    return int(wide.min()) >= 0 and int(wide.max()) <= 255
+
+
+def _wide(x: Tensor) -> Tensor:
+    """Integer ``x`` in a dtype torch can compare and reduce."""
+    return x.to(_WIDER[x.dtype]) if x.dtype in _WIDER else x
 
 
 def first_index(mask: Tensor) -> tuple[int, ...]:

@@ -20,3 +20,36 @@ def test_the_gemm_section_reports_a_peak_per_product_dtype(tmp_path, capsys):
     assert report["machine"]["processor"] and report["settings"]["device"] == "cpu"
     printed = capsys.readouterr().out
     assert "peak fp32 GEMM" in printed and "peak bf16 GEMM" in printed
+
+
+def test_fit_speed_children_report_epochs_and_memory(capsys):
+    import fit_speed
+    fit_speed.main(["child", "epochs", "--n", "300", "--epochs", "2", "--eager"])
+    epochs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(epochs["epoch_s"]) == 2 and all(s > 0 for s in epochs["epoch_s"])
+    fit_speed.main(["child", "memory", "--n", "300", "--eager"])
+    memory = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert memory["data_mb"] == 300 * 784 / 2**20 and memory["peak_rss_mb"] > memory["data_mb"]
+
+
+def _rows(**named):
+    return {"rows": [{"name": k, **v} for k, v in named.items()]}
+
+
+def test_the_new_targets_read_their_sections():
+    results = {
+        "step": _rows(**{"baseline nn.Module eager": {"median_s": 1.0}, "funcvae eager": {"median_s": 1.4}}),
+        "epoch": _rows(**{"fit epoch": {"ratio": 1.2}}),
+        "contention": _rows(**{"shared cores": {"median_s": 2.0}, "shared cores, busy": {"median_s": 3.0},
+                               "fixed threads": {"median_s": 2.0}}),
+        "cold-start": _rows(**{"first step, empty compile cache": {"median_s": 12.0}}),
+        "memory": _rows(**{"fit on float32 data": {"peak_rss_mb": 900.0, "data_mb": 180.0},
+                           "fit on uint8 data": {"peak_rss_mb": 700.0, "data_mb": 45.0}}),
+    }
+    got = {t["target"]: (t["value"], t["pass"]) for t in elbo_speed.targets(results, elbo_speed.torch.device("cpu"), None)}
+    assert got["eager step <= 1.5x the eager nn.Module step (batch 128)"] == (1.4, True)
+    assert got["fit's epoch <= 1.1x (steps x the compiled step's time)"] == (1.2, False)
+    assert got["epoch beside one busy process <= 1.7x the epoch alone"] == (1.5, True)
+    assert got["epoch alone, shared cores <= 1.05x fixed threads (the unloaded case not slowed)"] == (1.0, True)
+    assert got["first step within 10 s of fit starting, empty compile cache"] == (12.0, False)
+    assert got["uint8 data saves >= 3/4 of the float32 set's size in peak RSS"] == (200.0 / 180.0, True)

@@ -20,6 +20,8 @@ import funcvae.cli
 import funcvae.cli.runs
 from funcvae import objectives, optim, schedules
 
+from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
+
 HEADER = "Epoch | Reconstruction Loss | KL Divergence | Total ELBO Loss | Val Recon | Val KL | Val Total | s"
 KEYS = ("epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "seconds")
 REPO = Path(__file__).resolve().parents[1]
@@ -50,10 +52,11 @@ def loads(subset, monkeypatch):
     """funcvae.data.load serves the subset (binarised like the real one when asked); returns the calls made."""
     calls = []
 
-    def load(name, split, root=None, binarize=None, seed=0):
+    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
         calls.append(dict(name=name, split=split, root=root, binarize=binarize, seed=seed))
         x = subset[split].clone()
-        return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+        return as_pixels(x, pixels, binarize)
 
     monkeypatch.setattr(funcvae.data, "load", load)
     return calls

@@ -37,11 +37,20 @@ def size(path):
 
 def fake_load(subset, calls):
     """A stand-in for funcvae.data.load serving the subset (binarised like the real one when asked)."""
-    def load(name, split, root=None, binarize=None, seed=0):
+    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
         calls.append(dict(name=name, split=split, root=root, binarize=binarize, seed=seed))
         x = subset[split].clone()
-        return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+        return as_pixels(x, pixels, binarize)
     return load
+
+
+def as_pixels(x, pixels: str, binarize):
+    """Images in [0, 1] as data.load's ``pixels`` gives them: float32, or their 8-bit levels (0 or 1 when
+    binarised)."""
+    if pixels == "float32":
+        return x
+    return (x if binarize == "static" else torch.round(x * 255)).to(torch.uint8)
 
 
 def cli(*args):

@@ -18,6 +18,7 @@ import funcvae.cli
 from funcvae import lock
 
 from test_cli_eval import SMALL_MODEL as MODEL_FILE  # a model file of one's own
+from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
 
 TINY = ["--quiet", "--no-compile", "--hidden", "8", "--latent", "2"]
 
@@ -29,9 +30,10 @@ def subset(fashion):
 
 def serve(subset):
     """A stand-in for funcvae.data.load serving the subset (binarised like the real one when asked)."""
-    def load(name, split, root=None, binarize=None, seed=0):
+    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
         x = subset[split].clone()
-        return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
+        return as_pixels(x, pixels, binarize)
     return load
 
 
@@ -350,10 +352,10 @@ def test_non_finite_metrics_stay_strict_json_and_print_as_nan(tmp_path, capsys, 
 
 def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceback(tmp_path, capsys, subset,
                                                                                   monkeypatch):
-    """fit checks its inputs before its first step: a ValueError then (here: held-out data holding NaN) is one
-    line and exit 2, whatever its words; a ValueError once epochs have ended is a bug, raised."""
-    bad = {"train": subset["train"], "test": subset["test"].clone()}
-    bad["test"][0, 0, 0, 0] = float("nan")
+    """fit checks its inputs before its first step: a ValueError then (here: held-out images of another size,
+    which only fit checks) is one line and exit 2, whatever its words; a ValueError once epochs have ended is a
+    bug, raised."""
+    bad = {"train": subset["train"], "test": subset["test"][:, :, :27].clone()}
     monkeypatch.setattr(funcvae.data, "load", serve(bad))
     assert train(tmp_path / "bad", "--epochs", "1") == 2
     one_line_error(capsys, "val_data")

@@ -126,6 +126,19 @@ def test_root_static_binarisation_draws_from_its_pixels(tmp_path):
     assert bool((draw[grey == 0] == 0).all()) and bool((draw[grey == 1] == 1).all())
 
 
+def test_root_pixels_as_uint8_are_its_levels_and_the_same_draw(tmp_path):
+    pixels, root = write_idx(tmp_path / "data"), tmp_path / "data"
+    for split in ("train", "test"):
+        levels = funcvae.data.load("fashion-mnist", split, root=root, pixels="uint8")
+        assert levels.dtype == torch.uint8 and torch.equal(levels, torch.from_numpy(pixels[split]).unsqueeze(1))
+        # What fit makes of them at scale=255 is the float32 images, bit for bit.
+        assert torch.equal((levels.to(torch.float64) / 255).to(torch.float32), funcvae.data.load("fashion-mnist", split,
+                                                                                                  root=root))
+    levels, floats = (funcvae.data.load("fashion-mnist", "train", root=root, binarize="static", seed=3, pixels=p)
+                      for p in ("uint8", "float32"))
+    assert levels.dtype == torch.uint8 and torch.equal(levels.to(torch.float32), floats)
+
+
 def test_root_is_staged_again_when_its_files_change(tmp_path):
     root = tmp_path / "data"
     write_idx(root, seed=0)
@@ -195,6 +208,8 @@ def test_offline_with_nothing_found_says_where_it_looked(tmp_path, cache, monkey
     (("fashion-mnist", "train", None, "dynamic"), r"binarize must be one of \(None, 'static'\), got 'dynamic' "
                                                   r"\(dynamic binarisation is fit\(\.\.\., binarize='dynamic'\)\)"),
     (("fashion-mnist", "train", None, "yes"), r"binarize must be one of \(None, 'static'\), got 'yes'$"),
+    (("fashion-mnist", "train", None, None, 0, "float64"),
+     r"pixels must be one of \('float32', 'uint8'\), got 'float64'"),
 ])
 def test_bad_arguments_fail_before_touching_disk(monkeypatch, args, message):
     def forbidden(*a, **k):

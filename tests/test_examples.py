@@ -16,6 +16,8 @@ import torch
 
 import funcvae
 
+from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
@@ -33,9 +35,9 @@ def loads(fashion, monkeypatch):
     """funcvae.data.load serves the real subsets (2048 train, 1000 held-out images); returns the calls made."""
     calls = []
 
-    def load(name, split, root=None, binarize=None, seed=0):
+    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
         calls.append((name, split))
-        return fashion[0 if split == "train" else 1].clone()
+        return as_pixels(fashion[0 if split == "train" else 1].clone(), pixels, binarize)
 
     monkeypatch.setattr(funcvae.data, "load", load)
     return calls

@@ -177,3 +177,41 @@ def test_an_unsupported_matmul_dtype_is_refused_before_any_work(bad):
     with pytest.raises(ValueError, match="matmul_dtype must be None or one of"):
         funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), torch.rand(10, 784), epochs=1, batch_size=5,
                     matmul_dtype=bad, **EAGER)
+
+
+def _graph_as_is(gm, inputs):
+    """A compile backend that runs dynamo's graph as captured: guards and caching without a compiler's cost."""
+    return gm.forward
+
+
+@pytest.mark.parametrize("compile, skips", [(_graph_as_is, 2), (False, 0)])
+def test_guards_are_skipped_after_each_epochs_first_step_only_when_compiled(monkeypatch, compile, skips):
+    stances, real = [], torch.compiler.set_stance
+
+    def recorded(*args, **kwargs):
+        stances.append(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.compiler, "set_stance", recorded)
+    x = torch.rand(96, 784, generator=torch.Generator().manual_seed(0))
+    funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), x, epochs=2, batch_size=32, compile=compile,
+                progress=False, share_cores=False)  # no change of thread count (which re-checks the guards)
+    assert stances == [{"skip_guard_eval_unsafe": True}] * skips
+    assert not torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe  # left as it was
+
+
+def test_a_later_fit_of_other_shapes_gets_its_own_graph_despite_skipped_guards():
+    # The compiled step is kept for reuse across fits; a fit with another batch size must recompile at its
+    # first step (whose guards are checked), not run the earlier fit's graph.
+    from funcvae import compiling
+    params = funcvae.init(seed=0, hidden=(8,), latent=2)
+    x = torch.rand(96, 784, generator=torch.Generator().manual_seed(0))
+
+    def run(batch_size):
+        return funcvae.fit(params, x, epochs=2, batch_size=batch_size, seed=0, compile=_graph_as_is, progress=False)
+    run(32)
+    after, h_after = run(16)
+    torch._dynamo.reset()
+    compiling.clear()
+    alone, h_alone = run(16)
+    assert all(torch.equal(a, b) for a, b in zip(optree.tree_leaves(after.tree), optree.tree_leaves(alone.tree)))
+    assert [h["loss"] for h in h_after] == [h["loss"] for h in h_alone]

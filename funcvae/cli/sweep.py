@@ -31,8 +31,9 @@ def add_parser(sub, common: argparse.ArgumentParser, model: argparse.ArgumentPar
 def run(args) -> int:
     """``sweep``: train one model per KL weight, print and save the table and the curve; the exit code."""
     model, described, settings = _sweep_config(args)
-    x_train = funcvae.data.load(args.dataset, "train", root=args.data_root)
-    x_test = funcvae.data.load(args.dataset, "test", root=args.data_root)
+    # 8-bit levels, held so by fit and divided by 255 inside its step (exactly the float32 images' values).
+    x_train = funcvae.data.load(args.dataset, "train", root=args.data_root, pixels="uint8")
+    x_test = funcvae.data.load(args.dataset, "test", root=args.data_root, pixels="uint8")
     check_data(args, model, x_train, args.batch_size)
     params = model.init(args.seed)
     config = {"dataset": args.dataset, **described, "fit": settings, "n_train": int(x_train.shape[0]),
@@ -43,8 +44,9 @@ def run(args) -> int:
     print(f"{params}, {len(settings['betas'])} KL weights in one stacked fit; {optimizer.name}; {x_train.shape[0]} "
           f"train / {x_test.shape[0]} held-out examples; nats per example, held-out")
     began = time.perf_counter()
-    rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, progress=False if args.quiet else None,
-                                         optimizer=optimizer, network_name=args.dataset,
+    rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, scale=255,
+                                         progress=False if args.quiet else None, optimizer=optimizer,
+                                         network_name=args.dataset,
                                          **{k: settings[k] for k in SWEEP_FIELDS})
     print(funcvae.sweep.format_table(rows))
     print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")

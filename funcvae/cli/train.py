@@ -65,11 +65,13 @@ def run(args) -> int:
 
 def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done: list[dict]) -> int:
     """Load the data, make the new run's folder (``run_dir`` None) or record a resumed run's new ``--epochs``,
-    then fit under the folder's lock; the exit code."""
+    then fit under the folder's lock; the exit code. The images are loaded as their 8-bit levels, which fit
+    holds as they are and divides by 255 (static binarisation: 1) inside the step: the values trained on, and
+    the data's fingerprint in the checkpoint, are those of the float32 images runs were trained on before."""
     settings = config["fit"]
     static = "static" if config["binarize"] == "static" else None
     x_train, x_test = (funcvae.data.load(config["dataset"], split, root=args.data_root, binarize=static,
-                                         seed=settings["seed"]) for split in ("train", "test"))
+                                         seed=settings["seed"], pixels="uint8") for split in ("train", "test"))
     check_data(args, model, x_train, settings["batch_size"])
     params = model.init(settings["seed"])
     objective = objective_of(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
@@ -87,8 +89,8 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
         print(format_header())
         for record in done:
             print(format_row(record))
-        fit_config = funcvae.FitConfig(**fit_fields(settings), checkpoint_dir=str(run_dir), resume=True,
-                                       progress=False if args.quiet else None)
+        fit_config = funcvae.FitConfig(**fit_fields(settings), scale=1 if static else 255, checkpoint_dir=str(run_dir),
+                                       resume=True, progress=False if args.quiet else None)
         return _fit(run_dir, done, params, x_train, val_data=x_test, objective=objective, optimizer=optimizer,
                     config=fit_config)
 

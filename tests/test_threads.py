@@ -1,0 +1,112 @@
+"""fit on a shared machine: the cores other processes keep busy are left to them, never fewer than one thread or
+more than torch's setting, the setting is restored, and the number of threads does not change the results."""
+
+import itertools
+from contextlib import contextmanager
+
+import optree
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import funcvae
+from funcvae import compiling, threads
+
+
+@given(others=st.floats(0, 64), most=st.integers(1, 64), cores=st.integers(1, 64))
+def test_the_threads_are_the_cores_left_within_bounds(others, most, cores):
+    n = threads.threads_for(others, most, cores)
+    assert 1 <= n <= most
+    assert n == 1 or n == most or n == cores - round(others)
+
+
+def test_other_processes_time_is_the_machines_less_ours():
+    before = threads.Sample(wall=10.0, busy=100.0, own=5.0)
+    after = threads.Sample(wall=12.0, busy=104.0, own=7.0)  # 2 s: 4 CPU-s busy, 2 of them ours
+    assert threads.others_busy(before, after) == pytest.approx(1.0)
+    assert threads.others_busy(after, after) == 0.0
+    assert threads.others_busy(before, threads.Sample(12.0, 101.0, 7.0)) == 0.0  # tick rounding: never negative
+
+
+def test_a_sample_reads_the_machines_busy_ticks(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  300 10 90 5000 40 0 0 60 0 0\ncpu0 150 5 45 2500 20 0 0 30 0 0\n")
+    monkeypatch.setattr(threads, "_STAT", stat)
+    got = threads.sample()
+    assert got.busy == pytest.approx(400 / threads._TICKS)
+    monkeypatch.setattr(threads, "_STAT", tmp_path / "absent")
+    assert threads.sample() is None
+
+
+@pytest.mark.parametrize("others, expected", [(5.0, 1), (0.0, None)])
+def test_look_sets_the_threads_and_the_setting_is_restored(monkeypatch, others, expected):
+    before = torch.get_num_threads()
+    samples = iter([threads.Sample(0.0, 0.0, 0.0)])
+
+    def fake_sample():
+        now = next(samples, None)
+        if now is not None:
+            return now
+        wall = threads.time.perf_counter()
+        return threads.Sample(wall, others * wall, 0.0)  # `others` cores busy since wall 0, none of it ours
+    monkeypatch.setattr(threads, "sample", fake_sample)
+    with threads.shared_cores(torch.device("cpu")) as look:
+        look()
+        assert torch.get_num_threads() == (expected or threads.threads_for(0.0, before, threads.os.cpu_count()))
+    assert torch.get_num_threads() == before
+
+
+def test_nothing_changes_when_asked_not_to_or_on_another_device(monkeypatch):
+    monkeypatch.setattr(threads, "sample", lambda: threads.Sample(0.0, 0.0, 0.0))
+    for args in ((torch.device("cpu"), False), (torch.device("meta"), True)):
+        with threads.shared_cores(*args) as look:
+            look()
+    monkeypatch.setattr(threads, "sample", lambda: None)
+    with threads.shared_cores(torch.device("cpu")) as look:
+        look()
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to compare with one")
+@pytest.mark.parametrize("compile", [False, None])
+def test_one_thread_and_two_give_the_same_bits(compile):
+    # Why fit may change its thread count mid-run: the default model's step does not depend on it.
+    if compile is None and not compiling.has_cpp_compiler():
+        pytest.skip("inductor needs a C++ compiler on the CPU")
+    x = torch.rand(256, 784, generator=torch.Generator().manual_seed(0))
+    before, runs = torch.get_num_threads(), []
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            runs.append(funcvae.fit(funcvae.init(seed=0), x, epochs=1, seed=0, compile=compile, share_cores=False,
+                                    progress=False))
+    finally:
+        torch.set_num_threads(before)
+    (a, ha), (b, hb) = runs
+    assert all(torch.equal(p, q) for p, q in zip(optree.tree_leaves(a.tree), optree.tree_leaves(b.tree)))
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+
+
+def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
+    # dynamo's guards include the thread count: the step after a change must run with them, or it fails.
+    from funcvae import train
+
+    @contextmanager
+    def switching(device, adapt=True):
+        calls = itertools.count()
+
+        def look():
+            if next(calls) in (0, 3):  # after the first and the fourth step
+                torch.set_num_threads(3 - torch.get_num_threads())
+                return True
+            return False
+        yield look
+    monkeypatch.setattr(train, "shared_cores", switching)
+    before = torch.get_num_threads()
+    x = torch.rand(192, 784, generator=torch.Generator().manual_seed(0))
+    try:
+        funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), x, epochs=2, batch_size=32,
+                    compile=lambda gm, inputs: gm.forward, progress=False)
+    finally:
+        torch.set_num_threads(before)
