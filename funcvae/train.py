@@ -307,9 +307,11 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
                                                       file=sys.stderr), start=start):
             noise = _noise(train.tree, gens[0]) if run.per_example else None
             train, stats, stop = run.step(train, Batch(xb, eps, weights, None, noise), b, received)
-            if run.compiled and not trusted:
-                # The later steps' inputs keep every property this one's guards checked (static shapes,
-                # dtypes, devices, structure), so dynamo's guard evaluation is skipped: 0.4-0.5 ms a step.
+            if run.compiled and not trusted and b > start:
+                # From an epoch's second step on, the step's inputs are its own outputs and batches alike in
+                # every property its guards check (shapes, strides, dtypes, devices, structure); the first
+                # step's state may come from elsewhere (a checkpoint). So the guards, 0.4-0.5 ms a step, are
+                # checked on two steps and then skipped.
                 trusted = trust.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True)) or True
             acc = _accumulate(acc, stats.view_as(acc))
             if run.look() and trusted:  # another thread count: the next step's guards pick (or compile) its graph

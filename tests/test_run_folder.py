@@ -217,12 +217,12 @@ def test_epoch_sums_of_finite_steps_do_not_overflow(tmp_path, monkeypatch):
     real = T._make_runner
 
     def huge(run, step):
-        inner = real(run, step)
+        inner, compiled = real(run, step)
 
         def runner(state, batch, b, received):
             state, stats, stop = inner(state, batch, b, received)
             return state, torch.tensor([3e38, 1.0, 3e38, float(batch.x.shape[0]), 1.0]), stop
-        return runner
+        return runner, compiled
     monkeypatch.setattr(T, "_make_runner", huge)
     _, history = fit(tmp_path, 1)
     assert history[0]["recon"] == pytest.approx(4 * 3e38 / 200, rel=1e-6)

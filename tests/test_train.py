@@ -185,7 +185,7 @@ def _graph_as_is(gm, inputs):
 
 
 @pytest.mark.parametrize("compile, skips", [(_graph_as_is, 2), (False, 0)])
-def test_guards_are_skipped_after_each_epochs_first_step_only_when_compiled(monkeypatch, compile, skips):
+def test_guards_are_skipped_after_each_epochs_second_step_only_when_compiled(monkeypatch, compile, skips):
     stances, real = [], torch.compiler.set_stance
 
     def recorded(*args, **kwargs):
