@@ -1,15 +1,15 @@
 """Speed of funcvae's training step, per-example gradients and model stacks, against the classic eager
 ``nn.Module`` VAE, JAX (when installed) and this machine's measured GEMM rate.
 
-Run (about 12 minutes on 2 CPU cores: 3 for the step sections, the rest in child processes for the epoch,
-contention, cold-start and memory sections; ``--quick`` is a smoke run of the step sections whose time is
-mostly compilation, from a few seconds with a warm compile cache to a minute cold):
+Run (about 10 minutes on 2 CPU cores: 3 for the step sections, the rest in child processes for the epoch,
+contention, cold-start and memory sections; ``--quick`` is a smoke run, one round of each child section,
+whose time is mostly compilation):
 
     python benchmarks/elbo_speed.py --json benchmarks/results/elbo_speed_cpu.json
 
 Options: ``--only step,per-example,stack,batch-sizes,gemm,epoch,contention,cold-start,memory`` (any subset;
 batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data included), ``--rounds``, ``--block-ms``,
-``--warmup``, ``--quick``, ``--threads N`` (torch's and JAX's CPU threads; default: each library's own), ``--json
+``--warmup``, ``--child-rounds``, ``--quick``, ``--threads N`` (torch's and JAX's CPU threads; default: each library's own), ``--json
 PATH`` (every figure and sample, the settings and the machine).
 JAX is optional (``pip install jax``); without it the JAX rows say "jax not installed".
 
@@ -54,7 +54,9 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                batch of 128: seconds from the call to its first (and only) step done; then the same with
                that cache warm;
   memory       a child makes 60,000 random 8-bit images (784 pixels), hands them to fit as float32 / 255 or
-               as uint8 with scale=255, trains one epoch; its peak resident memory (ru_maxrss);
+               as uint8 with scale=255 and trains one epoch of the eager step (the compiler's own memory would
+               hide the data's); its peak resident memory from making the data on, above what it held before
+               (the kernel's high-water mark, reset through /proc/self/clear_refs);
   gemm         the peaks: a 1024^3 fp32 product by ``torch.mm`` and, on CPU, by oneDNN
                (``torch.ops.mkldnn._linear_pointwise(X, W, None, "none", [], "")``, i.e. X W^T); the best of
                them is the physical limit the fp32 step figures are compared with; the same product in bf16
@@ -123,7 +125,6 @@ LR, B1, B2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
 N_MODELS = 8
 LATENT = 20
 EPOCH_EXAMPLES = 30000  # the issue's epoch: 235 steps of 128
-CHILD_ROUNDS = 3  # rounds of the child-process sections (contention; cold start runs one fewer)
 NOISY = 0.2  # an interquartile range above this fraction of the median flags a disturbed measurement
 
 
@@ -140,6 +141,7 @@ class Settings:
     block_s: float
     warmup: int
     batch_sizes: tuple[int, ...]
+    child_rounds: int = 3  # rounds of the child-process sections (contention; cold start runs one fewer)
 
 
 @dataclass
@@ -541,7 +543,7 @@ def run_contention(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     """fit epochs in child processes, alone and beside one busy process, sharing the cores (fit's default) and
     with torch's thread count fixed."""
     variants = {"shared cores": [], "fixed threads": ["--fixed-threads"]}
-    result = fit_speed.contention(CHILD_ROUNDS, EPOCH_EXAMPLES, 3, variants)
+    result = fit_speed.contention(cfg.child_rounds, EPOCH_EXAMPLES, 3, variants)
     base = result["shared cores"]["median_s"]
     rows = [{"name": name, "median_s": r["median_s"], "median_ms": r["median_s"] * 1e3,
              "samples_ms": [v * 1e3 for v in r["epoch_s"]], "ratio": r["median_s"] / base, "ref": "shared cores"}
@@ -554,7 +556,7 @@ def run_contention(cfg: Settings, jax, why_no_jax: str | None) -> dict:
 
 def run_cold_start(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     """Seconds from calling fit to the end of its first step in a fresh process, empty compile cache and warm."""
-    result = fit_speed.cold_start(max(1, CHILD_ROUNDS - 1))
+    result = fit_speed.cold_start(max(1, cfg.child_rounds - 1))
     rows = [{"name": "first step, empty compile cache", "median_s": result["cold_median_s"],
              "samples_ms": [v * 1e3 for v in result["cold_s"]]},
             {"name": "first step, warm compile cache", "median_s": result["warm_median_s"],
@@ -566,12 +568,15 @@ def run_cold_start(cfg: Settings, jax, why_no_jax: str | None) -> dict:
 
 
 def run_memory(cfg: Settings, jax, why_no_jax: str | None) -> dict:
-    """Peak RSS of a child fitting one epoch on 60,000 8-bit images given as float32 / 255 and as uint8."""
+    """Peak RSS that making 60,000 8-bit images and fitting one epoch on them adds, given as float32 / 255 and
+    as uint8."""
     result = fit_speed.memory(60000)
-    rows = [{"name": f"fit on {kind} data", "peak_rss_mb": r["peak_rss_mb"], "data_mb": r["data_mb"]}
-            for kind, r in result.items()]
-    return {"title": "memory: a child process makes 60,000 random 8-bit images (784 pixels), fits one epoch; peak RSS",
-            "rows": rows, "notes": [], "kind": "memory"}
+    rows = [{"name": f"fit on {kind} data", "peak_rss_mb": r["peak_rss_mb"] - r["before_mb"],
+             "data_mb": r["data_mb"], "before_mb": r["before_mb"]} for kind, r in result.items()]
+    return {"title": "memory: a child makes 60,000 random 8-bit images (784 pixels) and fits one epoch (eager "
+                     "step); peak RSS above the process's before",
+            "rows": rows, "notes": [f"before (torch loaded, model made): {rows[0]['before_mb']:.0f} MB"],
+            "kind": "memory"}
 
 
 RUNNERS = {"step": run_step, "per-example": run_per_example, "stack": run_stack, "gemm": run_gemm,
@@ -621,7 +626,7 @@ def print_plain(result: dict) -> None:
     """A section of times (or, kind "memory", of peak memory) without FLOP rates."""
     print(f"\n{result['title']}")
     if result["kind"] == "memory":
-        head = f"{'variant':<46}{'peak RSS MB':>12}{'data MB':>10}"
+        head = f"{'variant':<46}{'peak RSS MB':>12}{'data MB':>10}"  # peak: above the process's before
         print(f"{head}\n{'-' * len(head)}")
         for r in result["rows"]:
             print(f"{r['name']:<46}{r['peak_rss_mb']:>12.0f}{r['data_mb']:>10.0f}")
@@ -751,6 +756,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timed blocks per variant (default 15, quick 3)")
     p.add_argument("--block-ms", type=float, default=None, help="length of a timed block (default 200, quick 20)")
     p.add_argument("--warmup", type=int, default=None, help="calls after the first, untimed (default 5, quick 1)")
+    p.add_argument("--child-rounds", type=int, default=None,
+                   help="rounds of the contention section, cold-start one fewer (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and JAX (default: torch's default, JAX's own pool)")
     p.add_argument("--json", type=Path, default=None, help="write every figure and the machine here")
@@ -763,6 +770,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.child_rounds is not None and args.child_rounds < 1:
+        p.error("--child-rounds must be at least 1")
     if args.rounds is not None and args.rounds < 3:
         p.error("--rounds must be at least 3 (medians and quartiles)")
     return args
@@ -781,7 +790,8 @@ def settings(args: argparse.Namespace) -> Settings:
     pick = lambda value, full, short: value if value is not None else (short if quick else full)  # noqa: E731
     return Settings(device=torch.device(args.device), rounds=pick(args.rounds, 15, 3),
                     block_s=pick(args.block_ms, 200.0, 20.0) / 1e3, warmup=pick(args.warmup, 5, 1),
-                    batch_sizes=(128,) if quick else BATCH_SIZES)
+                    batch_sizes=(128,) if quick else BATCH_SIZES,
+                    child_rounds=pick(args.child_rounds, 3, 1))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
     for b, idx in enumerate(order.split(batch_size)):
         if b < start:
             continue
-        xb = x[idx]
+        xb = x.index_select(0, idx)  # 7 us against 50 for x[idx] (a uint8 batch of 128 x 784)
         if binarize == "dynamic":
             xb = torch.bernoulli(xb if levels is None else pixel_values(xb, levels), generator=gen)
         eps = torch.randn(idx.numel(), samples, latent, generator=gen, device=x.device, dtype=dtype)

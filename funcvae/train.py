@@ -14,7 +14,7 @@ import time
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -300,25 +300,22 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
                             run.n_models is not None, samples=run.objective.samples, start=start, rng_states=rng_states,
                             shard=(run.world.rank, run.world.size), divisor=run.divisor, dtype=run.dtype)
     train = TrainState(state.params.tree, state.opt_state, state.hyper, state.count)
-    stop, watch, trusted = False, _watch_start(acc), False
+    stop, watch, trusted = False, _watch_start(acc, start), False
     with ExitStack() as trust:
         for b, (xb, eps, weights) in enumerate(tqdm(batches, total=run.steps_per_epoch - start, leave=False,
                                                       desc=f"epoch {epoch}/{run.config.epochs}", disable=not run.show,
                                                       file=sys.stderr), start=start):
             noise = _noise(train.tree, gens[0]) if run.per_example else None
-            train, stats, stop = run.step(train, Batch(xb, eps, weights, None, noise), b, received)
+            train, acc, watch, stop = run.step(train, Batch(xb, eps, weights, None, noise), acc, watch, b, received)
             if run.compiled and not trusted and b > start:
                 # From an epoch's second step on, the step's inputs are its own outputs and batches alike in
                 # every property its guards check (shapes, strides, dtypes, devices, structure); the first
                 # step's state may come from elsewhere (a checkpoint). So the guards, 0.4-0.5 ms a step, are
                 # checked on two steps and then skipped.
                 trusted = trust.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True)) or True
-            acc = _accumulate(acc, stats.view_as(acc))
             if run.look() and trusted:  # another thread count: the next step's guards pick (or compile) its graph
                 trust.close()
                 trusted = False
-            if run.config.on_nonfinite == "raise":
-                watch = _watched(watch, stats, b)
             done = b + 1
             every = run.config.checkpoint_every and (
                 (epoch - 1) * run.steps_per_epoch + done) % run.config.checkpoint_every == 0
@@ -351,10 +348,11 @@ def _with(state: Checkpoint, train: TrainState, **changes) -> Checkpoint:
 
 
 def _make_runner(run: _Run, step) -> tuple[Callable, bool]:
-    """The step as fit calls it: ``(state, batch, b, received) -> (state, metrics, stop)`` for batch ``b``,
-    compiled; ``stop`` says a signal asks to stop (agreed by all processes, which reads the all-reduced flag
-    from the device every step). And whether it is compiled (not the eager fallback)."""
-    device, compile = run.x.device, run.config.compile
+    """The step as fit calls it: ``(state, batch, acc, watch, b, received) -> (state, acc, watch, stop)`` for
+    batch ``b``, compiled with the epoch's sums and watch (``_counted``: no eager work between steps); ``stop``
+    says a signal asks to stop (agreed by all processes, which reads the all-reduced flag from the device
+    every step). And whether it is compiled (not the eager fallback)."""
+    device, compile, watching = run.x.device, run.config.compile, run.config.on_nonfinite == "raise"
     if run.world.size > 1:
         if run.n_models is not None or run.per_example:
             raise ValueError("data-parallel fit trains one model on the batch gradient (no stack or per-example "
@@ -368,18 +366,32 @@ def _make_runner(run: _Run, step) -> tuple[Callable, bool]:
         apply = make_step(step.apply, device, compile, key=(step.key, "apply"))
         counts = _counts(run)
 
-        def parallel(state, batch, b, received):
+        def parallel(state, batch, acc, watch, b, received):
             batch = batch._replace(total=counts[b])
             grads, stats = gradients(state, batch)
             grads, stats, flag = distributed.all_reduce_sum(grads, stats, float(bool(received)))
-            return (*apply(state, grads, stats, batch), flag > 0)
+            state, stats = apply(state, grads, stats, batch)
+            return (state, *_sums(acc, watch, stats, watching), flag > 0)
         return parallel, apply != step.apply
     one, key = (stacked(step), (step.key, "stack")) if run.n_models is not None else (step, step.key)
-    compiled = make_step(one, device, compile, key=key)
+    counted = partial(_counted, one, watching)
+    compiled = make_step(counted, device, compile, key=(key, "counted", watching))
 
-    def local(state, batch, b, received):
-        return (*compiled(state, batch), bool(received))
-    return local, compiled is not one
+    def local(state, batch, acc, watch, b, received):
+        return (*compiled(state, batch, acc, watch), bool(received))
+    return local, compiled is not counted
+
+
+def _counted(step, watching: bool, state: TrainState, batch: Batch, acc: Tensor, watch: _Watch):
+    """One step, then the epoch's sums and watch after it: ``(state, acc, watch)``."""
+    state, stats = step(state, batch)
+    return (state, *_sums(acc, watch, stats, watching))
+
+
+def _sums(acc: Tensor, watch: _Watch, stats: Tensor, watching: bool) -> tuple[Tensor, _Watch]:
+    """The epoch's sums (``_accumulate``) after a step that reported ``stats``, and its watch (``_watched``;
+    kept as it is unless ``watching``, as under on_nonfinite="skip")."""
+    return _accumulate(acc, stats.view_as(acc)), _watched(watch, stats) if watching else watch
 
 
 def _noise(tree: dict, gen: torch.Generator) -> dict:
@@ -404,23 +416,27 @@ def _accumulate(acc: Tensor, stats: Tensor) -> Tensor:
 class _Watch(NamedTuple):
     """How "raise" finds a run's first bad step without reading the device every step: ``live`` (0-d bool)
     is True until a step is not applied, and from then on keeps every later step from being applied;
-    ``stats`` and ``batch`` are those of the last step taken while live, the bad one once ``live`` is False."""
+    ``stats`` and ``batch`` are those of the last step taken while live, the bad one once ``live`` is False;
+    ``next`` is the index of the next batch (a tensor, so that the compiled step is the same for every batch)."""
 
     live: Tensor
     stats: Tensor
     batch: Tensor
+    next: Tensor
 
 
-def _watch_start(like: Tensor) -> _Watch:
+def _watch_start(like: Tensor, start: int) -> _Watch:
+    """The watch of an epoch that begins at batch ``start``."""
     return _Watch(torch.ones((), dtype=torch.bool, device=like.device),
                   torch.zeros(like.numel(), dtype=like.dtype, device=like.device),
-                  torch.zeros((), dtype=torch.int64, device=like.device))
+                  torch.zeros((), dtype=torch.int64, device=like.device),
+                  torch.full((), start, dtype=torch.int64, device=like.device))
 
 
-def _watched(watch: _Watch, stats: Tensor, b: int) -> _Watch:
-    """``watch`` after batch ``b``'s step reported ``stats``; device work only."""
+def _watched(watch: _Watch, stats: Tensor) -> _Watch:
+    """``watch`` after the step of batch ``watch.next`` reported ``stats``; device work only."""
     return _Watch(watch.live & (stats[..., -1] > 0).all(), torch.where(watch.live, stats.reshape(-1), watch.stats),
-                  torch.where(watch.live, b, watch.batch))
+                  torch.where(watch.live, watch.next, watch.batch), watch.next + 1)
 
 
 def _raise_if_frozen(run: _Run, watch: _Watch, epoch: int) -> None:

@@ -29,7 +29,7 @@ def test_fit_speed_children_report_epochs_and_memory(capsys):
     assert len(epochs["epoch_s"]) == 2 and all(s > 0 for s in epochs["epoch_s"])
     fit_speed.main(["child", "memory", "--n", "300", "--eager"])
     memory = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert memory["data_mb"] == 300 * 784 / 2**20 and memory["peak_rss_mb"] > memory["data_mb"]
+    assert memory["data_mb"] == 300 * 784 / 2**20 and memory["peak_rss_mb"] >= memory["before_mb"] > 0
 
 
 def _rows(**named):
