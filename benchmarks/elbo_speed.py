@@ -8,9 +8,9 @@ whose time is mostly compilation):
     python benchmarks/elbo_speed.py --json benchmarks/results/elbo_speed_cpu.json
 
 Options: ``--only step,per-example,stack,batch-sizes,gemm,epoch,contention,cold-start,memory`` (any subset;
-batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data included), ``--rounds``, ``--block-ms``,
-``--warmup``, ``--child-rounds``, ``--quick``, ``--threads N`` (torch's and JAX's CPU threads; default: each library's own), ``--json
-PATH`` (every figure and sample, the settings and the machine).
+batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data included),
+``--rounds``, ``--block-ms``, ``--warmup``, ``--child-rounds``, ``--quick``, ``--threads N`` (torch's and JAX's
+CPU threads; default: each library's own), ``--json PATH`` (every figure and sample, the settings and the machine).
 JAX is optional (``pip install jax``); without it the JAX rows say "jax not installed".
 
 Model: the MLP VAE 784-400-20, ReLU, Bernoulli decoder (logits l, log p = x l - softplus(l)), analytic KL,
@@ -741,7 +741,8 @@ def describe_machine(device: torch.device, jax) -> dict:
     info.update({"device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                  "jax": None if jax is None else jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS"),
-                 "inductor_cpp_compiler": funcvae.compiling.has_cpp_compiler(), "cpu_vendor": funcvae.gemm.cpu_vendor()})
+                 "inductor_cpp_compiler": funcvae.compiling.has_cpp_compiler(),
+                 "cpu_vendor": funcvae.gemm.cpu_vendor()})
     return info
 
 

@@ -34,8 +34,8 @@ def make_step(step: Callable, device: torch.device, compile: bool | str | Callab
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
     if key is None or key not in _COMPILED:
-        compiled = _scalars_stay_tensors(torch.compile(_with_own_code(step), backend=backend, mode=mode,
-                                                       fullgraph=True, dynamic=False, options=_options(backend, device)))
+        compiled = _scalars_stay_tensors(torch.compile(_with_own_code(step), backend=backend, mode=mode, fullgraph=True,
+                                                       dynamic=False, options=_options(backend, device)))
         if key is None:
             return compiled
         _COMPILED[key] = compiled

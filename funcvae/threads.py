@@ -9,7 +9,9 @@ unloaded machine, which this does not (an unloaded machine keeps every thread).
 
 So fit looks at the machine about every ``INTERVAL_S`` seconds of training: the cores that other processes
 kept busy since its last look (from /proc/stat, less this process's own CPU time) are left to them, and the
-steps run on the rest, at least one thread and never more than torch was set to use. The setting is restored
+steps run on the rest, at least one thread and never more than torch was set to use. A window in which fit
+may have compiled (before its first step; the step after a change) is not judged: inductor compiles in
+worker processes, which would read as others. The setting is restored
 when fit returns. Where /proc/stat cannot be read nothing changes. The results do not depend on it: the
 step's products and reductions give the same bits on any number of threads (tested on the built-in models).
 """
@@ -66,28 +68,34 @@ def threads_for(others: float, most: int, cores: int) -> int:
 
 @contextmanager
 def shared_cores(device: torch.device, adapt: bool = True):
-    """While fit trains: yields ``look() -> bool``, to call once a step; it samples the machine every
+    """While fit trains: yields ``look() -> bool``, to call after each step; it samples the machine every
     ``INTERVAL_S`` and sets torch's threads by ``threads_for``, returning whether it changed them (a compiled
-    step is then compiled once more for the new count, which dynamo checks). Restores the count on exit."""
-    most, start = torch.get_num_threads(), sample()
-    if not adapt or device.type != "cpu" or start is None:
+    step is then compiled once more for the new count, which dynamo checks). Restores the count on exit.
+
+    A window in which this process may have compiled is not judged, since inductor compiles in worker
+    processes whose CPU time would read as other processes': the first window starts at the first look
+    (after the first step) and the one after a change starts at the look after it."""
+    most = torch.get_num_threads()
+    if not adapt or device.type != "cpu" or sample() is None:
         yield lambda: False
         return
-    cores, last = os.cpu_count() or most, [start]
+    cores, last = os.cpu_count() or most, [None]
 
     def look() -> bool:
-        if time.perf_counter() - last[0].wall < INTERVAL_S:
+        if last[0] is not None and time.perf_counter() - last[0].wall < INTERVAL_S:
             return False
-        now = sample()
-        wanted = threads_for(others_busy(last[0], now), most, cores)
+        now, before = sample(), last[0]
         last[0] = now
+        if before is None:
+            return False
+        wanted = threads_for(others_busy(before, now), most, cores)
         if wanted == torch.get_num_threads():
             return False
         torch.set_num_threads(wanted)
+        last[0] = None  # the next step compiles for the new count: start the next window after it
         return True
 
     try:
         yield look
     finally:
         torch.set_num_threads(most)
-

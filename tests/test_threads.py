@@ -3,6 +3,7 @@ more than torch's setting, the setting is restored, and the number of threads do
 
 import itertools
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import optree
 import pytest
@@ -40,21 +41,44 @@ def test_a_sample_reads_the_machines_busy_ticks(monkeypatch, tmp_path):
     assert threads.sample() is None
 
 
-@pytest.mark.parametrize("others, expected", [(5.0, 1), (0.0, None)])
-def test_look_sets_the_threads_and_the_setting_is_restored(monkeypatch, others, expected):
-    before = torch.get_num_threads()
-    samples = iter([threads.Sample(0.0, 0.0, 0.0)])
+def _fake_machine(monkeypatch, others: float) -> list:
+    """A clock (a one-element list of seconds to set) and a machine where ``others`` cores are busy with other
+    processes all along."""
+    clock = [1000.0]
+    monkeypatch.setattr(threads, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(threads, "sample", lambda: threads.Sample(clock[0], others * clock[0], 0.0))
+    return clock
 
-    def fake_sample():
-        now = next(samples, None)
-        if now is not None:
-            return now
-        wall = threads.time.perf_counter()
-        return threads.Sample(wall, others * wall, 0.0)  # `others` cores busy since wall 0, none of it ours
-    monkeypatch.setattr(threads, "sample", fake_sample)
+
+@pytest.mark.parametrize("others", [5.0, 0.0])
+def test_look_sets_the_threads_and_the_setting_is_restored(monkeypatch, others):
+    before = torch.get_num_threads()
+    clock = _fake_machine(monkeypatch, others)
+    wanted = threads.threads_for(others, before, threads.os.cpu_count())
+    with threads.shared_cores(torch.device("cpu")) as look:
+        assert look() is False  # the first look only starts a window: the first step may have compiled
+        clock[0] += 0.1
+        assert look() is False and torch.get_num_threads() == before  # a window shorter than INTERVAL_S
+        clock[0] += threads.INTERVAL_S
+        assert look() is (wanted != before)
+        assert torch.get_num_threads() == wanted
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to drop to one")
+def test_the_window_after_a_change_is_not_judged(monkeypatch):
+    # The step after a change compiles for the new count, in worker processes that would read as others.
+    before = torch.get_num_threads()
+    clock = _fake_machine(monkeypatch, 5.0)
     with threads.shared_cores(torch.device("cpu")) as look:
         look()
-        assert torch.get_num_threads() == (expected or threads.threads_for(0.0, before, threads.os.cpu_count()))
+        clock[0] += 1.0
+        assert look() is True and torch.get_num_threads() == 1
+        monkeypatch.setattr(threads, "sample", lambda: threads.Sample(clock[0], 0.0, 0.0))  # now idle
+        clock[0] += 1.0
+        assert look() is False and torch.get_num_threads() == 1  # starts the window
+        clock[0] += 1.0
+        assert look() is True and torch.get_num_threads() == before
     assert torch.get_num_threads() == before
 
 
