@@ -45,7 +45,7 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                rate of the row's product dtype.
   epoch        what fit adds around its step: the seconds fit records for an epoch of 30,000 8-bit examples
                (235 steps of 128, uint8 data) against 235 calls of the compiled step it runs, on a uint8
-               batch, one of each per round (fit skips dynamo's guard checks after an epoch's first step, and
+               batch, one of each per round (fit skips dynamo's guard checks from an epoch's third step on, and
                so do the timed blocks here);
   contention   fit epochs in child processes (``fit_speed.py``), alone and beside one busy Python process
                (``while True: pass``), with fit's default of sharing the cores (``funcvae.threads``) and with
@@ -115,6 +115,7 @@ import funcvae  # noqa: E402
 from baseline_vae import ClassicVAE, machine  # noqa: E402
 from funcvae import objectives  # noqa: E402
 from funcvae.compiling import compile_backend, make_step  # noqa: E402
+from funcvae.config import steps_per_epoch  # noqa: E402
 from funcvae.optim import adam, apply_if_finite  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
 from funcvae.step import Batch, init_state, make_train_step, stacked  # noqa: E402
@@ -510,9 +511,8 @@ def run_gemm(cfg: Settings, jax, why_no_jax: str | None) -> dict:
 def run_epoch(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     """fit's epoch (its own record of the epoch's seconds) against the same number of calls of the compiled
     step it runs, one of each per round, interleaved."""
-    import math
     n = EPOCH_EXAMPLES
-    steps = math.ceil(n / 128)
+    steps = steps_per_epoch(n, 128)
     x = fit_speed.pixels(n).to(cfg.device)
     params = funcvae.init(seed=0, device=cfg.device)
     run_fit = lambda: funcvae.fit(params, x, epochs=1, batch_size=128, seed=0, scale=255,  # noqa: E731
@@ -521,18 +521,16 @@ def run_epoch(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     run_fit()
     warm_up(step, cfg)
     fits, blocks = [], []
-    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):  # as fit runs its step after the first
-        for r in range(cfg.rounds):
-            pair = [lambda: fits.append(run_fit()), lambda: blocks.append(time_block(step, 1))]
-            for go in pair if r % 2 == 0 else reversed(pair):
-                go()
-    rows = []
-    for name, samples, ref in ((f"fit epoch, {n} examples ({steps} steps)", fits, step.name),
-                               (step.name, blocks, step.name)):
-        q1, _, q3 = statistics.quantiles(samples, n=4)
-        median = statistics.median(samples)
-        rows.append({"name": name, "median_s": median, "median_ms": median * 1e3, "iqr_ms": (q3 - q1) * 1e3,
-                     "samples_ms": [v * 1e3 for v in samples], "ref": ref})
+
+    def block():
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):  # as fit runs its step after the second
+            blocks.append(time_block(step, 1))
+    for r in range(cfg.rounds):
+        pair = [lambda: fits.append(run_fit()), block]
+        for go in pair if r % 2 == 0 else reversed(pair):
+            go()
+    rows = [{"name": name, **summarise(samples, step), "ref": step.name}
+            for name, samples in ((f"fit epoch, {n} examples ({steps} steps)", fits), (step.name, blocks))]
     for r in rows:
         r["ratio"] = r["median_s"] / rows[1]["median_s"]
     return {"title": f"epoch: fit's epoch (seconds it records) vs {steps} compiled steps; uint8 data, batch 128",

@@ -79,9 +79,10 @@ def _status_mb(field: str) -> float:
 
 def _reset_peak() -> float:
     """Reset the kernel's high-water mark of this process's resident memory to what it holds now (Linux:
-    "5" to /proc/self/clear_refs), and return that, in MiB."""
+    "5" to /proc/self/clear_refs), and return that mark, in MiB (the mark, not VmRSS: the two come from
+    counters the kernel syncs at different times, and only the mark is sure to grow from here)."""
     Path("/proc/self/clear_refs").write_text("5")
-    return _status_mb("VmRSS")
+    return _status_mb("VmHWM")
 
 
 # ---------------------------------------------------------------- the parent's side

@@ -11,9 +11,9 @@ So fit looks at the machine about every ``INTERVAL_S`` seconds of training: the 
 kept busy since its last look (from /proc/stat, less this process's own CPU time) are left to them, and the
 steps run on the rest, at least one thread and never more than torch was set to use. A window in which fit
 may have compiled (before its first step; the step after a change) is not judged: inductor compiles in
-worker processes, which would read as others. The setting is restored
-when fit returns. Where /proc/stat cannot be read nothing changes. The results do not depend on it: the
-step's products and reductions give the same bits on any number of threads (tested on the built-in models).
+worker processes, which would read as others. The setting is restored when fit returns. Where /proc/stat
+cannot be read nothing changes. The results do not depend on it: the step's products and reductions give the
+same bits on any number of threads (tested on the built-in models).
 """
 
 from __future__ import annotations

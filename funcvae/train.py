@@ -312,7 +312,8 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
                 # every property its guards check (shapes, strides, dtypes, devices, structure); the first
                 # step's state may come from elsewhere (a checkpoint). So the guards, 0.4-0.5 ms a step, are
                 # checked on two steps and then skipped.
-                trusted = trust.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True)) or True
+                trust.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+                trusted = True
             if run.look() and trusted:  # another thread count: the next step's guards pick (or compile) its graph
                 trust.close()
                 trusted = False
