@@ -9,6 +9,10 @@
 A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
 """
 
+from funcvae.gemm import reproducible_mkl as _reproducible_mkl
+
+_reproducible_mkl()  # first: MKL takes its reproducibility mode at its first call
+
 from funcvae import (data, diagnostics, distributions, likelihoods, lock, models, nn, objectives, optim, priors, quality,
                      records, schedules)
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params

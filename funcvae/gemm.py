@@ -7,11 +7,18 @@ ships. On an Intel Xeon MKL was the faster of the two (oneDNN 0.5-1.06x its spee
 vendor is not Intel, the compiled step's fp32 products go to oneDNN: a graph pass that inductor runs after
 autograd replaces each ``aten.mm`` with ``funcvae::onednn_mm``. The choice depends on the vendor alone, not
 on a timing, so the same machine always computes the same bits.
+
+MKL splits a product's reduction by its thread count on Intel CPUs, so a product's bits changed with it.
+``reproducible_mkl`` puts MKL in its strict conditional numerical reproducibility mode, in which its
+products give the same bits on any number of threads; it must be in force before MKL's first call, so
+funcvae sets it when imported.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -56,6 +63,39 @@ def products_pass(device: torch.device) -> CustomGraphPass | None:
     if device.type != "cpu" or not torch.backends.mkldnn.is_available() or cpu_vendor() == "GenuineIntel":
         return None
     return OneDNNProducts()
+
+
+_CBWR_STRICT_AUTO = 0x10002  # MKL_CBWR_AUTO | MKL_CBWR_STRICT
+_CBWR_ALL = -1  # MKL_CBWR_ALL: ask for the whole mode
+
+
+def reproducible_mkl() -> bool:
+    """Ask MKL for strict reproducibility (``MKL_CBWR=AUTO,STRICT``) unless the environment names a mode;
+    whether the strict mode is in force. False where torch has no MKL, or MKL has already run in another
+    mode (then a product's bits may depend on the thread count, and fit's thread check keeps the count)."""
+    cbwr = _mkl_cbwr()
+    if cbwr is None:
+        return False
+    get, set_ = cbwr
+    if "MKL_CBWR" not in os.environ:
+        set_(_CBWR_STRICT_AUTO)  # refused (and changes nothing) once MKL has run in another mode
+    return get(_CBWR_ALL) & _CBWR_STRICT_AUTO == _CBWR_STRICT_AUTO
+
+
+@functools.cache
+def _mkl_cbwr() -> tuple | None:
+    """MKL's (get, set) of its reproducibility mode, from the library torch links it into; None without."""
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if not torch.backends.mkl.is_available() or not library.is_file():
+        return None
+    lib = ctypes.CDLL(str(library))
+    for prefix in ("mkl_", "mkl_serv_"):
+        get, set_ = (getattr(lib, f"{prefix}cbwr_{verb}", None) for verb in ("get", "set"))
+        if get is not None and set_ is not None:
+            for f in (get, set_):
+                f.argtypes, f.restype = [ctypes.c_int], ctypes.c_int
+            return get, set_
+    return None
 
 
 @functools.cache

@@ -1,19 +1,16 @@
 """How many CPU threads fit's steps use on a machine that other processes share.
 
-PyTorch's CPU work (its kernels, MKL's and oneDNN's products, the C++ inductor compiles) runs on OpenMP
-threads that meet at a barrier after every parallel region. Beside another busy process, one of fit's threads
-is often off its core while the others wait for it at the barrier, spinning: on 2 cores next to one busy
-Python loop a fit epoch took 4x as long. One thread next to that process has a core to itself and ran the same
-epoch in 1.0-1.5x the unloaded time. Shorter OpenMP spinning was measured too: it cost up to 30% on an
-unloaded machine, which this does not (an unloaded machine keeps every thread).
+PyTorch's CPU work runs on OpenMP threads that meet at a barrier after every parallel region; beside another
+busy process, one of fit's threads is often off its core while the others spin waiting for it. So fit looks
+at the machine about every ``INTERVAL_S`` seconds of training and runs its steps on the cores that other
+processes leave free (/proc/stat, less this process's own CPU time): at least one thread, never more than
+torch was set to use, restored when fit returns.
 
-So fit looks at the machine about every ``INTERVAL_S`` seconds of training: the cores that other processes
-kept busy since its last look (from /proc/stat, less this process's own CPU time) are left to them, and the
-steps run on the rest, at least one thread and never more than torch was set to use. A window in which fit
-may have compiled (before its first step; the step after a change) is not judged: inductor compiles in
-worker processes, which would read as others. The setting is restored when fit returns. Where /proc/stat
-cannot be read nothing changes. The results do not depend on it: the step's products and reductions give the
-same bits on any number of threads (tested on the built-in models).
+A thread count may only change what cannot change a bit. Before fit first runs on a count, it computes the
+step it has just taken again on that count and compares every output bit for bit; a count that gives other
+bits is never used in that run (see docs/training.md, "Same seed, same bits"). A window in which this
+process may have compiled (before its first step; the step after a change or a check) is not judged:
+inductor compiles in worker processes, which would read as others.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -68,31 +65,38 @@ def threads_for(others: float, most: int, cores: int) -> int:
 
 @contextmanager
 def shared_cores(device: torch.device, adapt: bool = True):
-    """While fit trains: yields ``look() -> bool``, to call after each step; it samples the machine every
-    ``INTERVAL_S`` and sets torch's threads by ``threads_for``, returning whether it changed them (a compiled
-    step is then compiled once more for the new count, which dynamo checks). Restores the count on exit.
+    """While fit trains: yields ``look(same) -> bool``, to call after each step.
 
-    A window in which this process may have compiled is not judged, since inductor compiles in worker
-    processes whose CPU time would read as other processes': the first window starts at the first look
-    (after the first step) and the one after a change starts at the look after it."""
+    ``look`` samples the machine every ``INTERVAL_S`` seconds and sets torch's thread count by ``threads_for``;
+    it returns whether the count changed. ``same() -> bool`` is called, with the new count already set, the
+    first time each count would be used: it must compute the step just taken again and say whether every bit
+    is the same. A count for which it says False is restored at once and never tried again. Restores torch's
+    count on exit; does nothing unless ``adapt``, on a CPU where /proc/stat can be read.
+    """
     most = torch.get_num_threads()
     if not adapt or device.type != "cpu" or sample() is None:
-        yield lambda: False
+        yield lambda same: False
         return
-    cores, last = os.cpu_count() or most, [None]
+    cores, last, checked, refused = os.cpu_count() or most, [None], {most}, set()
 
-    def look() -> bool:
+    def look(same: Callable[[], bool]) -> bool:
         if last[0] is not None and time.perf_counter() - last[0].wall < INTERVAL_S:
             return False
         now, before = sample(), last[0]
         last[0] = now
         if before is None:
             return False
-        wanted = threads_for(others_busy(before, now), most, cores)
-        if wanted == torch.get_num_threads():
+        current, wanted = torch.get_num_threads(), threads_for(others_busy(before, now), most, cores)
+        if wanted == current or wanted in refused:
             return False
         torch.set_num_threads(wanted)
-        last[0] = None  # the next step compiles for the new count: start the next window after it
+        last[0] = None  # the next step (or the check) may compile for the new count: start the next window after it
+        if wanted not in checked:
+            if not same():
+                torch.set_num_threads(current)
+                refused.add(wanted)
+                return False
+            checked.add(wanted)
         return True
 
     try:

@@ -146,7 +146,9 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
             runner, compiled = _make_runner(run, steps[0])
             run = replace(run, step=runner, compiled=compiled)
             state = _start(run, params, objs, opts)
-            with deferred_signals(ckpt is not None) as received, shared_cores(x.device, config.share_cores) as look:
+            # A data-parallel step joins a collective, so it cannot be run again alone to check a thread count.
+            adapt = config.share_cores and world.size == 1
+            with deferred_signals(ckpt is not None) as received, shared_cores(x.device, adapt) as look:
                 run = replace(run, look=look)
                 while state.epoch < config.epochs:
                     state = _run_epoch(run, state, received)
@@ -184,7 +186,7 @@ class _Run:
     callback: Callable | None
     show: bool
     compiled: bool = False  # whether ``step`` runs a compiled graph
-    look: Callable[[], bool] = lambda: False  # called after each step: threads.shared_cores's
+    look: Callable[[Callable], bool] = lambda same: False  # called after each step: threads.shared_cores's
 
     @property
     def steps_per_epoch(self) -> int:
@@ -306,7 +308,8 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
                                                       desc=f"epoch {epoch}/{run.config.epochs}", disable=not run.show,
                                                       file=sys.stderr), start=start):
             noise = _noise(train.tree, gens[0]) if run.per_example else None
-            train, acc, watch, stop = run.step(train, Batch(xb, eps, weights, None, noise), acc, watch, b, received)
+            inputs = (train, Batch(xb, eps, weights, None, noise), acc, watch)
+            train, acc, watch, stop = run.step(*inputs, b, received)
             if run.compiled and not trusted and b > start:
                 # From an epoch's second step on, the step's inputs are its own outputs and batches alike in
                 # every property its guards check (shapes, strides, dtypes, devices, structure); the first
@@ -314,7 +317,12 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
                 # checked on two steps and then skipped.
                 trust.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
                 trusted = True
-            if run.look() and trusted:  # another thread count: the next step's guards pick (or compile) its graph
+            def same() -> bool:  # the step just taken, again on a new thread count: the same bits?
+                nonlocal trusted
+                trust.close()  # the guards pick (or compile) the graph for the new count
+                trusted = False
+                return _same_bits(run.step(*inputs, b, received)[:3], (train, acc, watch))
+            if run.look(same) and trusted:  # another thread count: the next step's guards pick its graph
                 trust.close()
                 trusted = False
             done = b + 1
@@ -340,6 +348,19 @@ def _run_epoch(run: _Run, state: Checkpoint, received: list) -> Checkpoint:
     if stop or (received and run.world.size == 1):
         raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
     return state
+
+
+def _same_bits(a, b) -> bool:
+    """Whether two trees of tensors hold the same bits (NaN payloads included) in the same structure."""
+    left, right = (optree.tree_leaves(t, namespace="funcvae") for t in (a, b))
+    return len(left) == len(right) and all(_bits(p).equal(_bits(q)) for p, q in zip(left, right))
+
+
+def _bits(t: Tensor) -> Tensor:
+    return t.view(_INTS[t.element_size()]) if t.is_floating_point() else t
+
+
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _with(state: Checkpoint, train: TrainState, **changes) -> Checkpoint:

@@ -1,5 +1,6 @@
 """fit on a shared machine: the cores other processes keep busy are left to them, never fewer than one thread or
-more than torch's setting, the setting is restored, and the number of threads does not change the results."""
+more than torch's setting, the setting is restored, and the number of threads does not change the results: a
+count is used only once the step has given the same bits on it."""
 
 import itertools
 from contextlib import contextmanager
@@ -8,11 +9,11 @@ from types import SimpleNamespace
 import optree
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcvae
-from funcvae import compiling, threads
+from funcvae import compiling, gemm, threads
 
 
 @given(others=st.floats(0, 64), most=st.integers(1, 64), cores=st.integers(1, 64))
@@ -50,17 +51,54 @@ def _fake_machine(monkeypatch, others: float) -> list:
     return clock
 
 
+def _same() -> bool:
+    return True
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to drop to one")
+def test_a_count_that_changes_the_bits_is_restored_and_never_tried_again(monkeypatch):
+    before, checks = torch.get_num_threads(), []
+    clock = _fake_machine(monkeypatch, 64.0)  # every core busy: fit would drop to one thread
+
+    def differs() -> bool:
+        checks.append(torch.get_num_threads())
+        return False
+    with threads.shared_cores(torch.device("cpu")) as look:
+        for _ in range(4):
+            assert look(differs) is False and torch.get_num_threads() == before
+            clock[0] += 1.0
+    assert checks == [1]
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to drop to one")
+def test_a_count_is_checked_once(monkeypatch):
+    before, checks, clock = torch.get_num_threads(), [], _fake_machine(monkeypatch, 64.0)
+
+    def same() -> bool:
+        checks.append(torch.get_num_threads())
+        return True
+    with threads.shared_cores(torch.device("cpu")) as look:
+        for busy in (64.0, 0.0, 64.0, 0.0):
+            monkeypatch.setattr(threads, "sample", lambda b=busy: threads.Sample(clock[0], b * clock[0], 0.0))
+            look(same)  # starts a window (the first look, or the one after a change)
+            clock[0] += 1.0
+            assert look(same) is True
+            clock[0] += 1.0
+    assert checks == [1]  # the count fit started with needs no check, and 1 was checked once
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize("others", [5.0, 0.0])
 def test_look_sets_the_threads_and_the_setting_is_restored(monkeypatch, others):
     before = torch.get_num_threads()
     clock = _fake_machine(monkeypatch, others)
     wanted = threads.threads_for(others, before, threads.os.cpu_count())
     with threads.shared_cores(torch.device("cpu")) as look:
-        assert look() is False  # the first look only starts a window: the first step may have compiled
+        assert look(_same) is False  # the first look only starts a window: the first step may have compiled
         clock[0] += 0.1
-        assert look() is False and torch.get_num_threads() == before  # a window shorter than INTERVAL_S
+        assert look(_same) is False and torch.get_num_threads() == before  # a window shorter than INTERVAL_S
         clock[0] += threads.INTERVAL_S
-        assert look() is (wanted != before)
+        assert look(_same) is (wanted != before)
         assert torch.get_num_threads() == wanted
     assert torch.get_num_threads() == before
 
@@ -71,14 +109,14 @@ def test_the_window_after_a_change_is_not_judged(monkeypatch):
     before = torch.get_num_threads()
     clock = _fake_machine(monkeypatch, 5.0)
     with threads.shared_cores(torch.device("cpu")) as look:
-        look()
+        look(_same)
         clock[0] += 1.0
-        assert look() is True and torch.get_num_threads() == 1
+        assert look(_same) is True and torch.get_num_threads() == 1
         monkeypatch.setattr(threads, "sample", lambda: threads.Sample(clock[0], 0.0, 0.0))  # now idle
         clock[0] += 1.0
-        assert look() is False and torch.get_num_threads() == 1  # starts the window
+        assert look(_same) is False and torch.get_num_threads() == 1  # starts the window
         clock[0] += 1.0
-        assert look() is True and torch.get_num_threads() == before
+        assert look(_same) is True and torch.get_num_threads() == before
     assert torch.get_num_threads() == before
 
 
@@ -86,10 +124,10 @@ def test_nothing_changes_when_asked_not_to_or_on_another_device(monkeypatch):
     monkeypatch.setattr(threads, "sample", lambda: threads.Sample(0.0, 0.0, 0.0))
     for args in ((torch.device("cpu"), False), (torch.device("meta"), True)):
         with threads.shared_cores(*args) as look:
-            look()
+            assert look(_same) is False
     monkeypatch.setattr(threads, "sample", lambda: None)
     with threads.shared_cores(torch.device("cpu")) as look:
-        look()
+        assert look(_same) is False
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to compare with one")
@@ -120,7 +158,7 @@ def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
     def switching(device, adapt=True):
         calls = itertools.count()
 
-        def look():
+        def look(same):
             if next(calls) in (0, 3):  # after the first and the fourth step
                 torch.set_num_threads(3 - torch.get_num_threads())
                 return True
@@ -134,3 +172,77 @@ def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
                     compile=lambda gm, inputs: gm.forward, progress=False)
     finally:
         torch.set_num_threads(before)
+
+
+def _seesaw(monkeypatch) -> list:
+    """A machine whose other processes take every core while fit runs on torch's full count, and none while it
+    runs on fewer: fit changes its count at every window. Returns the counts fit sets, in order."""
+    most, cores, clock, seen, busy, counts = torch.get_num_threads(), threads.os.cpu_count(), [0.0], [0.0], [0.0], []
+    set_threads = torch.set_num_threads
+
+    def perf_counter() -> float:
+        clock[0] += 1.0
+        return clock[0]
+
+    def sample() -> threads.Sample:
+        now = perf_counter()
+        busy[0] += cores * (now - seen[0]) if torch.get_num_threads() == most else 0.0
+        seen[0] = now
+        return threads.Sample(now, busy[0], 0.0)
+
+    def recorded(n: int) -> None:
+        counts.append(n)
+        set_threads(n)
+    monkeypatch.setattr(threads, "time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(threads, "sample", sample)
+    monkeypatch.setattr(torch, "set_num_threads", recorded)
+    return counts
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to change between")
+@pytest.mark.parametrize("arch,compile", [("mlp", False), ("mlp", None), ("conv", False)])
+def test_a_thread_change_mid_run_keeps_the_bits(monkeypatch, arch, compile):
+    # A loaded machine, as fit sees it: the same bits as a run that never changes its count.
+    if compile is None and not compiling.has_cpp_compiler():
+        pytest.skip("inductor needs a C++ compiler on the CPU")
+    fields = {"mlp": {}, "conv": {"arch": "conv", "channels": (4, 8), "latent": 4}}[arch]
+    x = torch.rand(256, 784, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+
+    def run(share_cores: bool):
+        return funcvae.fit(funcvae.init(seed=0, **fields), x, epochs=3, seed=0, compile=compile,
+                           share_cores=share_cores, progress=False)
+    (a, ha) = run(False)
+    counts = _seesaw(monkeypatch)
+    (b, hb) = run(True)
+    assert torch.get_num_threads() == before
+    assert all(torch.equal(p, q) for p, q in zip(optree.tree_leaves(a.tree), optree.tree_leaves(b.tree)))
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+    assert 1 in counts  # it tried one thread; for the MLP, whose products do not depend on the count, it kept it
+    if arch == "mlp":
+        assert counts[:-1] == [(1, before)[i % 2] for i in range(len(counts) - 1)] and len(counts) >= 4
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available() or "MKL_CBWR" in gemm.os.environ,
+                    reason="torch without MKL, or a reproducibility mode chosen in the environment")
+def test_mkl_multiplies_in_its_strict_reproducible_mode():
+    assert gemm.reproducible_mkl()
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to compare with one")
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 600), k=st.integers(1, 1200), n=st.integers(1, 600), transposed=st.booleans())
+def test_a_product_gives_the_same_bits_on_one_thread_and_two(m, k, n, transposed):
+    # The eager step's products, as fit's thread check relies on for its speed (not for its bits).
+    gen = torch.Generator().manual_seed(m * k * n)
+    a = torch.randn(m, k, generator=gen)
+    b = torch.randn(n, k, generator=gen).t() if transposed else torch.randn(k, n, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        products = []
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            products.append(a @ b)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(*products)
