@@ -2,12 +2,12 @@
 ``nn.Module`` VAE, JAX (when installed) and this machine's measured GEMM rate.
 
 Run (about 10 minutes on 2 CPU cores: 3 for the step sections, the rest in child processes for the epoch,
-contention, cold-start and memory sections; ``--quick`` is a smoke run, one round of each child section,
+contention, mkl-mode, cold-start and memory sections; ``--quick`` is a smoke run, one round of each child section,
 whose time is mostly compilation):
 
     python benchmarks/elbo_speed.py --json benchmarks/results/elbo_speed_cpu.json
 
-Options: ``--only step,per-example,stack,batch-sizes,gemm,epoch,contention,cold-start,memory`` (any subset;
+Options: ``--only step,per-example,stack,batch-sizes,gemm,epoch,contention,mkl-mode,cold-start,memory`` (any subset;
 batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data included),
 ``--rounds``, ``--block-ms``, ``--warmup``, ``--child-rounds``, ``--quick``, ``--threads N`` (torch's and JAX's
 CPU threads; default: each library's own), ``--json PATH`` (every figure and sample, the settings and the machine).
@@ -50,6 +50,9 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
   contention   fit epochs in child processes (``fit_speed.py``), alone and beside one busy Python process
                (``while True: pass``), with fit's default of sharing the cores (``funcvae.threads``) and with
                ``share_cores=False``, all four interleaved; each child's median epoch after its first;
+  mkl-mode     fit epochs in child processes as in contention, alone, eager and compiled, with MKL in its strict
+               reproducible mode (``MKL_CBWR=AUTO,STRICT``, funcvae's) and in its default (``MKL_CBWR=AUTO``),
+               all four interleaved: what same bits on any thread count cost;
   cold-start   a fresh process with an empty compile cache (its own TORCHINDUCTOR_CACHE_DIR) calls fit on one
                batch of 128: seconds from the call to its first (and only) step done; then the same with
                that cache warm;
@@ -120,7 +123,8 @@ from funcvae.optim import adam, apply_if_finite  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
 from funcvae.step import Batch, init_state, make_train_step, stacked  # noqa: E402
 
-SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm", "epoch", "contention", "cold-start", "memory")
+SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm", "epoch", "contention", "mkl-mode", "cold-start",
+            "memory")
 BATCH_SIZES = (32, 128, 512, 1024, 4096)
 LR, B1, B2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
 N_MODELS = 8
@@ -552,6 +556,21 @@ def run_contention(cfg: Settings, jax, why_no_jax: str | None) -> dict:
                                     "fit(share_cores=False)"], "kind": "plain"}
 
 
+def run_mkl_mode(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    """fit epochs in child processes with MKL in its strict reproducible mode (funcvae's) and in its default."""
+    result = fit_speed.mkl_modes(cfg.child_rounds, EPOCH_EXAMPLES, 3)
+    rows = []
+    for name, r in result.items():
+        ref = name.split(",")[0] + ", MKL's default"
+        rows.append({"name": name, "median_s": r["median_s"], "median_ms": r["median_s"] * 1e3,
+                     "samples_ms": [v * 1e3 for v in r["epoch_s"]], "ratio": r["median_s"] / result[ref]["median_s"],
+                     "ref": ref})
+    return {"title": f"mkl-mode: a fit epoch ({EPOCH_EXAMPLES} examples) in a child process, MKL in its strict "
+                     "reproducible mode (funcvae's) or its default; ratio vs the default",
+            "rows": rows, "notes": ["the compiled step multiplies with MKL on Intel CPUs, with oneDNN on others"],
+            "kind": "plain"}
+
+
 def run_cold_start(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     """Seconds from calling fit to the end of its first step in a fresh process, empty compile cache and warm."""
     result = fit_speed.cold_start(max(1, cfg.child_rounds - 1))
@@ -579,7 +598,8 @@ def run_memory(cfg: Settings, jax, why_no_jax: str | None) -> dict:
 
 RUNNERS = {"step": run_step, "per-example": run_per_example, "stack": run_stack, "gemm": run_gemm,
            "batch-sizes": run_batch_sizes,  # gemm before batch-sizes: its percentages need the peak
-           "epoch": run_epoch, "contention": run_contention, "cold-start": run_cold_start, "memory": run_memory}
+           "epoch": run_epoch, "contention": run_contention, "mkl-mode": run_mkl_mode, "cold-start": run_cold_start,
+           "memory": run_memory}
 
 
 def section(title: str, variants: list[Variant], notes: list[str]) -> dict:
@@ -707,6 +727,10 @@ def targets(results: dict, device: torch.device, why_no_jax: str | None) -> list
     out.append(_target("epoch alone, shared cores <= 1.05x fixed threads (the unloaded case not slowed)",
                        _time_ratio(results, "contention", "shared cores", "fixed threads"), 1.05, True, "x",
                        "section contention not run"))
+    for kind in ("eager", "compiled"):
+        out.append(_target(f"{kind} epoch, strict MKL <= 1.05x MKL's default mode",
+                           _time_ratio(results, "mkl-mode", f"{kind}, strict MKL", f"{kind}, MKL's default"), 1.05,
+                           True, "x", "section mkl-mode not run"))
     cold = _row(results, "cold-start", "first step, empty compile cache")
     out.append(_target("first step within 10 s of fit starting, empty compile cache", cold and cold["median_s"],
                        10.0, True, "s", "section cold-start not run"))

@@ -1,7 +1,7 @@
 """What ``fit`` costs around its step, measured in child processes: an epoch against its steps, an epoch with
 another busy process on the machine, the first step of a cold start, and the peak memory that the data and an epoch add.
 
-Used by ``elbo_speed.py`` (sections epoch, contention, cold-start, memory); ``python benchmarks/fit_speed.py
+Used by ``elbo_speed.py`` (sections epoch, contention, mkl-mode, cold-start, memory); ``python benchmarks/fit_speed.py
 child KIND ...`` is one child's run, printing one JSON line. Data: random 8-bit pixels (N, 784), as uint8
 with ``scale=255`` (how fit holds 8-bit image sets) unless a child is told ``--float`` (the same pixels as
 float32 / 255); the speed does not depend on the values. The model is funcvae's default MLP VAE 784-400-20,
@@ -132,18 +132,36 @@ def cold_start(rounds: int) -> dict:
 
 def contention(rounds: int, n: int, epochs: int, variants: dict[str, list[str]]) -> dict:
     """Each variant's epoch time (``variants``: name -> extra child arguments) alone and beside one busy process,
-    interleaved round by round: the median over rounds of each child's median epoch after its first (which
-    compiles)."""
-    times = {(name, busy): [] for name in variants for busy in (False, True)}
+    interleaved round by round (``interleaved``)."""
+    return interleaved(rounds, n, epochs, {name: (args, {}) for name, args in variants.items()}, loads=(False, True))
+
+
+def mkl_modes(rounds: int, n: int, epochs: int) -> dict:
+    """The epoch in MKL's strict reproducible mode (what funcvae sets) and in MKL's default mode (the
+    environment's ``MKL_CBWR=AUTO``, which funcvae leaves as it is), eager and compiled, alone."""
+    strict, default = {"MKL_CBWR": "AUTO,STRICT"}, {"MKL_CBWR": "AUTO"}
+    return interleaved(rounds, n, epochs, {"eager, strict MKL": (["--eager"], strict),
+                                           "eager, MKL's default": (["--eager"], default),
+                                           "compiled, strict MKL": ([], strict),
+                                           "compiled, MKL's default": ([], default)}, loads=(False,))
+
+
+def interleaved(rounds: int, n: int, epochs: int, variants: dict[str, tuple[list[str], dict]],
+                loads: tuple[bool, ...]) -> dict:
+    """Each variant's epoch time (``variants``: name -> (extra child arguments, environment)), alone and/or
+    beside one busy process as ``loads`` says, interleaved round by round: the median over rounds of each
+    child's median epoch after its first (which compiles)."""
+    times = {(name, busy): [] for name in variants for busy in loads}
     for r in range(rounds):
         order = list(times) if r % 2 == 0 else list(reversed(times))
         for name, busy in order:
-            args = ["epochs", "--n", str(n), "--epochs", str(epochs), *variants[name]]
+            args, env = variants[name]
+            args = ["epochs", "--n", str(n), "--epochs", str(epochs), *args]
             if busy:
                 with Busy():
-                    result = run_child(args)
+                    result = run_child(args, env)
             else:
-                result = run_child(args)
+                result = run_child(args, env)
             times[(name, busy)].append(statistics.median(result["epoch_s"][1:]))
     return {f"{name}{', busy' if busy else ''}": {"epoch_s": v, "median_s": statistics.median(v)}
             for (name, busy), v in times.items()}

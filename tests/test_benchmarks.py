@@ -42,6 +42,8 @@ def test_the_new_targets_read_their_sections():
         "epoch": _rows(**{"fit epoch": {"ratio": 1.2}}),
         "contention": _rows(**{"shared cores": {"median_s": 2.0}, "shared cores, busy": {"median_s": 3.0},
                                "fixed threads": {"median_s": 2.0}}),
+        "mkl-mode": _rows(**{"eager, strict MKL": {"median_s": 2.1}, "eager, MKL's default": {"median_s": 2.0},
+                             "compiled, strict MKL": {"median_s": 1.0}, "compiled, MKL's default": {"median_s": 1.0}}),
         "cold-start": _rows(**{"first step, empty compile cache": {"median_s": 12.0}}),
         "memory": _rows(**{"fit on float32 data": {"peak_rss_mb": 900.0, "data_mb": 180.0},
                            "fit on uint8 data": {"peak_rss_mb": 700.0, "data_mb": 45.0}}),
@@ -52,5 +54,7 @@ def test_the_new_targets_read_their_sections():
     assert got["fit's epoch <= 1.1x (steps x the compiled step's time)"] == (1.2, False)
     assert got["epoch beside one busy process <= 1.7x the epoch alone"] == (1.5, True)
     assert got["epoch alone, shared cores <= 1.05x fixed threads (the unloaded case not slowed)"] == (1.0, True)
+    assert got["eager epoch, strict MKL <= 1.05x MKL's default mode"] == (1.05, True)
+    assert got["compiled epoch, strict MKL <= 1.05x MKL's default mode"] == (1.0, True)
     assert got["first step within 10 s of fit starting, empty compile cache"] == (12.0, False)
     assert got["uint8 data saves >= 3/4 of the float32 set's size in peak RSS"] == (200.0 / 180.0, True)
