@@ -3,7 +3,10 @@ more than torch's setting, the setting is restored, and the number of threads do
 count is used only once the step has given the same bits on it."""
 
 import itertools
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import optree
@@ -227,6 +230,16 @@ def test_a_thread_change_mid_run_keeps_the_bits(monkeypatch, arch, compile):
                     reason="torch without MKL, or a reproducibility mode chosen in the environment")
 def test_mkl_multiplies_in_its_strict_reproducible_mode():
     assert gemm.reproducible_mkl()
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available() or "MKL_CBWR" in gemm.os.environ,
+                    reason="torch without MKL, or a reproducibility mode chosen in the environment")
+def test_mkl_says_when_it_ran_before_funcvae_could_set_its_mode():
+    code = ("import torch; a = torch.ones(4, 4); a @ a\n"
+            "import funcvae; from funcvae import gemm; print(gemm.reproducible_mkl())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False"]
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two threads to compare with one")
