@@ -16,18 +16,18 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import optree
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from funcvae import distributed, lock, optim
+from funcvae import distributed, lock, optim, shorthand
 from funcvae.batches import model_batches
 from funcvae.checkpoint import Checkpoint, describe, load, restore, save
 from funcvae.compiling import make_step
-from funcvae.config import FitConfig, objectives_of, optimizers_of, per_model, steps_per_epoch
+from funcvae.config import FitConfig, per_model, steps_per_epoch
 from funcvae.data import held_out
 from funcvae.distributions import check_support
 from funcvae.elbo import evaluate
@@ -48,9 +48,8 @@ class NonFiniteError(FloatingPointError):
     """A step met a non-finite loss term or gradient; the params were not updated by it."""
 
 
-def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objective=None, optimizer=None,
-        callback: Callable[[dict], None] | None = None, config: FitConfig | None = None, lr=None, beta=None,
-        kl_warmup=None, free_bits=None, clip_norm=None, noise_multiplier=None, **settings):
+def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConfig | None = None, val_data=None,
+        callbacks: Sequence[Callable[[dict], None]] = (), **settings):
     """Train ``params`` on ``data``; returns new params and the per-epoch history (inputs are not modified).
 
     Args:
@@ -66,7 +65,6 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
         values in [0, 255] (8-bit pixels) are held as uint8, a quarter of float32's memory, and divided by
         ``scale`` inside the step: the model sees exactly the values ``(x.to(float64) / scale)`` in the
         params' dtype that it would see in data given as floats. Other data are held in the params' dtype.
-      epochs: passes over the data (or in ``config``).
       val_data: held-out examples, scored after each epoch by the ELBO (one sample, the same noise every
         epoch) at the objective's KL weight; converted to the params' dtype (``scale`` applies as to ``data``)
         and held so: a held-out set is small.
@@ -76,16 +74,14 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
         all or one per model (e.g. ``[optim.adam(lr) for lr in lrs]``). Default: Adam of the shorthand below.
         fit wraps it in ``optim.apply_if_finite``: a step with a non-finite loss term or gradient is never
         applied (see ``on_nonfinite``).
-      callback: called with each epoch's history record as soon as it is complete.
-      config: a ``FitConfig``; or its fields as keywords (``batch_size``, ``seed``, ``binarize``, ``scale``,
-        ``matmul_dtype``, ``compile``, ``checkpoint_dir``, ``resume``, ``checkpoint_every``,
-        ``on_nonfinite``, ``progress``; see ``FitConfig``).
-      lr, clip_norm, noise_multiplier: shorthand for the default optimiser: Adam at ``lr`` (1e-3; a list gives
-        each model of a stack its own), after DP-SGD's per-example clipping to ``clip_norm`` with Gaussian
-        noise of std ``noise_multiplier * clip_norm`` when ``clip_norm`` is set.
-      beta, kl_warmup, free_bits: shorthand for the default objective: the beta-ELBO ``recon + beta * kl``
-        (a list of betas: one per model of a stack), its weight rising linearly over ``kl_warmup`` epochs,
-        step by step, and free bits of ``free_bits`` nats per latent dimension.
+      config: a ``FitConfig`` (``epochs``, ``batch_size``, ``seed``, checkpointing, ...).
+      callbacks: each called with each epoch's history record as soon as it is complete (``callback=``, one
+        function, is the old spelling, kept for one release).
+      **settings: ``FitConfig``'s fields as keywords instead of ``config`` (``fit(params, x, epochs=10)``),
+        and the shorthand ``lr``, ``beta``, ``kl_warmup``, ``free_bits``, ``clip_norm``,
+        ``noise_multiplier`` for the default objective and optimiser, built by ``funcvae.shorthand.build``
+        (Adam at ``lr``; the beta-ELBO with warm-up over ``kl_warmup`` epochs; a list of ``lr`` or ``beta``
+        gives each model of a stack its own).
 
     The run: the same seed, data and params give the same result, bit for bit on CPU; model i of a stack
     trains exactly as ``fit`` of that model alone with its own seed, objective and optimiser would. With a
@@ -110,9 +106,11 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
       IWAE training it is -IWAE_k and ``recon + kl`` is the k-sample ELBO. For a stack: the stacked params
       and a list of N such histories.
     """
+    brief = {k: settings.pop(k) for k in shorthand.FIT_KEYS if k in settings}
+    callbacks = _callbacks(callbacks, settings.pop("callback", None))
     if config is None:
-        config = FitConfig(epochs=epochs, **settings)
-    elif epochs is not None or settings:
+        config = FitConfig(**{"epochs": None, **settings})
+    elif settings:
         raise ValueError("pass either config= or its settings as keywords, not both")
     n_models = stack_size(params)
     seeds = per_model(n_models, "seed", config.seed)
@@ -123,10 +121,8 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
     if config.batch_size > x.shape[0]:
         raise ValueError(f"batch_size {config.batch_size} is larger than the data ({x.shape[0]} examples)")
     spe = steps_per_epoch(x.shape[0], config.batch_size)
-    objs = objectives_of(n_models, objective, spe, dict(beta=beta, kl_warmup=kl_warmup, free_bits=free_bits))
-    opts = [optim.apply_if_finite(o, freeze=config.on_nonfinite == "raise")
-            for o in optimizers_of(n_models, optimizer, dict(lr=lr, clip_norm=clip_norm,
-                                                             noise_multiplier=noise_multiplier))]
+    objs, opts = shorthand.build(brief, spe, n_models, objective=objective, optimizer=optimizer)
+    opts = [optim.apply_if_finite(o, freeze=config.on_nonfinite == "raise") for o in opts]
     if n_models is not None and opts[0].per_example:
         raise ValueError(f"{opts[0].name} (per-example gradients) trains one model at a time, not a stack")
     steps = [make_train_step(params.model, o, t, matmul_dtype=config.matmul_dtype, scale=divisor)
@@ -141,7 +137,7 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
                        x_val=x_val, x_vals=x_vals, seeds=seeds, objective=objs[0], per_example=opts[0].per_example,
                        world=world, step=None,
                        description={"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]},
-                       checkpoint=ckpt, callback=callback,
+                       checkpoint=ckpt, callbacks=callbacks,
                        show=(sys.stderr.isatty() if config.progress is None else config.progress) and world.is_main)
             runner, compiled = _make_runner(run, steps[0])
             run = replace(run, step=runner, compiled=compiled)
@@ -160,6 +156,15 @@ def fit(params: Params, data, *, epochs: int | None = None, val_data=None, objec
     # graph (a later fit of the same model) overwrites: the caller gets params of its own.
     params = Params(params.model, optree.tree_map(torch.clone, state.params.tree))
     return params, state.history[0] if n_models is None else state.history
+
+
+def _callbacks(callbacks, callback) -> tuple:
+    """``callbacks`` as a tuple, with the old ``callback=`` (one function) after them and a DeprecationWarning."""
+    if callback is None:
+        return tuple(callbacks)
+    warnings.warn("fit(callback=f) is now fit(callbacks=[f]); callback= goes in the next release",
+                  DeprecationWarning, stacklevel=3)
+    return (*callbacks, callback)
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,7 @@ class _Run:
     step: Callable | None
     description: dict
     checkpoint: Path | None
-    callback: Callable | None
+    callbacks: tuple
     show: bool
     compiled: bool = False  # whether ``step`` runs a compiled graph
     look: Callable[[Callable], bool] = lambda same: False  # called after each step: threads.shared_cores's
@@ -495,8 +500,9 @@ def _close_epoch(run: _Run, epoch: int, acc: Tensor, train: TrainState, began: f
         record["seconds"] = time.perf_counter() - began
         _warn_if_nonfinite(record, m if stacked else None, run.steps_per_epoch)
         records.append(record)
-        if run.callback is not None and run.world.is_main:
-            run.callback(record if not stacked else {**record, "model": m})
+        if run.world.is_main:
+            for callback in run.callbacks:
+                callback(record if not stacked else {**record, "model": m})
     return records
 
 

@@ -18,7 +18,7 @@ import torch
 import funcvae
 import funcvae.cli
 import funcvae.cli.runs
-from funcvae import objectives, optim, schedules
+from funcvae import objectives, optim, shorthand
 
 from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
 
@@ -30,10 +30,11 @@ EXAMPLE = REPO / "examples" / "custom_model.py"
 #: config.json's "fit" settings: FitConfig's, then those that build the objective and the optimiser.
 FIT_KEYS = {"epochs", "batch_size", "lr", "seed", "beta", "kl_warmup", "binarize", "compile", "checkpoint_every",
             "on_nonfinite", "matmul_dtype", "objective", "k", "free_bits", "optimizer", "momentum", "weight_decay"}
-#: What the settings are when no option names them.
-DEFAULT_SETTINGS = dict(epochs=10, batch_size=128, lr=1e-3, seed=0, beta=1.0, kl_warmup=0.0, binarize=None,
-                        checkpoint_every=None, on_nonfinite="raise", matmul_dtype=None, objective="elbo", k=None,
-                        free_bits=None, optimizer="adam", momentum=None, weight_decay=None)
+#: What the settings are when no option names them: the shorthand's defaults (``k``, ``momentum`` and
+#: ``weight_decay`` are recorded only for the objective or optimiser they belong to).
+DEFAULT_SETTINGS = dict(epochs=10, batch_size=128, seed=0, binarize=None, checkpoint_every=None, on_nonfinite="raise",
+                        matmul_dtype=None, **{k: v for k, v in shorthand.DEFAULTS.items() if k in FIT_KEYS},
+                        k=None, momentum=None, weight_decay=None)
 
 
 @pytest.fixture(scope="module")
@@ -108,21 +109,6 @@ CASES = {
 }
 
 
-def built(settings: dict, n_train: int):
-    """The objective and optimiser that config.json's settings name, made here from the library's constructors."""
-    if settings["objective"] == "iwae":
-        objective = objectives.iwae(settings["k"])
-    else:
-        steps = settings["kl_warmup"] * math.ceil(n_train / settings["batch_size"])
-        objective = objectives.elbo(settings["beta"], warmup=schedules.warmup(steps) if steps else None)
-    if settings["free_bits"] is not None:
-        objective = objectives.free_bits(objective, settings["free_bits"])
-    optimizer = {"adam": lambda: optim.adam(settings["lr"]),
-                 "adamw": lambda: optim.adamw(settings["lr"], weight_decay=settings["weight_decay"]),
-                 "sgd": lambda: optim.sgd(settings["lr"], momentum=settings["momentum"])}[settings["optimizer"]]()
-    return objective, optimizer
-
-
 def fit_config(settings: dict) -> dict:
     """The settings that are FitConfig fields."""
     return {k: v for k, v in settings.items() if k not in ("lr", "beta", "kl_warmup", "objective", "k", "free_bits",
@@ -190,7 +176,8 @@ def test_train_prints_the_table_and_saves_the_run(tmp_path, capsys, loads, args,
     if (fit["objective"], fit["free_bits"], fit["optimizer"]) == ("elbo", None, "adam"):
         chosen = dict(lr=fit["lr"], beta=fit["beta"], kl_warmup=fit["kl_warmup"])
     else:
-        chosen = dict(zip(("objective", "optimizer"), built(fit, config["n_train"])))
+        (objective,), (optimizer,) = shorthand.build(fit, math.ceil(config["n_train"] / fit["batch_size"]))
+        chosen = dict(objective=objective, optimizer=optimizer)
     want, want_history = funcvae.fit(start, data["train"], val_data=data["test"], progress=False, **chosen,
                                      **fit_config(fit))
     got, want = funcvae.leaves_by_path(params), funcvae.leaves_by_path(want)

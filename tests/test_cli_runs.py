@@ -363,11 +363,12 @@ def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceba
     monkeypatch.setattr(funcvae.data, "load", serve(subset))
     fit = funcvae.fit
 
-    def fit_with_a_bug(*args, callback, **kwargs):
+    def fit_with_a_bug(*args, callbacks, **kwargs):
         def broken(record):
-            callback(record)
+            for callback in callbacks:
+                callback(record)
             raise ValueError("a bug after an epoch")
-        return fit(*args, callback=broken, **kwargs)
+        return fit(*args, callbacks=[broken], **kwargs)
 
     monkeypatch.setattr(funcvae, "fit", fit_with_a_bug)
     with pytest.raises(ValueError, match="a bug after an epoch"):

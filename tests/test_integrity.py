@@ -35,7 +35,7 @@ def mid_epoch(tmp_path_factory):
 
     with pytest.raises(KeyboardInterrupt):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=2, batch_size=50, checkpoint_dir=folder,
-                    checkpoint_every=6, val_data=data(40, 1), compile=False, callback=stop)
+                    checkpoint_every=6, val_data=data(40, 1), compile=False, callbacks=[stop])
     blob = (folder / CHECKPOINT_FILE).read_bytes()
     assert (funcvae.load(folder / CHECKPOINT_FILE).epoch, funcvae.load(folder / CHECKPOINT_FILE).step) == (1, 2)
     return blob

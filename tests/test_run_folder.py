@@ -41,7 +41,7 @@ def test_a_checkpoint_is_not_replaced_unless_the_call_says_so(tmp_path):
     fit(tmp_path, 2)
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     with pytest.raises(ValueError, match=r"already holds a checkpoint: pass resume=True .* or overwrite=True"):
-        fit(tmp_path, 1, callback=Never())
+        fit(tmp_path, 1, callbacks=[Never()])
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
     _, history = fit(tmp_path, 1, overwrite=True, seed=5)
     assert funcvae.load(tmp_path / CHECKPOINT_FILE).epoch == 1 and len(history) == 1
@@ -61,7 +61,7 @@ def test_a_folder_held_by_another_process_is_refused_naming_the_holder(tmp_path)
     try:
         with pytest.raises(funcvae.FolderLocked, match=r"in use by another run \(pid 4242, host elsewhere, command "
                                                        r"train.py\)"):
-            fit(tmp_path, 1, callback=Never())
+            fit(tmp_path, 1, callbacks=[Never()])
         assert live.read_bytes() == b"partial"  # its temporary file was not cleaned up from under it
     finally:
         os.close(fd)
@@ -75,7 +75,7 @@ def test_the_lock_is_reentrant_within_a_process_and_released_after_an_error(tmp_
         assert len(history) == 1 and (tmp_path / lock.LOCK_FILE).exists()
     assert not (tmp_path / lock.LOCK_FILE).exists()
     with pytest.raises(ZeroDivisionError):
-        fit(tmp_path, 2, resume=True, callback=lambda r: 1 / 0)
+        fit(tmp_path, 2, resume=True, callbacks=[lambda r: 1 / 0])
     with lock.hold(tmp_path):
         pass
 
@@ -94,7 +94,7 @@ def test_a_bad_checkpoint_path_fails_before_any_work(tmp_path, where, message):
     if where == "checkpoint-is-a-folder":
         (folder / CHECKPOINT_FILE).mkdir(parents=True)
     with pytest.raises(ValueError, match=message):
-        fit(folder, 1, callback=Never())
+        fit(folder, 1, callbacks=[Never()])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -102,7 +102,7 @@ def test_a_read_only_folder_fails_before_any_work(tmp_path):
     tmp_path.chmod(0o555)
     try:
         with pytest.raises(ValueError, match=r"cannot be written: Permission denied"):
-            fit(tmp_path, 1, callback=Never())
+            fit(tmp_path, 1, callbacks=[Never()])
     finally:
         tmp_path.chmod(0o755)
 
@@ -113,7 +113,7 @@ def test_a_folder_that_cannot_be_written_fails_before_any_work(tmp_path, monkeyp
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(T.tempfile, "mkstemp", refuse)
     with pytest.raises(ValueError, match=r"checkpoint_dir .* cannot be written: Permission denied"):
-        fit(tmp_path, 1, callback=Never())
+        fit(tmp_path, 1, callbacks=[Never()])
 
 
 # -- Fewer epochs than done ----------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_resuming_mid_epoch_with_only_the_epochs_done_is_refused(tmp_path):
         if record["epoch"] == 2:
             raise KeyboardInterrupt  # before epoch 2 is saved: step 2 of epoch 2 is on disk
     with pytest.raises(KeyboardInterrupt):
-        fit(tmp_path, 2, checkpoint_every=6, callback=stop)
+        fit(tmp_path, 2, checkpoint_every=6, callbacks=[stop])
     with pytest.raises(ValueError, match=r"holds 1 epoch\(s\) and 2 step\(s\), more than epochs=1; ask for epochs >= 2"):
         fit(tmp_path, 1, resume=True)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import compiling, objectives, optim, validate
+from funcvae import compiling, objectives, optim, shorthand, validate
 from funcvae.batches import epoch_batches
 from funcvae.cli import options
 from funcvae.config import steps_per_epoch
@@ -268,9 +268,9 @@ def checkpointed_like_cli(folder, config: dict, data: dict):
     """The checkpoint that train, before 8-bit data were held as uint8, wrote for ``config`` on float ``data``."""
     fit = config["fit"]
     params = funcvae.init(seed=fit["seed"], **config["model"])
+    (objective,), (optimizer,) = shorthand.build(fit, steps_per_epoch(config["n_train"], fit["batch_size"]))
     funcvae.fit(params, data["train"], val_data=data["test"], checkpoint_dir=folder, progress=False,
-                objective=options.objective_of(fit, steps_per_epoch(config["n_train"], fit["batch_size"])),
-                optimizer=options.optimizer_of(fit), **options.fit_fields(fit))
+                objective=objective, optimizer=optimizer, **options.fit_fields(fit))
     return funcvae.load(folder / funcvae.CHECKPOINT_FILE)
 
 

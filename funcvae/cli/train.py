@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import funcvae
-from funcvae import lock, records
+from funcvae import lock, records, shorthand
 from funcvae.cli import folder, runs
 from funcvae.cli.model import BUILT_IN, absolute, model_name, model_of, recorded_model
-from funcvae.cli.options import (OBJECTIVES, at_least, check_data, check_settings, fit_fields, given, objective_of,
-                                 objective_settings, optimizer_of, optimizer_settings, settings_problem)
+from funcvae.cli.options import (OBJECTIVES, at_least, check_data, check_settings, fit_fields, given,
+                                 objective_settings, optimizer_settings, settings_problem)
 from funcvae.config import steps_per_epoch
 
 COLUMNS = ("Epoch", "Reconstruction Loss", "KL Divergence", "Total ELBO Loss", "Val Recon", "Val KL",
@@ -74,8 +74,7 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
                                          seed=settings["seed"], pixels="uint8") for split in ("train", "test"))
     check_data(args, model, x_train, settings["batch_size"])
     params = model.init(settings["seed"])
-    objective = objective_of(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
-    optimizer = optimizer_of(settings)
+    (objective,), (optimizer,) = shorthand.build(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
     if run_dir is None:
         config.update(n_train=int(x_train.shape[0]), n_test=int(x_test.shape[0]))
         run_dir = runs.create(Path(args.out), f"{config['dataset']}-{model_name(model, config)}-"
@@ -197,7 +196,7 @@ def _fit(run_dir: Path, done: list[dict], params: funcvae.Params, x_train, **fit
             print(format_row(record), flush=True)
 
         try:
-            params, _ = funcvae.fit(params, x_train, callback=on_epoch, **fit_args)
+            params, _ = funcvae.fit(params, x_train, callbacks=[on_epoch], **fit_args)
         except funcvae.Interrupted as e:
             print(f"{e}\ncontinue with: python -m funcvae train --resume {run_dir}", file=sys.stderr)
             return 128 + e.signum

@@ -47,7 +47,7 @@ def main() -> int:
     try:
         params, _ = funcvae.fit(params, x, epochs=EPOCHS, batch_size=BATCH, val_data=x_val, seed=1, compile=False,
                                 checkpoint_dir=args.checkpoint_dir, resume=True, checkpoint_every=args.every,
-                                progress=False, callback=None if args.pause is None else pause(args.pause))
+                                progress=False, callbacks=() if args.pause is None else [pause(args.pause)])
     except funcvae.Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
