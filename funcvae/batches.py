@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from funcvae.validate import level_values, pixel_values
+from funcvae.pixels import level_values, pixel_values
 
 
 def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int, binarize: str | None, *,
@@ -18,9 +18,9 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
     example is dropped or counted twice.
 
     Args:
-      x: (N, features) floats, or uint8 pixel levels (``validate.as_levels``), which the batches keep (a
+      x: (N, features) floats, or uint8 pixel levels (``inputs.as_levels``), which the batches keep (a
         quarter of float32's bytes gathered) except under dynamic binarisation: its probabilities are their
-        values for ``divisor`` (``validate.pixel_values``), exactly as the step would make them.
+        values for ``divisor`` (``pixels.pixel_values``), exactly as the step would make them.
       dtype: of eps and weights, the params' (default: ``x``'s).
       start, rng_state: resume at batch ``start`` with the generator in ``rng_state``, the state it had
         after batch ``start - 1``: the batches then are exactly those of an uninterrupted epoch.

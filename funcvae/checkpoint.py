@@ -16,6 +16,7 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 
 from funcvae import models, records
 from funcvae.model import Model, Params, check_params, leaves_by_path, paths_and_leaves, stack_size
+from funcvae.step import TrainState
 
 _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
@@ -58,15 +60,24 @@ def save_params(path: str | os.PathLike, params: Params) -> None:
     _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model))})
 
 
+def _moved_field(name: str) -> property:
+    """``Checkpoint.<name>``, now ``Checkpoint.train.<name>``, for one release (DeprecationWarning)."""
+    def get(self):
+        warnings.warn(f"Checkpoint.{name} is now Checkpoint.train.{name}; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self.train, name)
+    return property(get)
+
+
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     """Everything needed to continue a run exactly.
 
     Attributes:
-      params: one model or a stack.
-      opt_state: the optimiser's state; as saved, a dict ``{path: tensor}`` unless ``load`` was given the
-        ``template`` to rebuild its structure from.
-      hyper: the objective's numbers (``objective.init()``); ``count``: steps taken (0-d int64).
+      model: the model ``train.tree`` is the params of (``params`` joins the two).
+      train: the ``TrainState``: params' tensors (one model or a stack), optimiser state (as saved, a dict
+        ``{path: tensor}`` unless ``load`` was given the ``template`` to rebuild its structure from), the
+        objective's numbers and the steps taken.
       epoch: epochs completed; ``step``: steps done within epoch ``epoch + 1`` (0 at an epoch boundary).
       config: the run's settings (seeds among them) and a fingerprint of its data, as plain JSON values.
       history: the per-epoch records so far (one list per model); a non-finite metric is written as the
@@ -75,10 +86,8 @@ class Checkpoint:
         the epoch's running metric sums, so the rest of the epoch draws and reports exactly as it would have.
     """
 
-    params: Params
-    opt_state: Any
-    hyper: dict
-    count: Tensor
+    model: Model
+    train: TrainState
     epoch: int
     step: int = 0
     config: dict = field(default_factory=dict)
@@ -86,20 +95,33 @@ class Checkpoint:
     rng: Tensor | None = None
     sums: Tensor | None = None
 
+    def __post_init__(self):
+        if not isinstance(self.model, Model) or not isinstance(self.train, TrainState):
+            raise TypeError("Checkpoint(params, opt_state, hyper, count, epoch, ...) is now Checkpoint(model, "
+                            "TrainState(params.tree, opt_state, hyper, count), epoch, ...)")
+
+    @property
+    def params(self) -> Params:
+        return Params(self.model, self.train.tree)
+
+    opt_state = _moved_field("opt_state")
+    hyper = _moved_field("hyper")
+    count = _moved_field("count")
+
 
 def save(path: str | os.PathLike, state: Checkpoint) -> None:
     """Write ``state`` to ``path`` atomically (see ``Checkpoint``); a state that ``load`` would refuse (its
     fields inconsistent) is refused here, before anything is written."""
     n = stack_size(state.params)
     tensors = {f"params/{k}": v for k, v in leaves_by_path(state.params).items()}
-    tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.opt_state)})
-    tensors.update({f"hyper/{k}": v for k, v in state.hyper.items()})
-    tensors["count"] = state.count
+    tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.train.opt_state)})
+    tensors.update({f"hyper/{k}": v for k, v in state.train.hyper.items()})
+    tensors["count"] = state.train.count
     for name in ("rng", "sums"):
         if getattr(state, name) is not None:
             tensors[name] = getattr(state, name)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {"format": _FORMAT, "model": describe(state.params.model), "epoch": state.epoch, "step": state.step,
+    meta = {"format": _FORMAT, "model": describe(state.model), "epoch": state.epoch, "step": state.step,
             "config": state.config, "history": state.history}
     text = records.dumps(meta)
     path = Path(path)
@@ -131,9 +153,9 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
     n = _check_leaves(params, path)
     _check_stacked(path, n, state, tensors)
     opt, hyper = _under("opt/", tensors), _under("hyper/", tensors)
-    return Checkpoint(_to(device, params), _to(device, opt if template is None else restore(template, opt, path)),
-                      _to(device, hyper), _to(device, tensors["count"]), state["epoch"], state["step"],
-                      state["config"], state["history"], tensors.get("rng"), _to(device, tensors.get("sums")))
+    train = TrainState(params.tree, opt if template is None else restore(template, opt, path), hyper, tensors["count"])
+    return Checkpoint(model, _to(device, train), state["epoch"], state["step"], state["config"], state["history"],
+                      tensors.get("rng"), _to(device, tensors.get("sums")))
 
 
 def _state_fields(state, tensors: dict, path: Path) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from funcvae.model import MATMUL_DTYPES
-from funcvae.validate import check_bool, check_int, check_scale, plain
+from funcvae.checks import check_bool, check_int, check_scale, plain
 
 BINARIZE = (None, "dynamic")
 ON_NONFINITE = ("raise", "skip")

@@ -14,7 +14,7 @@ from torch import Tensor
 from funcvae import objectives
 from funcvae.model import Params, examples_of
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_nonnegative
+from funcvae.checks import check_int, check_nonnegative
 
 TERMS = ("recon", "kl", "loss")
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from funcvae import likelihoods, priors
 from funcvae.rng import generator
-from funcvae.validate import as_examples
+from funcvae.inputs import as_examples
 
 # The posterior's log-variance is kept where exp() of it (and of half of it) is finite and far from float32's
 # limits: variances from 2e-13 to 5e8 cover every useful posterior, and a wild encoder output early in
@@ -287,7 +287,7 @@ def _leading_dims(leaf, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def examples_of(params: Params, data, *, scale: float | None = None, name: str = "x") -> Tensor:
     """The opening of every public function that takes params and data: ``params`` checked (one model, well
-    formed), ``data`` validated for its model (``funcvae.validate.as_examples``) and returned as
+    formed), ``data`` validated for its model (``funcvae.inputs.as_examples``) and returned as
     (N, features) in the params' dtype and device."""
     check_params(params)
     return as_examples(data, params.model, scale=scale, like=some_leaf(params), name=name)

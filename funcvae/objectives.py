@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from funcvae import distributions as D
-from funcvae.validate import check_int, check_nonnegative
+from funcvae.checks import check_int, check_nonnegative
 
 KL_MODES = ("auto", "analytic", "mc")
 

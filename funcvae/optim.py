@@ -24,7 +24,7 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae.validate import check_nonnegative, check_positive, plain
+from funcvae.checks import check_nonnegative, check_positive, plain
 
 
 class GradientTransformation(NamedTuple):

@@ -15,7 +15,7 @@ from funcvae import objectives
 from funcvae.compiling import make_step
 from funcvae.model import Params, examples_of, with_matmul_dtype
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_nonnegative
+from funcvae.checks import check_int, check_nonnegative
 
 
 # Built once, outside any compiled function: tracing ``objectives.elbo()`` would trace its cached helpers.

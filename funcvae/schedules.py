@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from funcvae.validate import check_nonnegative, check_positive
+from funcvae.checks import check_nonnegative, check_positive
 
 
 def _count(count: Tensor) -> Tensor:

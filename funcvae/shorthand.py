@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from funcvae import objectives, optim, schedules
 from funcvae.config import per_model
-from funcvae.validate import check_nonnegative, check_positive, plain
+from funcvae.checks import check_nonnegative, check_positive, plain
 
 #: Every shorthand setting and what it means when left out (or None).
 DEFAULTS = {"objective": "elbo", "k": 5, "beta": 1.0, "kl_warmup": 0.0, "free_bits": None,

@@ -21,7 +21,8 @@ from torch.func import grad, grad_and_value, vmap
 from funcvae import objectives as O
 from funcvae.model import Model, Params, some_leaf, with_matmul_dtype
 from funcvae.optim import GradientTransformation, applied, apply_updates
-from funcvae.validate import check_scale, level_values, pixel_values
+from funcvae.checks import check_scale
+from funcvae.pixels import level_values, pixel_values
 
 #: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
 #: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it).
@@ -117,7 +118,7 @@ class TrainStep:
 
     def _values(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         """The batch as the model sees it: floats as they are; uint8 pixel levels divided by the scale (1 without
-        one) in float64 and rounded to ``dtype``, the noise's, which is the params' (``validate.pixel_values``)."""
+        one) in float64 and rounded to ``dtype``, the noise's, which is the params' (``pixels.pixel_values``)."""
         if x.is_floating_point():
             return x
         if x.dtype not in (torch.uint8, torch.bool):

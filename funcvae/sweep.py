@@ -23,7 +23,8 @@ from funcvae.model import Params, check_params, some_leaf
 from funcvae.pictures import figure
 from funcvae.stack import stack, unstack
 from funcvae.train import fit
-from funcvae.validate import as_examples, check_nonnegative, read_examples
+from funcvae.checks import check_nonnegative
+from funcvae.inputs import as_examples, read_examples
 
 #: The table's columns (``format_table``); the last is there when the rows hold a FID.
 COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units", "FID samples")

@@ -278,18 +278,20 @@ def test_a_training_state_round_trips_with_and_without_its_template(tmp_path):
         fresh.opt_state, namespace="funcvae")
     count = torch.tensor(7)
     path = tmp_path / "checkpoint.safetensors"
-    funcvae.save(path, funcvae.Checkpoint(params, opt_state, fresh.hyper, count, epoch=1, step=0,
-                                          config={"seed": 0}, history=[[{"epoch": 1, "loss": 500.0}]]))
+    train = funcvae.TrainState(params.tree, opt_state, fresh.hyper, count)
+    funcvae.save(path, funcvae.Checkpoint(params.model, train, epoch=1, step=0, config={"seed": 0},
+                                          history=[[{"epoch": 1, "loss": 500.0}]]))
     flat = funcvae.load(path)
     assert_same(flat.params, params)
     assert (flat.epoch, flat.step, flat.config, flat.history) == (1, 0, {"seed": 0}, [[{"epoch": 1, "loss": 500.0}]])
-    assert torch.equal(flat.count, count) and flat.hyper.keys() == {"beta"}
-    assert flat.hyper["beta"].dtype == torch.float64 and float(flat.hyper["beta"]) == 0.5
+    assert torch.equal(flat.train.count, count) and flat.train.hyper.keys() == {"beta"}
+    assert flat.train.hyper["beta"].dtype == torch.float64 and float(flat.train.hyper["beta"]) == 0.5
     want = dict(CHECKPOINT.paths_and_leaves(opt_state))
-    assert isinstance(flat.opt_state, dict) and flat.opt_state.keys() == want.keys()
+    assert isinstance(flat.train.opt_state, dict) and flat.train.opt_state.keys() == want.keys()
     assert "1/mu/prior/pseudo_inputs" in want and "0/hyper/max_norm" in want
-    assert all(torch.equal(flat.opt_state[k], t) and flat.opt_state[k].dtype == t.dtype for k, t in want.items())
-    rebuilt = funcvae.load(path, template=fresh.opt_state).opt_state
+    assert all(torch.equal(flat.train.opt_state[k], t) and flat.train.opt_state[k].dtype == t.dtype
+               for k, t in want.items())
+    rebuilt = funcvae.load(path, template=fresh.opt_state).train.opt_state
     assert type(rebuilt) is tuple and type(rebuilt[1]) is type(fresh.opt_state[1])
     assert optree.tree_structure(rebuilt, namespace="funcvae") == optree.tree_structure(opt_state, namespace="funcvae")
     assert all(torch.equal(a, b) for a, b in zip(optree.tree_leaves(rebuilt, namespace="funcvae"),

@@ -441,9 +441,9 @@ def test_train_resume_continues_bit_identically(tmp_path, capsys, loads, model_f
         a, b = (funcvae.leaves_by_path(funcvae.load_params(run / name, model=model)) for run in (straight, split))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     a, b = (funcvae.load(run / "checkpoint.safetensors", model=model) for run in (straight, split))
-    assert a.opt_state.keys() == b.opt_state.keys() and all(torch.equal(a.opt_state[k], b.opt_state[k])
-                                                             for k in a.opt_state)
-    assert torch.equal(a.count, b.count) and a.config == b.config
+    assert a.train.opt_state.keys() == b.train.opt_state.keys() and all(
+        torch.equal(a.train.opt_state[k], b.train.opt_state[k]) for k in a.train.opt_state)
+    assert torch.equal(a.train.count, b.train.count) and a.config == b.config
     histories = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
                   for line in (run / "history.jsonl").read_text().splitlines()] for run in (straight, split)]
     assert histories[0] == histories[1] and len(histories[0]) == 3

@@ -46,8 +46,8 @@ def snapshot(ckpt: funcvae.Checkpoint) -> dict:
     def raw(t):
         return None if t is None else (str(t.dtype), tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"params": {k: raw(v) for k, v in funcvae.leaves_by_path(ckpt.params).items()},
-            "opt": {k: raw(v) for k, v in ckpt.opt_state.items()}, "hyper": {k: raw(v) for k, v in ckpt.hyper.items()},
-            "count": raw(ckpt.count), "rng": raw(ckpt.rng), "sums": raw(ckpt.sums), "epoch": ckpt.epoch,
+            "opt": {k: raw(v) for k, v in ckpt.train.opt_state.items()},
+            "hyper": {k: raw(v) for k, v in ckpt.train.hyper.items()}, "count": raw(ckpt.train.count), "rng": raw(ckpt.rng), "sums": raw(ckpt.sums), "epoch": ckpt.epoch,
             "step": ckpt.step, "model": ckpt.params.model,
             "json": records.dumps([ckpt.config, ckpt.history], sort_keys=True)}
 

@@ -89,7 +89,7 @@ def test_the_checkpoint_holds_everything_a_run_needs(tmp_path):
     state = funcvae.load(tmp_path / CHECKPOINT_FILE)
     assert_same(state.params, params)
     assert state.epoch == 2 and state.step == 0 and state.rng is None
-    assert int(state.count) == 10 and int(state.opt_state["inner/count"]) == 10
+    assert int(state.train.count) == 10 and int(state.train.opt_state["inner/count"]) == 10
     assert without_seconds(state.history[0]) == without_seconds(history)
     assert state.config["seed"] == [3] and state.config["batch_size"] == 64
     assert state.config["optimizer"] == [funcvae.optim.apply_if_finite(funcvae.optim.adam(1e-3), freeze=True).name]

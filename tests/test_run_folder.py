@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import funcvae
-import funcvae.train as T
+import funcvae._train.folder as FOLDER
+import funcvae._train.loop as LOOP
+import funcvae._train.watch as WATCH
 from funcvae import lock, records
 from funcvae.train import CHECKPOINT_FILE
 
@@ -111,7 +113,7 @@ def test_a_folder_that_cannot_be_written_fails_before_any_work(tmp_path, monkeyp
     # What a read-only folder does for a user who is not root (the suite may run as root, who writes anyway).
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(T.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(FOLDER.tempfile, "mkstemp", refuse)
     with pytest.raises(ValueError, match=r"checkpoint_dir .* cannot be written: Permission denied"):
         fit(tmp_path, 1, callbacks=[Never()])
 
@@ -143,7 +145,8 @@ def test_resuming_mid_epoch_with_only_the_epochs_done_is_refused(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("during", ["evaluation", "write"])
 def test_a_signal_during_the_last_epochs_evaluation_or_write_is_not_swallowed(tmp_path, monkeypatch, signum, during):
-    real = T.evaluate if during == "evaluation" else T.save
+    owner, name = (LOOP, "evaluate") if during == "evaluation" else (FOLDER, "save")
+    real = getattr(owner, name)
     calls = []
 
     def late(*args, **kwargs):
@@ -151,7 +154,7 @@ def test_a_signal_during_the_last_epochs_evaluation_or_write_is_not_swallowed(tm
         if len(calls) == 2:  # epoch 2 of 2
             signal.raise_signal(signum)
         return real(*args, **kwargs)
-    monkeypatch.setattr(T, "evaluate" if during == "evaluation" else "save", late)
+    monkeypatch.setattr(owner, name, late)
     with pytest.raises(funcvae.Interrupted) as info:
         fit(tmp_path, 2, val_data=data(40, 1))
     assert info.value.signum == signum
@@ -159,14 +162,14 @@ def test_a_signal_during_the_last_epochs_evaluation_or_write_is_not_swallowed(tm
 
 
 def test_a_signal_between_epochs_stops_at_the_epoch_boundary(tmp_path, monkeypatch):
-    real, calls = T.evaluate, []
+    real, calls = LOOP.evaluate, []
 
     def late(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signal.SIGINT)
         return real(*args, **kwargs)
-    monkeypatch.setattr(T, "evaluate", late)
+    monkeypatch.setattr(LOOP, "evaluate", late)
     with pytest.raises(funcvae.Interrupted):
         fit(tmp_path, 3, val_data=data(40, 1))
     state = funcvae.load(tmp_path / CHECKPOINT_FILE)
@@ -177,7 +180,7 @@ def test_a_signal_between_epochs_stops_at_the_epoch_boundary(tmp_path, monkeypat
 
 def poisoned(monkeypatch, bad: set):
     """Every epoch's batches ``bad`` hold a NaN pixel (so their steps are skipped under "skip")."""
-    real = T.model_batches
+    real = LOOP.model_batches
 
     def batches(*args, **kwargs):
         for b, (x, eps, w) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
@@ -185,7 +188,7 @@ def poisoned(monkeypatch, bad: set):
                 x = x.clone()
                 x[0, 0] = math.nan
             yield x, eps, w
-    monkeypatch.setattr(T, "model_batches", batches)
+    monkeypatch.setattr(LOOP, "model_batches", batches)
 
 
 def same_history(a, b):
@@ -214,11 +217,11 @@ def test_a_huge_learning_rate_under_skip_loses_no_epoch(tmp_path):
 
 def test_epoch_sums_of_finite_steps_do_not_overflow(tmp_path, monkeypatch):
     # Each step's float32 sums near float32's largest value: finite, though their epoch total is not in float32.
-    real = T._accumulate
+    real = WATCH.accumulate
 
     def huge(acc, stats):
         return real(acc, torch.tensor([3e38, 1.0, 3e38, float(stats[..., 3]), 1.0]).view_as(stats))
-    monkeypatch.setattr(T, "_accumulate", huge)
+    monkeypatch.setattr(WATCH, "accumulate", huge)
     _, history = fit(tmp_path, 1)
     assert history[0]["recon"] == pytest.approx(4 * 3e38 / 200, rel=1e-6)
     assert funcvae.load(tmp_path / CHECKPOINT_FILE).history[0] == history

@@ -165,7 +165,7 @@ def test_every_step_kind_takes_bfloat16_products_and_keeps_float32_state(kind, t
     trained, _ = funcvae.fit(start, x, epochs=1, batch_size=32, matmul_dtype=torch.bfloat16, checkpoint_dir=tmp_path,
                              **options, **EAGER)
     state = funcvae.load(tmp_path / "checkpoint.safetensors")
-    moments = [t for path, t in state.opt_state.items() if "/mu/" in path or "/nu/" in path]
+    moments = [t for path, t in state.train.opt_state.items() if "/mu/" in path or "/nu/" in path]
     leaves = [*optree.tree_leaves(trained.tree), *moments]
     assert len(moments) >= 2 * len(optree.tree_leaves(trained.tree))
     assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in leaves)

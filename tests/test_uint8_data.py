@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import compiling, objectives, optim, shorthand, validate
+from funcvae import compiling, inputs, objectives, optim, pixels, shorthand
 from funcvae.batches import epoch_batches
 from funcvae.cli import options
 from funcvae.config import steps_per_epoch
@@ -24,7 +24,8 @@ from funcvae.step import Batch, init_state, make_train_step, stacked
 
 from test_cli_eval import fake_load
 
-T = importlib.import_module("funcvae.train")
+LOOP = importlib.import_module("funcvae._train.loop")
+FOLDER = importlib.import_module("funcvae._train.folder")
 SMALL = dict(hidden=(16,), latent=3)
 SCALES = (255, 1, 2, 3, 7.3, 100, 127.5, 256, 0.1, 1e-3)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -57,7 +58,7 @@ def without_seconds(history: list) -> list:
 def test_every_level_has_the_float_paths_value(dtype):
     levels = torch.arange(256, dtype=torch.uint8)
     for scale in SCALES:
-        got = validate.pixel_values(levels, validate.level_values(scale, dtype))
+        got = pixels.pixel_values(levels, pixels.level_values(scale, dtype))
         assert got.dtype == dtype and torch.equal(got, values(levels, scale, dtype)), scale
 
 
@@ -69,7 +70,7 @@ def test_every_level_has_the_float_paths_value_under_inductor(device):
         pytest.skip("inductor needs a C++ compiler on CPU")
 
     def all_scales(x):
-        return torch.stack([validate.pixel_values(x, validate.level_values(s, torch.float32, x.device))
+        return torch.stack([pixels.pixel_values(x, pixels.level_values(s, torch.float32, x.device))
                             for s in SCALES])
 
     levels = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
@@ -127,14 +128,14 @@ def test_steps_of_other_scales_are_other_steps():
 
 def spy_batches(monkeypatch) -> list:
     """fit's training set as it holds it, then the x of each batch, recorded as model_batches gets them."""
-    seen, real = [], T.model_batches
+    seen, real = [], LOOP.model_batches
 
     def batches(x, *args, **kwargs):
         seen.append(x)
         for batch in real(x, *args, **kwargs):
             seen.append(batch[0])
             yield batch
-    monkeypatch.setattr(T, "model_batches", batches)
+    monkeypatch.setattr(LOOP, "model_batches", batches)
     return seen
 
 
@@ -217,7 +218,7 @@ def checkpointed(folder, data, epochs=1, **kw):
 
 
 def test_the_fingerprint_of_uint8_pixels_is_that_of_their_float_values(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "FINGERPRINT_ROWS", 7)  # many chunks, the last one short
+    monkeypatch.setattr(FOLDER, "FINGERPRINT_ROWS", 7)  # many chunks, the last one short
     x, x_val = pixels(), pixels(40, 1)
     from_levels = checkpointed(tmp_path / "levels", x, scale=255, val_data=x_val)
     from_floats = checkpointed(tmp_path / "floats", values(x), val_data=values(x_val))
@@ -297,14 +298,14 @@ def test_levels_are_checked_and_valued_as_the_float_path(dtype, top, low, scale,
     x[int(torch.randint(5, (), generator=g)), int(torch.randint(784, (), generator=g))] = top
     model = funcvae.init(seed=0, likelihood=likelihood, **SMALL).model
     like = torch.zeros(())
-    floats = outcome(lambda: validate.as_examples(x, model, scale=scale, like=like))
-    held = outcome(lambda: validate.as_levels(x, model, scale=scale, like=like))
+    floats = outcome(lambda: inputs.as_examples(x, model, scale=scale, like=like))
+    held = outcome(lambda: inputs.as_levels(x, model, scale=scale, like=like))
     if isinstance(floats, tuple):
         assert held == floats
         return
     levels, divisor = held
     assert (levels.dtype == torch.uint8) == (low >= 0 and top <= 255)
-    got = levels if divisor is None else validate.pixel_values(levels, validate.level_values(divisor, like.dtype))
+    got = levels if divisor is None else pixels.pixel_values(levels, pixels.level_values(divisor, like.dtype))
     assert torch.equal(got, floats)
 
 

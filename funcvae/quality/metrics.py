@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from funcvae.rng import generator
-from funcvae.validate import check_int
+from funcvae.checks import check_int
 
 _BLOCK = 1 << 24  # distances per block: 128 MiB in float64
 

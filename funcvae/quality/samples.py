@@ -20,7 +20,7 @@ from funcvae.codec import decode, encode
 from funcvae.model import Params, check_params, examples_of, some_leaf
 from funcvae.quality import metrics, network
 from funcvae.rng import generator
-from funcvae.validate import check_int
+from funcvae.checks import check_int
 
 #: The sets ``sample_quality`` scores, in its table's order; "real" is the floor.
 SETS = ("prior samples", "reconstructions", "real")

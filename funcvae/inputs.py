@@ -1,6 +1,5 @@
-"""Boundary checks: turn what a user passes as data into a validated (N, features) float tensor (or, for a
-training set of 8-bit pixels, a uint8 one and its divisor), and a setting into the plain Python value it
-stands for.
+"""Data reading: what a user passes as data (tensor, array, Dataset, DataLoader, PIL images) as a validated
+(N, features) float tensor, or, for a training set of 8-bit pixels, a uint8 one and its divisor.
 
 Every check runs before any work, so bad input fails at once with an error that names the problem.
 """
@@ -14,6 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from funcvae.checks import check_scale, exact, first_index
+from funcvae.pixels import level_values
 
 #: PIL image modes whose values are intensities (grey levels or RGB, with or without alpha); the others hold
 #: palette indices or another colour space, which would pass for pixels silently.
@@ -98,21 +100,6 @@ def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, nam
             "likelihood; pass scale= (e.g. 255 for 8-bit pixels) or use likelihood='gaussian' (the first value "
             f"outside is {float(values[int(x[where])])!r}, at index {where})"
         ) from None
-
-
-def level_values(divisor: int | float, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
-    """(256,): the value each uint8 level stands for, ``(level.to(float64) / divisor).to(dtype)``. The divisions
-    are Python's, in IEEE double like torch's float64, so they are exact whatever runs the step: inductor
-    turns a division by a constant into a multiplication by its reciprocal on a GPU, which can differ."""
-    return torch.tensor([float(level) / divisor for level in range(256)], dtype=torch.float64,
-                        device=device).to(dtype)
-
-
-def pixel_values(x: Tensor, levels: Tensor) -> Tensor:
-    """The values of uint8 (or bool) levels ``x``, of its shape, read from ``levels = level_values(divisor,
-    dtype, x.device)``: exactly ``(x.to(float64) / divisor).to(dtype)``."""
-    index = x.reshape(-1).to(torch.int32)  # index_select with int32 indices is as fast as the division
-    return levels.index_select(0, index).view(x.shape)
 
 
 def read_examples(data, model, name: str = "data") -> Tensor:
@@ -274,70 +261,3 @@ def _in_byte_range(x: Tensor) -> bool:
 def _wide(x: Tensor) -> Tensor:
     """Integer ``x`` in a dtype torch can compare and reduce."""
     return x.to(_WIDER[x.dtype]) if x.dtype in _WIDER else x
-
-
-def first_index(mask: Tensor) -> tuple[int, ...]:
-    """The index of the first True of ``mask`` in row-major order (which holds one), without listing them all."""
-    flat = int(mask.reshape(-1).to(torch.uint8).argmax())  # argmax returns the first of equal maxima
-    return tuple(int(i) for i in np.unravel_index(flat, tuple(mask.shape)))
-
-
-def exact(value: float) -> str:
-    """``value`` written short (``%g``) where that reads back as the same number, else in full (its repr):
-    1.0000001192092896 must not print as 1 in a message that says it is above 1."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-
-
-def plain(value):
-    """A numpy scalar, or a 0-d numpy array or tensor, as the Python value it holds (so a setting prints,
-    compares and saves as JSON as one); anything else as it is, for the caller's check."""
-    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
-        return value.item()
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_meta:
-        return value.item()
-    return value
-
-
-def check_int(name: str, value, *, minimum: int = 1) -> int:
-    """``value`` as an int; ValueError unless it is an int or numpy integer (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_positive(name: str, value) -> int | float:
-    """``value`` as a Python number; ValueError unless it is a finite real number > 0."""
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return plain(value)
-
-
-def check_nonnegative(name: str, value) -> int | float:
-    """``value`` as a Python number; ValueError unless it is a finite real number >= 0."""
-    if not _is_real(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return plain(value)
-
-
-def check_bool(name: str, value) -> bool:
-    """``value`` as a bool; ValueError unless it is a bool or a numpy bool (or a 0-d array or tensor of one)."""
-    value = plain(value)
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def check_scale(scale) -> int | float | None:
-    """The ``scale`` integer pixels are divided by as a Python number (None: none); ValueError unless it is
-    a positive finite number (a numpy scalar, 0-d array or tensor of one included)."""
-    if scale is None:
-        return None
-    value = plain(scale)
-    if not _is_real(value) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return value
-
-
-def _is_real(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
