@@ -28,7 +28,8 @@ from torch import Tensor
 import safetensors.torch
 from safetensors import SafetensorError
 
-from funcvae import models, records
+from funcvae import models
+from funcvae._runtime import records
 from funcvae.model import Model, Params, check_params, leaves_by_path, paths_and_leaves, stack_size
 from funcvae.step import TrainState
 
@@ -60,12 +61,12 @@ def save_params(path: str | os.PathLike, params: Params) -> None:
     _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model))})
 
 
-def _moved_field(name: str) -> property:
-    """``Checkpoint.<name>``, now ``Checkpoint.train.<name>``, for one release (DeprecationWarning)."""
+def _moved_field(name: str, field: str) -> property:
+    """``Checkpoint.<name>``, now ``Checkpoint.train.<field>``, for one release (DeprecationWarning)."""
     def get(self):
-        warnings.warn(f"Checkpoint.{name} is now Checkpoint.train.{name}; the old name goes in the next release",
+        warnings.warn(f"Checkpoint.{name} is now Checkpoint.train.{field}; the old name goes in the next release",
                       DeprecationWarning, stacklevel=2)
-        return getattr(self.train, name)
+        return getattr(self.train, field)
     return property(get)
 
 
@@ -81,7 +82,7 @@ class Checkpoint:
       epoch: epochs completed; ``step``: steps done within epoch ``epoch + 1`` (0 at an epoch boundary).
       config: the run's settings (seeds among them) and a fingerprint of its data, as plain JSON values.
       history: the per-epoch records so far (one list per model); a non-finite metric is written as the
-        string "NaN", "Infinity" or "-Infinity" (``funcvae.records``) and read back as a float.
+        string "NaN", "Infinity" or "-Infinity" (``funcvae._runtime.records``) and read back as a float.
       rng: mid-epoch only: the state of each model's generator (uint8, one row per model) and ``sums``,
         the epoch's running metric sums, so the rest of the epoch draws and reports exactly as it would have.
     """
@@ -98,15 +99,15 @@ class Checkpoint:
     def __post_init__(self):
         if not isinstance(self.model, Model) or not isinstance(self.train, TrainState):
             raise TypeError("Checkpoint(params, opt_state, hyper, count, epoch, ...) is now Checkpoint(model, "
-                            "TrainState(params.tree, opt_state, hyper, count), epoch, ...)")
+                            "TrainState(params.tree, opt_state, objective_state, count), epoch, ...)")
 
     @property
     def params(self) -> Params:
         return Params(self.model, self.train.tree)
 
-    opt_state = _moved_field("opt_state")
-    hyper = _moved_field("hyper")
-    count = _moved_field("count")
+    opt_state = _moved_field("opt_state", "opt_state")
+    hyper = _moved_field("hyper", "objective_state")
+    count = _moved_field("count", "count")
 
 
 def save(path: str | os.PathLike, state: Checkpoint) -> None:
@@ -115,7 +116,7 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
     n = stack_size(state.params)
     tensors = {f"params/{k}": v for k, v in leaves_by_path(state.params).items()}
     tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.train.opt_state)})
-    tensors.update({f"hyper/{k}": v for k, v in state.train.hyper.items()})
+    tensors.update({f"hyper/{k}": v for k, v in state.train.objective_state.items()})
     tensors["count"] = state.train.count
     for name in ("rng", "sums"):
         if getattr(state, name) is not None:

@@ -38,7 +38,7 @@ class FitConfig:
       on_nonfinite: "raise" or "skip" a step with a non-finite loss term or gradient.
       progress: show a progress bar (default: when stderr is a terminal).
       share_cores: on a CPU, run the steps on the cores other processes leave free, rechecked every half
-        second (``funcvae.threads``); False keeps torch's thread count throughout.
+        second (``funcvae._runtime.threads``); False keeps torch's thread count throughout.
     """
 
     epochs: int

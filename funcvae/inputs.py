@@ -1,5 +1,5 @@
 """Data reading: what a user passes as data (tensor, array, Dataset, DataLoader, PIL images) as a validated
-(N, features) float tensor, or, for a training set of 8-bit pixels, a uint8 one and its divisor.
+(N, features) float tensor, or, for a training set of 8-bit pixels, a uint8 one and its scale.
 
 Every check runs before any work, so bad input fails at once with an error that names the problem.
 """
@@ -50,11 +50,11 @@ def as_levels(data, model, *, scale: float | None = None, like: Tensor,
     """``data`` as ``fit`` holds its training set: 8-bit data as uint8 levels, the rest as ``as_examples`` gives.
 
     Integer or bool data whose values all lie in [0, 255] become (N, features) uint8 on ``like``'s device,
-    returned with the divisor that makes them the values the model sees (``pixel_values`` of
-    ``level_values(divisor, like.dtype)``), equal bit for bit to ``as_examples``'s: ``scale``, or 1 without
+    returned with the scale that makes them the values the model sees (``pixel_values`` of
+    ``level_values(scale, like.dtype)``), equal bit for bit to ``as_examples``'s: ``scale``, or 1 without
     one (the values must then be 0 or 1, as ``as_examples`` requires). That is a quarter of float32's memory,
     and checking them makes no float copy: the likelihood's support is checked on the values of their levels
-    (``check_values``). Other data come back as ``as_examples``'s tensor with the divisor None. Arguments
+    (``check_values``). Other data come back as ``as_examples``'s tensor with the scale None. Arguments
     and errors as ``as_examples``'s.
     """
     scale = check_scale(scale)
@@ -63,16 +63,16 @@ def as_levels(data, model, *, scale: float | None = None, like: Tensor,
         if scale is None and x.dtype != torch.bool:
             _check_unit_integers(x, name, from_pil)  # 0 or 1 from here on
         if scale is None or x.dtype in (torch.bool, torch.uint8) or _in_byte_range(x):
-            divisor = 1 if scale is None else scale
+            scale = 1 if scale is None else scale
             levels = x.to(torch.uint8).to(like.device)
-            check_values(levels, divisor, like.dtype, name, model.likelihood.check_support)
-            return levels, divisor
+            check_values(levels, scale, like.dtype, name, model.likelihood.check_support)
+            return levels, scale
     return _as_float(x, model, scale, like, name, from_pil), None
 
 
-def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, name: str, check) -> None:
+def check_values(x: Tensor, scale: int | float | None, dtype: torch.dtype, name: str, check) -> None:
     """``check(values, name)``, a support check (``distributions.check_support``'s), of the values ``x`` stands
-    for: ``x`` itself when ``divisor`` is None, else those of uint8 levels ``x`` (N, F) in ``dtype``
+    for: ``x`` itself when ``scale`` is None, else those of uint8 levels ``x`` (N, F) in ``dtype``
     (``pixel_values``), checked on the values of the levels 0..max rather than on a float copy of ``x``.
 
     Raises:
@@ -81,10 +81,10 @@ def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, nam
         binarisation's) are those from the first failing one up: masks of ``x`` find the count and the
         first index the message names.
     """
-    if divisor is None:
+    if scale is None:
         check(x, name)
         return
-    values = level_values(divisor, dtype)[:int(x.max()) + 1]
+    values = level_values(scale, dtype)[:int(x.max()) + 1]
     try:
         check(values, name)
     except ValueError:

@@ -227,7 +227,7 @@ def check_params(params: Params) -> None:
 
 def stack_size(params: Params) -> int | None:
     """None for one model's params, N for a stack of N (every leaf with a leading dimension N, as
-    ``funcvae.stack`` makes); raises when the tree does not match its model either way (names the leaf)."""
+    ``funcvae.stack(...)`` makes); raises when the tree does not match its model either way (names the leaf)."""
     if not isinstance(params, Params):
         raise TypeError(f"expected funcvae Params (as returned by model.init or funcvae.init), got "
                         f"{type(params).__name__}")

@@ -11,7 +11,8 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae import distributed, optim, shorthand
+from funcvae import optim, shorthand
+from funcvae._runtime import distributed
 from funcvae._train import folder
 from funcvae._train.folder import CHECKPOINT_FILE
 from funcvae._train.loop import Run, generators, run_epoch
@@ -21,10 +22,10 @@ from funcvae.checkpoint import Checkpoint
 from funcvae.config import FitConfig, per_model, steps_per_epoch
 from funcvae.data import held_out
 from funcvae.distributions import check_support
-from funcvae.interrupt import Interrupted, deferred_signals
+from funcvae._runtime.interrupt import Interrupted, deferred_signals
 from funcvae.model import Params, some_leaf, stack_size
 from funcvae.step import TrainState, init_state, make_train_step
-from funcvae.threads import shared_cores
+from funcvae._runtime.threads import shared_cores
 from funcvae.inputs import as_examples, as_levels, check_values
 
 __all__ = ["CHECKPOINT_FILE", "NonFiniteError", "fit"]
@@ -35,7 +36,7 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
     """Train ``params`` on ``data``; returns new params and the per-epoch history (inputs are not modified).
 
     Args:
-      params: from ``model.init`` or ``funcvae.init``, or a stack of N models from ``funcvae.stack``, trained
+      params: from ``model.init`` or ``funcvae.init``, or a stack of N models from ``funcvae.stack(...)``, trained
         together as ``vmap`` of the one step; training runs on their device. Under ``torchrun``
         (WORLD_SIZE > 1) each process takes its block of every batch, gradients are summed across processes
         as one flat buffer between the step's two halves (gloo on CPU, NCCL on GPU), and only rank 0 writes
@@ -97,7 +98,7 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
     n_models = stack_size(params)
     seeds = per_model(n_models, "seed", config.seed)
     like = some_leaf(params)
-    x, divisor = _training_set(data, params, config, like)
+    x, scale = _training_set(data, params, config, like)
     x_val = None if val_data is None else _examples(val_data, params, config, like, "val_data")
     x_vals = None if x_val is None else [held_out(x_val, s, config.binarize) for s in seeds]
     if config.batch_size > x.shape[0]:
@@ -107,7 +108,7 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
     opts = [optim.apply_if_finite(o, freeze=config.on_nonfinite == "raise") for o in opts]
     if n_models is not None and opts[0].per_example:
         raise ValueError(f"{opts[0].name} (per-example gradients) trains one model at a time, not a stack")
-    steps = [make_train_step(params.model, o, t, matmul_dtype=config.matmul_dtype, scale=divisor)
+    steps = [make_train_step(params.model, o, t, matmul_dtype=config.matmul_dtype, scale=scale)
              for o, t in zip(objs, opts)]
     if len(set(steps)) > 1:
         raise ValueError("the models of a stack must share one objective and one optimiser, up to their numbers "
@@ -118,12 +119,12 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
             runner = make_runner(steps[0], compile=config.compile, watching=config.on_nonfinite == "raise",
                                  world=world, stack=n_models is not None, per_example=opts[0].per_example,
                                  n_examples=x.shape[0], batch_size=config.batch_size, like=like)
-            run = Run(config=config, model=params.model, stack=n_models is not None, x=x, divisor=divisor,
+            run = Run(config=config, model=params.model, stack=n_models is not None, x=x, scale=scale,
                       dtype=like.dtype, x_vals=x_vals, seeds=seeds, objective=objs[0],
                       per_example=opts[0].per_example, world=world, checkpoint=ckpt, callbacks=callbacks)
             description = {"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]}
             prints = None if ckpt is None else folder.fingerprint(params.model, n_models, seeds, config, description,
-                                                                  (x, divisor, like.dtype), x_val)
+                                                                  (x, scale, like.dtype), x_val)
             train = _fresh_state(params, n_models, objs, opts)._replace(tree=params.tree)
             fresh = Checkpoint(params.model, train, 0, 0, prints or {}, [[] for _ in seeds])
             state = folder.start(fresh, ckpt, config.resume, prints, epochs=config.epochs, steps=spe,
@@ -164,11 +165,11 @@ def _fresh_state(params: Params, n_models: int | None, objs: list, opts: list) -
 
 
 def _training_set(data, params: Params, config: FitConfig, like: Tensor) -> tuple[Tensor, int | float | None]:
-    """The training set as fit holds it and its divisor (``inputs.as_levels``), checked as ``_examples``."""
-    x, divisor = as_levels(data, params.model, scale=config.scale, like=like, name="data")
+    """The training set as fit holds it and its scale (``inputs.as_levels``), checked as ``_examples``."""
+    x, scale = as_levels(data, params.model, scale=config.scale, like=like, name="data")
     if config.binarize == "dynamic":
-        check_values(x, divisor, like.dtype, "data", _probabilities)
-    return x, divisor
+        check_values(x, scale, like.dtype, "data", _probabilities)
+    return x, scale
 
 
 def _examples(data, params: Params, config: FitConfig, like: Tensor, name: str) -> Tensor:

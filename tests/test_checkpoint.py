@@ -278,14 +278,15 @@ def test_a_training_state_round_trips_with_and_without_its_template(tmp_path):
         fresh.opt_state, namespace="funcvae")
     count = torch.tensor(7)
     path = tmp_path / "checkpoint.safetensors"
-    train = funcvae.TrainState(params.tree, opt_state, fresh.hyper, count)
+    train = funcvae.TrainState(params.tree, opt_state, fresh.objective_state, count)
     funcvae.save(path, funcvae.Checkpoint(params.model, train, epoch=1, step=0, config={"seed": 0},
                                           history=[[{"epoch": 1, "loss": 500.0}]]))
     flat = funcvae.load(path)
     assert_same(flat.params, params)
     assert (flat.epoch, flat.step, flat.config, flat.history) == (1, 0, {"seed": 0}, [[{"epoch": 1, "loss": 500.0}]])
-    assert torch.equal(flat.train.count, count) and flat.train.hyper.keys() == {"beta"}
-    assert flat.train.hyper["beta"].dtype == torch.float64 and float(flat.train.hyper["beta"]) == 0.5
+    assert torch.equal(flat.train.count, count) and flat.train.objective_state.keys() == {"beta"}
+    assert flat.train.objective_state["beta"].dtype == torch.float64
+    assert float(flat.train.objective_state["beta"]) == 0.5
     want = dict(CHECKPOINT.paths_and_leaves(opt_state))
     assert isinstance(flat.train.opt_state, dict) and flat.train.opt_state.keys() == want.keys()
     assert "1/mu/prior/pseudo_inputs" in want and "0/hyper/max_norm" in want

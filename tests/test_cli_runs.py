@@ -15,7 +15,7 @@ import torch
 
 import funcvae
 import funcvae.cli
-from funcvae import lock
+from funcvae._runtime import lock
 
 from test_cli_eval import SMALL_MODEL as MODEL_FILE  # a model file of one's own
 from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
@@ -333,10 +333,10 @@ def strict(text: str):
 
 def test_non_finite_metrics_stay_strict_json_and_print_as_nan(tmp_path, capsys, loads):
     """A diverged run (every step of epoch 2 skipped): its history and eval.json are strict JSON, "NaN" and
-    "Infinity" read back as floats by funcvae.records; the table prints nan; eval still writes eval.json."""
+    "Infinity" read back as floats by funcvae._runtime.records; the table prints nan; eval still writes eval.json."""
     with pytest.warns(RuntimeWarning, match="not finite"):
         run_dir = new_run(tmp_path, "--epochs", "2", "--lr", "1e30", "--on-nonfinite", "skip")
-    history = [funcvae.records.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    history = [funcvae._runtime.records.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert all(strict(line) for line in (run_dir / "history.jsonl").read_text().splitlines())
     assert history[1]["skipped"] > 0 and history[1]["recon"] != history[1]["recon"]  # NaN
     capsys.readouterr()
@@ -347,7 +347,7 @@ def test_non_finite_metrics_stay_strict_json_and_print_as_nan(tmp_path, capsys, 
     assert funcvae.cli.main(command("eval", run_dir)) == 0
     result = strict((run_dir / "eval.json").read_text())
     assert "NaN" in result.values() or "Infinity" in result.values()
-    assert funcvae.records.loads((run_dir / "eval.json").read_text())["n"] == 8
+    assert funcvae._runtime.records.loads((run_dir / "eval.json").read_text())["n"] == 8
 
 
 def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceback(tmp_path, capsys, subset,

@@ -13,7 +13,7 @@ from safetensors.torch import save as save_bytes
 
 import funcvae
 from funcvae import checkpoint as C
-from funcvae import records
+from funcvae._runtime import records
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)
@@ -47,7 +47,7 @@ def snapshot(ckpt: funcvae.Checkpoint) -> dict:
         return None if t is None else (str(t.dtype), tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"params": {k: raw(v) for k, v in funcvae.leaves_by_path(ckpt.params).items()},
             "opt": {k: raw(v) for k, v in ckpt.train.opt_state.items()},
-            "hyper": {k: raw(v) for k, v in ckpt.train.hyper.items()}, "count": raw(ckpt.train.count), "rng": raw(ckpt.rng), "sums": raw(ckpt.sums), "epoch": ckpt.epoch,
+            "hyper": {k: raw(v) for k, v in ckpt.train.objective_state.items()}, "count": raw(ckpt.train.count), "rng": raw(ckpt.rng), "sums": raw(ckpt.sums), "epoch": ckpt.epoch,
             "step": ckpt.step, "model": ckpt.params.model,
             "json": records.dumps([ckpt.config, ckpt.history], sort_keys=True)}
 

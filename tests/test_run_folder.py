@@ -15,7 +15,7 @@ import funcvae
 import funcvae._train.folder as FOLDER
 import funcvae._train.loop as LOOP
 import funcvae._train.watch as WATCH
-from funcvae import lock, records
+from funcvae._runtime import lock, records
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import funcvae
-from funcvae import compiling as C
+from funcvae._runtime import compiling as C
 from funcvae.batches import pad_rows
 from funcvae import objectives, optim
 from funcvae.step import Batch, init_state, make_train_step

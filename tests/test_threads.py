@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcvae
-from funcvae import compiling, gemm, threads
+from funcvae._runtime import compiling, gemm, threads
 
 
 @given(others=st.floats(0, 64), most=st.integers(1, 64), cores=st.integers(1, 64))

@@ -202,7 +202,7 @@ def test_guards_are_skipped_after_each_epochs_second_step_only_when_compiled(mon
 def test_a_later_fit_of_other_shapes_gets_its_own_graph_despite_skipped_guards():
     # The compiled step is kept for reuse across fits; a fit with another batch size must recompile at its
     # first step (whose guards are checked), not run the earlier fit's graph.
-    from funcvae import compiling
+    from funcvae._runtime import compiling
     params = funcvae.init(seed=0, hidden=(8,), latent=2)
     x = torch.rand(96, 784, generator=torch.Generator().manual_seed(0))
 

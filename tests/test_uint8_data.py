@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import compiling, inputs, objectives, optim, pixels, shorthand
+from funcvae import inputs, objectives, optim, pixels, shorthand
+from funcvae._runtime import compiling
 from funcvae.batches import epoch_batches
 from funcvae.cli import options
 from funcvae.config import steps_per_epoch
@@ -174,7 +175,7 @@ def test_data_parallel_shards_of_levels_are_the_rows_of_the_whole_batch(binarize
     x = pixels(130).reshape(130, -1)
 
     def epoch(shard):
-        return list(epoch_batches(x, 64, torch.Generator().manual_seed(0), 3, binarize, shard=shard, divisor=255,
+        return list(epoch_batches(x, 64, torch.Generator().manual_seed(0), 3, binarize, shard=shard, scale=255,
                                   dtype=torch.float32))
     whole, first, second = epoch((0, 1)), epoch((0, 2)), epoch((1, 2))
     assert len(whole) == 3 and whole[-1][2].sum() == 2
@@ -185,7 +186,7 @@ def test_data_parallel_shards_of_levels_are_the_rows_of_the_whole_batch(binarize
 
 
 @pytest.mark.parametrize("data,scale,held", [
-    (torch.ones(20, 784, dtype=torch.bool), None, torch.uint8),           # bool: 0/1 levels, divisor 1
+    (torch.ones(20, 784, dtype=torch.bool), None, torch.uint8),           # bool: 0/1 levels, scale 1
     (torch.randint(0, 2, (20, 784), dtype=torch.int64), None, torch.uint8),
     (torch.randint(0, 256, (20, 784), dtype=torch.int16), 255, torch.uint8),
     (torch.randint(0, 1000, (20, 784), dtype=torch.int64), 1000, torch.float32),  # not 8-bit: floats, as before
@@ -303,9 +304,9 @@ def test_levels_are_checked_and_valued_as_the_float_path(dtype, top, low, scale,
     if isinstance(floats, tuple):
         assert held == floats
         return
-    levels, divisor = held
+    levels, held_scale = held
     assert (levels.dtype == torch.uint8) == (low >= 0 and top <= 255)
-    got = levels if divisor is None else pixels.pixel_values(levels, pixels.level_values(divisor, like.dtype))
+    got = levels if held_scale is None else pixels.pixel_values(levels, pixels.level_values(held_scale, like.dtype))
     assert torch.equal(got, floats)
 
 

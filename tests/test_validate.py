@@ -15,10 +15,9 @@ import funcvae
 
 SMALL = dict(hidden=(8,), latent=3)
 N = 6
-# The modules, not the functions: ``funcvae.elbo`` is the function, which shadows its module.
 TRAIN = importlib.import_module("funcvae.train")
 LOOP = importlib.import_module("funcvae._train.loop")
-ELBO = importlib.import_module("funcvae.elbo")
+ELBO = importlib.import_module("funcvae.bounds")
 OBJECTIVES = importlib.import_module("funcvae.objectives")
 
 

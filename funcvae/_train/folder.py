@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from funcvae import distributed, lock
+from funcvae._runtime import distributed, lock
 from funcvae.checkpoint import Checkpoint, describe, load, restore, save
 from funcvae.config import FitConfig
 from funcvae.model import Model
@@ -63,7 +63,7 @@ def held(config: FitConfig, world: distributed.World):
 def fingerprint(model: Model, stack: int | None, seeds: list, config: FitConfig, description: dict,
                 data: tuple[Tensor, int | float | None, torch.dtype], x_val: Tensor | None) -> dict:
     """The settings a resumed run must share, with digests of its data as fit sees it (JSON values, as they
-    read back from a checkpoint). ``data``: the training set, its divisor and the params' dtype."""
+    read back from a checkpoint). ``data``: the training set, its scale and the params' dtype."""
     dtype = data[2]
     out = {"model": describe(model), "stack": stack, "seed": seeds,
            "batch_size": config.batch_size, "binarize": config.binarize, **description,
@@ -73,13 +73,13 @@ def fingerprint(model: Model, stack: int | None, seeds: list, config: FitConfig,
     return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
 
 
-def data_fingerprint(x: Tensor, divisor: int | float | None, dtype: torch.dtype) -> dict:
+def data_fingerprint(x: Tensor, scale: int | float | None, dtype: torch.dtype) -> dict:
     """Shape, dtype and the SHA-256 of the bytes of the data as the model sees them (after conversion and
     scaling): any change to any value, or to the order of the examples, is another digest. uint8 levels are
     hashed as their values (``pixel_values``), so the same images as 8-bit pixels and as floats are one
     digest; ``FINGERPRINT_ROWS`` rows at a time, never a float copy of the whole set."""
     digest = hashlib.sha256()
-    levels = None if divisor is None else level_values(divisor, dtype, x.device)
+    levels = None if scale is None else level_values(scale, dtype, x.device)
     for rows in x.detach().split(FINGERPRINT_ROWS):
         values = rows if levels is None else pixel_values(rows, levels)
         digest.update(values.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())

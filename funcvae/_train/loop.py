@@ -17,14 +17,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from funcvae import distributed
+from funcvae._runtime import distributed
 from funcvae._train import folder, watch as W
 from funcvae._train.runner import Runner
 from funcvae.batches import model_batches
 from funcvae.checkpoint import Checkpoint
 from funcvae.config import FitConfig, steps_per_epoch
-from funcvae.elbo import evaluate
-from funcvae.interrupt import Interrupted
+from funcvae.bounds import evaluate
+from funcvae._runtime.interrupt import Interrupted
 from funcvae.model import Model, Params
 from funcvae.rng import generator
 from funcvae.step import STATS, Batch, TrainState
@@ -33,7 +33,7 @@ from funcvae.step import STATS, Batch, TrainState
 @dataclass(frozen=True)
 class Run:
     """What stays fixed through a run. ``x``: the training set, (N, features) in ``dtype`` (the params'), or
-    uint8 levels whose values are ``pixel_values(x, level_values(divisor, dtype))`` (``divisor`` None
+    uint8 levels whose values are ``pixel_values(x, level_values(scale, dtype))`` (``scale`` None
     otherwise); ``x_vals``: each model's held-out set (None without one); ``stack``: whether the params are a
     stack of models."""
 
@@ -41,7 +41,7 @@ class Run:
     model: Model
     stack: bool
     x: Tensor
-    divisor: int | float | None
+    scale: int | float | None
     dtype: torch.dtype
     x_vals: list | None
     seeds: list
@@ -78,7 +78,7 @@ def run_epoch(run: Run, runner: Runner, state: Checkpoint, received: list, look:
     rng_states = list(state.rng) if start else None
     batches = model_batches(run.x, run.config.batch_size, gens, run.model.latent, run.config.binarize,
                             run.stack, samples=run.objective.samples, start=start, rng_states=rng_states,
-                            shard=(run.world.rank, run.world.size), divisor=run.divisor, dtype=run.dtype)
+                            shard=(run.world.rank, run.world.size), scale=run.scale, dtype=run.dtype)
     train, steps = state.train, run.steps_per_epoch
     stop, watch, trusted = False, W.start(acc, start), False
     with ExitStack() as trust:
@@ -151,11 +151,12 @@ def _close_epoch(run: Run, epoch: int, acc: Tensor, train: TrainState, began: fl
     sums = acc.tolist()  # one device read per epoch
     records = []
     for m, (recon, kl, loss, rows, skipped) in enumerate(sums):
-        hyper = train.hyper if not run.stack else {k: v[m] for k, v in train.hyper.items()}
-        target = float(hyper["beta"]) if "beta" in hyper else None
+        numbers = train.objective_state
+        numbers = numbers if not run.stack else {k: v[m] for k, v in numbers.items()}
+        target = float(numbers["beta"]) if "beta" in numbers else None
         recon, kl, loss = (recon / rows, kl / rows, loss / rows) if rows else (math.nan, math.nan, math.nan)
         record = {"epoch": epoch, "recon": recon, "kl": kl, "loss": loss if target is None else recon + target * kl,
-                  "val_recon": None, "val_kl": None, "val_loss": None, "beta": _beta_in_force(run, hyper, train, m),
+                  "val_recon": None, "val_kl": None, "val_loss": None, "beta": _beta_in_force(run, numbers, train, m),
                   "skipped": int(skipped)}
         if run.x_vals is not None:
             one = train.tree if not run.stack else optree.tree_map(lambda t: t[m], train.tree)
@@ -171,9 +172,9 @@ def _close_epoch(run: Run, epoch: int, acc: Tensor, train: TrainState, began: fl
     return records
 
 
-def _beta_in_force(run: Run, hyper: dict, train: TrainState, m: int) -> float | None:
+def _beta_in_force(run: Run, numbers: dict, train: TrainState, m: int) -> float | None:
     """The KL weight the epoch's last step used (after any warm-up), or None for an objective without one."""
-    if "beta" not in hyper:
+    if "beta" not in numbers:
         return None
     count = train.count if not run.stack else train.count[m]
-    return float(run.objective.schedule(hyper, count - 1, run.dtype)["beta"])
+    return float(run.objective.schedule(numbers, count - 1, run.dtype)["beta"])

@@ -9,9 +9,9 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from funcvae import distributed
+from funcvae._runtime import distributed
 from funcvae._train import watch as W
-from funcvae.compiling import make_step
+from funcvae._runtime.compiling import compile_step
 from funcvae.config import steps_per_epoch
 from funcvae.objectives import mean_loss
 from funcvae.step import Batch, TrainState, stacked
@@ -45,8 +45,8 @@ def make_runner(step, *, compile, watching: bool, world: distributed.World, stac
                              f"{step.objective.name} is not")
         if batch_size % world.size:
             raise ValueError(f"batch_size {batch_size} must divide by the {world.size} processes")
-        gradients = make_step(step.gradients, device, compile, key=(step.key, "gradients"))
-        apply = make_step(step.apply, device, compile, key=(step.key, "apply"))
+        gradients = compile_step(step.gradients, device, compile, key=(step.key, "gradients"))
+        apply = compile_step(step.apply, device, compile, key=(step.key, "apply"))
         totals = _counts(n_examples, batch_size, like)
 
         def parallel(state, batch, acc, watch, b, received):
@@ -58,7 +58,7 @@ def make_runner(step, *, compile, watching: bool, world: distributed.World, stac
         return Runner(parallel, apply != step.apply)
     one, key = (stacked(step), (step.key, "stack")) if stack else (step, step.key)
     counted = partial(_counted, one, watching)
-    compiled = make_step(counted, device, compile, key=(key, "counted", watching))
+    compiled = compile_step(counted, device, compile, key=(key, "counted", watching))
 
     def local(state, batch, acc, watch, b, received):
         return (*compiled(state, batch, acc, watch), bool(received))

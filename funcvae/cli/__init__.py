@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from funcvae import lock
+from funcvae._runtime import lock
 from funcvae._moved import module_getattr
 from funcvae.cli import evaluate, options, sweep, train
 from funcvae.cli.evaluate import format_eval_table

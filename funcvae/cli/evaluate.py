@@ -11,7 +11,8 @@ from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import diagnostics, pictures, quality, records
+from funcvae import diagnostics, pictures, quality
+from funcvae._runtime import records
 from funcvae.cli.folder import RunError
 from funcvae.cli.options import at_least
 from funcvae.cli.runs import open_run
@@ -94,7 +95,7 @@ def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int) -> 
         print(f"samples: not scored, {x.shape[0]} held-out examples are too few to split into two sets of 6")
         return None
     began = time.perf_counter()
-    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network_name=config["dataset"])
+    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network=config["dataset"])
     out["seconds"] = time.perf_counter() - began
     return out
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import funcvae
-from funcvae import records
+from funcvae._runtime import records
 from funcvae.cli.options import LEGACY_FIT, OBJECTIVES, OPTIMIZERS
 from funcvae.model import stack_size
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import funcvae
-from funcvae import records
+from funcvae._runtime import records
 from funcvae.cli import folder
 from funcvae.cli.model import recorded_model
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import records, shorthand
+from funcvae import shorthand
+from funcvae._runtime import records
 from funcvae.cli import runs
 from funcvae.cli.model import model_of
 from funcvae.cli.options import at_least, check_data, check_settings, optimizer_settings
@@ -46,7 +47,7 @@ def run(args) -> int:
     began = time.perf_counter()
     rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, scale=255,
                                          progress=False if args.quiet else None, optimizer=optimizer,
-                                         network_name=args.dataset,
+                                         network=args.dataset,
                                          **{k: settings[k] for k in SWEEP_FIELDS})
     print(funcvae.sweep.format_table(rows))
     print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")

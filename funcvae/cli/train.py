@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import funcvae
-from funcvae import lock, records, shorthand
+from funcvae import shorthand
+from funcvae._runtime import lock, records
 from funcvae.cli import folder, runs
 from funcvae.cli.model import BUILT_IN, absolute, model_name, model_of, recorded_model
 from funcvae.cli.options import (OBJECTIVES, at_least, check_data, check_settings, fit_fields, given,
@@ -52,7 +53,7 @@ def add_parser(sub, model: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """``train``: fit the run's model to its data set, one table row per epoch; the exit code. The run folder is
-    locked (``funcvae.lock``) for the whole command, before a resumed run's folder is read: two commands on one
+    locked (``funcvae._runtime.lock``) for the whole command, before a resumed run's folder is read: two commands on one
     folder at once would both rewrite history.jsonl."""
     if args.resume is None:
         return _train(args, None, *_new_run(args), done=[])

@@ -18,7 +18,9 @@ from torch import Tensor
 
 from funcvae.codec import decode, encode
 from funcvae.model import Params, check_params, examples_of, some_leaf
-from funcvae.quality import metrics, network
+from funcvae._moved import renamed_keyword
+from funcvae.quality import metrics
+from funcvae.quality import network as networks
 from funcvae.rng import generator
 from funcvae.checks import check_int
 
@@ -45,29 +47,32 @@ class Embedded(NamedTuple):
     classes: Tensor | None
 
 
-def embed(x, *, network_name: str | Callable = "fashion-mnist") -> Embedded:
+@renamed_keyword("network_name", "network")
+def embed(x, *, network: str | Callable = "fashion-mnist") -> Embedded:
     """``x`` (N, 784), (N, 28, 28) or (N, 1, 28, 28) images in [0, 1] through the feature network: a name of
-    ``network.NETWORKS`` or a function of the images returning (N, d) features, or (features, logits)."""
+    ``quality.network.NETWORKS`` or a function of the images returning (N, d) features, or (features, logits)."""
     x = _images(x, "x")
-    if callable(network_name):
-        out = network_name(x)
+    if callable(network):
+        out = network(x)
         feats, logits = out if isinstance(out, tuple) else (out, None)
     else:
-        feats, logits = network.apply(network.load(network_name), x)
+        feats, logits = networks.apply(networks.load(network), x)
     if not isinstance(feats, Tensor) or feats.ndim != 2 or feats.shape[0] != x.shape[0]:
         raise ValueError(f"the feature function must return (N, d) features for N = {x.shape[0]} images, got "
                          f"{getattr(feats, 'shape', type(feats).__name__)}")
     return Embedded(feats.detach().double(), None if logits is None else logits.argmax(-1))
 
 
-def features(x, *, network_name: str | Callable = "fashion-mnist") -> Tensor:
+@renamed_keyword("network_name", "network")
+def features(x, *, network: str | Callable = "fashion-mnist") -> Tensor:
     """The domain features of images ``x`` (see ``embed``): (N, d) float64."""
-    return embed(x, network_name=network_name).features
+    return embed(x, network=network).features
 
 
-def fid(x_a, x_b, *, network_name: str | Callable = "fashion-mnist") -> float:
+@renamed_keyword("network_name", "network")
+def fid(x_a, x_b, *, network: str | Callable = "fashion-mnist") -> float:
     """The Fréchet distance between two sets of images on the domain features (``metrics.fid``)."""
-    return metrics.fid(features(x_a, network_name=network_name), features(x_b, network_name=network_name))
+    return metrics.fid(features(x_a, network=network), features(x_b, network=network))
 
 
 def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
@@ -77,7 +82,7 @@ def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
     out = {"fid": metrics.fid(real.features, other.features), "kid": kid, "kid_std": kid_std,
            **metrics.prdc(real.features, other.features), "classes": None}
     if real.classes is not None and other.classes is not None:
-        out["classes"] = metrics.class_coverage(other.classes, real.classes, network.CLASSES)
+        out["classes"] = metrics.class_coverage(real.classes, other.classes, networks.CLASSES)
     return out
 
 
@@ -94,8 +99,9 @@ def reconstruction_images(params: Params, x: Tensor) -> Tensor:
     return params.model.likelihood.mean(decode(params, mean)).clamp(0.0, 1.0)
 
 
+@renamed_keyword("network_name", "network")
 def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 0, x_train=None,
-                   network_name: str | Callable = "fashion-mnist") -> dict:
+                   network: str | Callable = "fashion-mnist") -> dict:
     """Score a model's prior samples and reconstructions against held-out images, beside the floor.
 
     Args:
@@ -104,7 +110,7 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
       n: the size of each set (default: half the held-out images); at least 6.
       seed: names the prior draws and KID's subsets.
       x_train: the training images, for the memorisation check (None: no check).
-      network_name: the feature network (``network.NETWORKS``) or a function (see ``embed``).
+      network: the feature network (a name of ``quality.network.NETWORKS``) or a function (see ``embed``).
 
     Returns:
       ``{"n", "network", "sets": {set: scores}, "memorisation": dict or None, "findings": [...]}``; the
@@ -120,12 +126,12 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
     with torch.no_grad():
         made = {"prior samples": prior_images(params, n, seed=seed), "reconstructions": reconstruction_images(params, held),
                 "real": held}
-        embedded = {name: embed(images, network_name=network_name) for name, images in made.items()}
-        real = embed(reference, network_name=network_name)
-        result = {"n": n, "network": network_name if isinstance(network_name, str) else _name(network_name),
+        embedded = {name: embed(images, network=network) for name, images in made.items()}
+        real = embed(reference, network=network)
+        result = {"n": n, "network": network if isinstance(network, str) else _name(network),
                   "sets": {name: scores(real, embedded[name], seed=seed) for name in SETS}, "memorisation": None}
         if x_train is not None:
-            train = embed(examples_of(params, x_train, name="x_train"), network_name=network_name)
+            train = embed(examples_of(params, x_train, name="x_train"), network=network)
             result["memorisation"] = memorisation(embedded["prior samples"], embedded["real"], train)
     result["findings"] = verdicts(result)
     return result

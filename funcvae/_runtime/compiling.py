@@ -12,10 +12,11 @@ from typing import Callable
 
 import torch
 
-from funcvae.gemm import products_pass
+from funcvae._moved import module_getattr
+from funcvae._runtime.gemm import products_pass
 
 
-def make_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
+def compile_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
               key=None, cuda_graphs: bool = True) -> Callable:
     """``step`` as it will run: compiled as one graph (``fullgraph=True``) or eager.
 
@@ -55,7 +56,7 @@ def _with_own_code(step: Callable) -> Callable:
 
 
 def _options(backend, device: torch.device) -> dict | None:
-    """Inductor's settings for the step: on a CPU, the matrix products' library (``funcvae.gemm``)."""
+    """Inductor's settings for the step: on a CPU, the matrix products' library (``funcvae._runtime.gemm``)."""
     products = products_pass(device) if backend == "inductor" else None
     return None if products is None else {"post_grad_custom_post_pass": products}
 
@@ -113,7 +114,7 @@ def compile_mode(backend: str | Callable, device: torch.device) -> str | None:
 
 
 def compile_backend(compile: bool | str | Callable | None, device: torch.device) -> str | Callable | None:
-    """The ``torch.compile`` backend that ``make_step`` will use, or None for the eager step."""
+    """The ``torch.compile`` backend that ``compile_step`` will use, or None for the eager step."""
     if compile is False:
         return None
     if compile is None or compile is True:
@@ -129,3 +130,6 @@ def has_cpp_compiler() -> bool:
     """Whether inductor can build CPU kernels here (it calls $CXX, else g++ / clang++)."""
     names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
     return any(shutil.which(name) for name in names)
+
+
+__getattr__ = module_getattr(__name__, {"make_step": "funcvae._runtime.compiling:compile_step"})
