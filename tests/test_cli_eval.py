@@ -324,6 +324,10 @@ def test_eval_refuses_more_examples_than_held_out(run_dir, capsys, loads):
 
 
 @pytest.mark.parametrize("command, options", [
+    ("train", ("--dataset", "--data-root", "--binarize", "--arch", "--hidden", "--latent", "--likelihood", "--obs-std",
+               "--epochs", "--batch-size", "--lr", "--beta", "--kl-warmup", "--seed", "--out", "--quiet", "--model",
+               "--objective", "--k", "--prior", "--pseudo-inputs", "--optimizer", "--momentum", "--weight-decay",
+               "--free-bits", "--resume", "FILE.py:NAME")),
     ("eval", ("--k", "--n", "--seed", "--data-root", "--quiet")),
     ("sample", ("--n", "--seed", "--data-root", "--quiet")),
     ("sweep", ("--betas", "--epochs", "--dataset", "--hidden", "--latent", "--arch", "--lr", "--batch-size", "--seed",

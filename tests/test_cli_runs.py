@@ -18,7 +18,7 @@ import funcvae.cli
 from funcvae._runtime import lock
 
 from test_cli_eval import SMALL_MODEL as MODEL_FILE  # a model file of one's own
-from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
+from test_cli_eval import fake_load  # data.load serving a subset
 
 TINY = ["--quiet", "--no-compile", "--hidden", "8", "--latent", "2"]
 
@@ -26,15 +26,6 @@ TINY = ["--quiet", "--no-compile", "--hidden", "8", "--latent", "2"]
 @pytest.fixture(scope="module")
 def subset(fashion):
     return {"train": fashion[0][:256].clone(), "test": fashion[1][:128].clone()}
-
-
-def serve(subset):
-    """A stand-in for funcvae.data.load serving the subset (binarised like the real one when asked)."""
-    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
-        x = subset[split].clone()
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
-        return as_pixels(x, pixels, binarize)
-    return load
 
 
 def train(out, *args):
@@ -55,7 +46,7 @@ def runs(subset, tmp_path_factory):
     source = root / "my_vae.py"
     source.write_text(MODEL_FILE)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(funcvae.data, "load", serve(subset))
+        mp.setattr(funcvae.data, "load", fake_load(subset, []))
         made = {"a": new_run(root / "a", "--epochs", "1"), "b": new_run(root / "b", "--epochs", "1", "--seed", "1"),
                 "wide": new_run(root / "wide", "--epochs", "1", "--hidden", "16")}
         assert funcvae.cli.main(["train", "--out", str(root / "file"), "--quiet", "--no-compile", "--epochs", "1",
@@ -66,7 +57,7 @@ def runs(subset, tmp_path_factory):
 
 @pytest.fixture
 def loads(subset, monkeypatch):
-    monkeypatch.setattr(funcvae.data, "load", serve(subset))
+    monkeypatch.setattr(funcvae.data, "load", fake_load(subset, []))
 
 
 def copy(run_dir: Path, to: Path) -> Path:
@@ -356,11 +347,11 @@ def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceba
     which only fit checks) is one line and exit 2, whatever its words; a ValueError once epochs have ended is a
     bug, raised."""
     bad = {"train": subset["train"], "test": subset["test"][:, :, :27].clone()}
-    monkeypatch.setattr(funcvae.data, "load", serve(bad))
+    monkeypatch.setattr(funcvae.data, "load", fake_load(bad, []))
     assert train(tmp_path / "bad", "--epochs", "1") == 2
     one_line_error(capsys, "val_data")
 
-    monkeypatch.setattr(funcvae.data, "load", serve(subset))
+    monkeypatch.setattr(funcvae.data, "load", fake_load(subset, []))
     fit = funcvae.fit
 
     def fit_with_a_bug(*args, callbacks, **kwargs):

@@ -3,6 +3,7 @@ more than torch's setting, the setting is restored, and the number of threads do
 count is used only once the step has given the same bits on it."""
 
 import itertools
+import math
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -154,11 +155,14 @@ def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
     # dynamo's guards include the thread count: the step after a change must run with them, or it fails.
     from funcvae import train
 
+    counts = []
+
     @contextmanager
     def switching(device, adapt=True):
         calls = itertools.count()
 
         def look(same):
+            counts.append(torch.get_num_threads())
             if next(calls) in (0, 3):  # after the first and the fourth step
                 torch.set_num_threads(3 - torch.get_num_threads())
                 return True
@@ -168,10 +172,14 @@ def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
     before = torch.get_num_threads()
     x = torch.rand(192, 784, generator=torch.Generator().manual_seed(0))
     try:
-        funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), x, epochs=2, batch_size=32,
-                    compile=lambda gm, inputs: gm.forward, progress=False)
+        torch.set_num_threads(1)
+        _, history = funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), x, epochs=2, batch_size=32,
+                                 compile=lambda gm, inputs: gm.forward, progress=False)
     finally:
         torch.set_num_threads(before)
+    # Every step ran (12 looks), on 1 thread, then 2 after the first step, then 1 again after the fourth.
+    assert counts == [1, 2, 2, 2] + [1] * 8
+    assert [h["epoch"] for h in history] == [1, 2] and all(math.isfinite(h["loss"]) for h in history)
 
 
 def _seesaw(monkeypatch) -> list:
