@@ -64,10 +64,9 @@ def _options(backend, device: torch.device) -> dict | None:
 def _scalars_stay_tensors(compiled: Callable) -> Callable:
     """``compiled`` called with AOT autograd's pass that turns Python float scalars into tensors switched off.
 
-    The step has no Python float inputs, but its 0-d float64 tensors (learning rate, KL weight) each get a
-    symbolic float for a ``.item()`` that nothing calls; that pass then finds symbols it did not convert
-    and restarts the whole trace, which cost 10 of 34 s of a cold compile on 2 cores. The switch is an
-    environment variable read while compiling, so it is set for the call and restored after it."""
+    The step has no Python float inputs, but that pass would restart the whole trace for its 0-d float64
+    numbers (docs/speed.md, "One trace per compile"). The switch is an environment variable read while
+    compiling, so it is set for the call and restored after it."""
     def call(*args):
         before = os.environ.get(_TENSORIFY)
         os.environ[_TENSORIFY] = "0"
