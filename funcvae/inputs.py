@@ -6,7 +6,6 @@ Every check runs before any work, so bad input fails at once with an error that 
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np

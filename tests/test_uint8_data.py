@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import inputs, objectives, optim, pixels, shorthand
+from funcvae import inputs, objectives, optim, shorthand
 from funcvae._runtime import compiling
 from funcvae.batches import epoch_batches
 from funcvae.cli import options
 from funcvae.config import steps_per_epoch
+from funcvae.pixels import level_values, pixel_values
 from funcvae.step import Batch, init_state, make_train_step, stacked
 
 from test_cli_eval import fake_load
@@ -59,7 +60,7 @@ def without_seconds(history: list) -> list:
 def test_every_level_has_the_float_paths_value(dtype):
     levels = torch.arange(256, dtype=torch.uint8)
     for scale in SCALES:
-        got = pixels.pixel_values(levels, pixels.level_values(scale, dtype))
+        got = pixel_values(levels, level_values(scale, dtype))
         assert got.dtype == dtype and torch.equal(got, values(levels, scale, dtype)), scale
 
 
@@ -71,7 +72,7 @@ def test_every_level_has_the_float_paths_value_under_inductor(device):
         pytest.skip("inductor needs a C++ compiler on CPU")
 
     def all_scales(x):
-        return torch.stack([pixels.pixel_values(x, pixels.level_values(s, torch.float32, x.device))
+        return torch.stack([pixel_values(x, level_values(s, torch.float32, x.device))
                             for s in SCALES])
 
     levels = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
@@ -306,7 +307,7 @@ def test_levels_are_checked_and_valued_as_the_float_path(dtype, top, low, scale,
         return
     levels, held_scale = held
     assert (levels.dtype == torch.uint8) == (low >= 0 and top <= 255)
-    got = levels if held_scale is None else pixels.pixel_values(levels, pixels.level_values(held_scale, like.dtype))
+    got = levels if held_scale is None else pixel_values(levels, level_values(held_scale, like.dtype))
     assert torch.equal(got, floats)
 
 

@@ -10,7 +10,8 @@ from typing import Callable, NamedTuple
 
 import funcvae
 from funcvae._runtime import records
-from funcvae.cli.options import LEGACY_FIT, OBJECTIVES, OPTIMIZERS
+from funcvae.cli.options import LEGACY_FIT
+from funcvae.shorthand import OBJECTIVES, OPTIMIZERS
 from funcvae.model import stack_size
 
 CONFIG, HISTORY, PARAMS = "config.json", "history.jsonl", "params.safetensors"

@@ -14,7 +14,7 @@ import math
 import funcvae
 from funcvae import objectives, shorthand
 from funcvae.models import ARCHS, LIKELIHOODS, PRIORS
-from funcvae.shorthand import DEFAULTS, OBJECTIVES, OPTIMIZERS
+from funcvae.shorthand import DEFAULTS, OPTIMIZERS
 #: What a run made before the objective and optimiser options existed has instead of those settings: the
 #: beta-ELBO and Adam.
 LEGACY_FIT = dict(objective="elbo", k=None, free_bits=None, optimizer="adam", momentum=None, weight_decay=None)

@@ -12,9 +12,10 @@ from funcvae import shorthand
 from funcvae._runtime import lock, records
 from funcvae.cli import folder, runs
 from funcvae.cli.model import BUILT_IN, absolute, model_name, model_of, recorded_model
-from funcvae.cli.options import (OBJECTIVES, at_least, check_data, check_settings, fit_fields, given,
+from funcvae.cli.options import (at_least, check_data, check_settings, fit_fields, given,
                                  objective_settings, optimizer_settings, settings_problem)
 from funcvae.config import steps_per_epoch
+from funcvae.shorthand import OBJECTIVES
 
 COLUMNS = ("Epoch", "Reconstruction Loss", "KL Divergence", "Total ELBO Loss", "Val Recon", "Val KL",
            "Val Total", "s")
