@@ -29,13 +29,14 @@ from safetensors import SafetensorError
 
 from funcvae import models
 from funcvae._runtime import records
-from funcvae.model import Model, Params, check_params, leaves_by_path, paths_and_leaves, stack_size
+from funcvae.model import Model, Params, check_keys, check_params, leaves_by_path, paths_and_leaves, stack_size
 from funcvae.step import TrainState
 
 _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
 _INTEGRITY_KEY = "funcvae_integrity"
 _FORMAT = "funcvae-checkpoint-3"
+_TREE_KEY = "funcvae_tree"  # the params tree's dicts, in order, empty ones included (leaves: null)
 _FACTS = ("likelihood", "prior", "input_shape", "latent")
 
 
@@ -57,7 +58,8 @@ def _facts(model: Model) -> dict:
 def save_params(path: str | os.PathLike, params: Params) -> None:
     """Write ``params`` to ``path`` (a .safetensors file) atomically; leaves by path, the model described."""
     check_params(params)
-    _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model))})
+    _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model)),
+                                                _TREE_KEY: _skeleton(params.tree)})
 
 
 def _moved_field(name: str, field: str) -> property:
@@ -126,7 +128,7 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
     text = records.dumps(meta)
     path = Path(path)
     _check_stacked(path, n, _state_fields(records.loads(text), tensors, path), tensors)
-    _write(path, tensors, {_STATE_KEY: text})
+    _write(path, tensors, {_STATE_KEY: text, _TREE_KEY: _skeleton(state.train.tree)})
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: Model | None = None,
@@ -149,7 +151,7 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
     state = _state_fields(records.decode(_from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
     model = _model_of(state["model"], model, path)
     _verify(path, tensors, meta)
-    params = Params(model, _tree_from_paths(_under("params/", tensors), path))
+    params = Params(model, _params_tree(_under("params/", tensors), meta, path))
     n = _check_leaves(params, path)
     _check_stacked(path, n, state, tensors)
     opt, hyper = _under("opt/", tensors), _under("hyper/", tensors)
@@ -263,7 +265,7 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
         raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
     model = _model_of(_from_json(meta[_MODEL_KEY], path, "model"), model, path)
     _verify(path, tensors, meta)
-    params = Params(model, _tree_from_paths(tensors, path))
+    params = Params(model, _params_tree(tensors, meta, path))
     _check_leaves(params, path)
     return _to(device, params)
 
@@ -395,6 +397,43 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _skeleton(tree: dict) -> str:
+    """The JSON of ``tree``'s dicts in their order, a leaf as null; TypeError naming a key that a path cannot
+    hold."""
+    check_keys(tree, "the params tree")
+
+    def skeleton(node: dict) -> dict:
+        return {k: skeleton(v) if isinstance(v, dict) else None for k, v in node.items()}
+    return json.dumps(skeleton(tree))
+
+
+def _params_tree(tensors: dict, meta: dict, path: Path) -> dict:
+    """The params tree as it was saved: its dicts in their order, empty ones included, from the file's
+    skeleton (a file written before skeletons were recorded: nested by path, keys sorted)."""
+    if _TREE_KEY not in meta:
+        return _tree_from_paths(tensors, path)
+    skeleton = _from_json(meta[_TREE_KEY], path, "params tree")
+    left = dict(tensors)
+
+    def build(node, prefix: str) -> dict:
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: the params tree metadata is not a tree of dicts at {prefix or 'the top'!r}")
+        out = {}
+        for key, sub in node.items():
+            name = prefix + key
+            if sub is None:
+                if name not in left:
+                    raise ValueError(f"{path}: tensor {name!r} of the params tree is missing")
+                out[key] = left.pop(name)
+            else:
+                out[key] = build(sub, name + "/")
+        return out
+    tree = build(skeleton, "")
+    if left:
+        raise ValueError(f"{path}: tensor(s) {sorted(left)[:5]} are not in the params tree")
+    return tree
 
 
 def _tree_from_paths(tensors: dict, path: Path) -> dict:

@@ -385,11 +385,24 @@ def paths_and_leaves(tree, prefix: tuple = ()):
 def _check_tree(tree, where: str) -> None:
     if not isinstance(tree, dict) or not tree:
         raise TypeError(f"the model's {where} must return a non-empty dict of tensors, got {_describe(tree)}")
+    check_keys(tree, f"the model's {where}")
     paths, leaves, _ = optree.tree_flatten_with_path(tree, none_is_leaf=True)  # a None is a bad leaf, not a node
     for path, leaf in zip(("/".join(map(str, p)) for p in paths), leaves):
         if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
             raise TypeError(f"the model's {where} returned {_describe(leaf)} at {path}; every leaf must be a "
                             "floating-point tensor (keep settings in the Model, not in the tree)")
+
+
+def check_keys(tree: dict, where: str, prefix: str = "") -> None:
+    """Raise TypeError naming the first key of ``tree`` (nested dicts) that is not a non-empty string without
+    "/": leaves are addressed, saved and loaded by their path ``a/b/c``."""
+    for key, value in tree.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            at = f" under {prefix.rstrip('/')}" if prefix else ""
+            raise TypeError(f"{where} has the key {key!r}{at}: keys must be non-empty strings without '/' (leaves "
+                            "are addressed, saved and loaded by their path, a/b/c)")
+        if isinstance(value, dict):
+            check_keys(value, where, f"{prefix}{key}/")
 
 
 def _describe(value) -> str:

@@ -2,6 +2,7 @@
 the params' floating dtype, no random draws, no branches on values, no writes to its inputs, an init that
 draws from its generator alone. And one writer per run folder, threads of one process included."""
 
+import re
 import threading
 
 import pytest
@@ -157,3 +158,50 @@ def test_two_threads_fitting_into_one_folder_one_is_refused_before_any_work(tmp_
     _, history = results["first"]
     saved = funcvae.load(tmp_path / funcvae.CHECKPOINT_FILE, model=params.model)
     assert saved.epoch == 2 and saved.history[0] == history
+
+
+def _ordered_init(gen):
+    # Not sorted, an empty dict, and names that sort differently from their order.
+    return {"z_dec": {"w": torch.randn(LATENT, 784, generator=gen), "b": torch.zeros(784)}, "extra": {},
+            "a_enc": {"w": torch.randn(784, 2 * LATENT, generator=gen)}}
+
+
+def _ordered_model() -> funcvae.Model:
+    return _model(init=_ordered_init, encode=lambda t, x: _encode({"e": t["a_enc"]}, x),
+                  decode=lambda t, z: z @ t["z_dec"]["w"] + t["z_dec"]["b"])
+
+
+def _order(tree, prefix=""):
+    return [(prefix + k, None if not isinstance(v, dict) else _order(v, prefix + k + "/")) for k, v in tree.items()]
+
+
+def test_a_saved_tree_loads_as_it_was_order_and_empty_dicts_included(tmp_path):
+    params = _ordered_model().init(0)
+    funcvae.save_params(tmp_path / "p.safetensors", params)
+    back = funcvae.load_params(tmp_path / "p.safetensors", model=params.model)
+    assert _order(back.tree) == _order(params.tree)
+    leaves = torch.utils._pytree.tree_leaves(params.tree)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(back.tree), leaves))
+    assert torch.utils._pytree.tree_structure(back.tree) == torch.utils._pytree.tree_structure(params.tree)
+
+
+def test_a_run_whose_tree_holds_an_empty_dict_resumes(tmp_path):
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+    params = _ordered_model().init(0)
+    whole, _ = funcvae.fit(params, x, epochs=2, batch_size=32, compile=False, progress=False)
+    funcvae.fit(params, x, epochs=1, batch_size=32, compile=False, progress=False, checkpoint_dir=tmp_path)
+    resumed, _ = funcvae.fit(params, x, epochs=2, batch_size=32, compile=False, progress=False,
+                             checkpoint_dir=tmp_path, resume=True)
+    assert _order(resumed.tree) == _order(params.tree)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(resumed.tree),
+                                                 torch.utils._pytree.tree_leaves(whole.tree)))
+
+
+@pytest.mark.parametrize("key", ["a/b", "", 3, ("a",)])
+def test_keys_a_path_cannot_hold_are_refused_naming_them(key):
+    def init(gen):
+        tree = _init(gen)
+        tree["e"][key] = torch.zeros(1)
+        return tree
+    with pytest.raises(TypeError, match=re.escape(f"has the key {key!r} under e: keys must be non-empty strings")):
+        _model(init=init).init(0)
