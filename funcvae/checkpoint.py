@@ -12,7 +12,9 @@ can write a consistent file.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import marshal
 import os
 import struct
 import tempfile
@@ -46,7 +48,27 @@ def describe(model: Model) -> dict:
     if model.spec is not None:
         return {"spec": model.spec.to_dict()}
     return {"custom": {"encode": _name(model.encode), "decode": _name(model.decode), "init": _name(model.init_fn),
-                       **_facts(model)}}
+                       **_facts(model), "code": code_digest(model)}}
+
+
+def code_digest(model: Model) -> str:
+    """SHA-256 of what identifies a user's model's code: the files that define its init, encode and decode
+    (so an edit to a helper they call counts too), or where a function has no file (a REPL), its compiled
+    code. Recorded with params and checkpoints, so that other code reading them is refused by default."""
+    digest = hashlib.sha256()
+    for fn in (model.init_fn, model.encode, model.decode):
+        digest.update(_code_of(fn))
+    return digest.hexdigest()
+
+
+def _code_of(fn) -> bytes:
+    fn = inspect.unwrap(getattr(fn, "func", fn))  # a functools.partial's function
+    try:
+        return Path(inspect.getsourcefile(fn)).read_bytes()
+    except (TypeError, OSError):
+        pass
+    code = getattr(fn, "__code__", None)
+    return marshal.dumps(code) if code is not None else f"{type(fn).__module__}.{type(fn).__qualname__}".encode()
 
 
 def _facts(model: Model) -> dict:
@@ -132,13 +154,15 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: Model | None = None,
-         template=None) -> Checkpoint:
+         template=None, accept_changed_code: bool = False) -> Checkpoint:
     """Read a ``Checkpoint`` written by ``save``.
 
     Args:
       model: the model of a user's (not built-in) model; a built-in one rebuilds itself from the file.
       template: an optimiser state of the run's structure (``optimizer.init(...)``, stacked for a stack);
         its leaves are replaced by the file's, by path. Without it ``opt_state`` is ``{path: tensor}``.
+      accept_changed_code: read it with ``model`` although its functions' names or code differ from those
+        that wrote the file (refused by default: other code may read the params as something else).
 
     Raises:
       ValueError: a corrupt, truncated or mismatched file, naming the file and the field or tensor that is
@@ -149,7 +173,7 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
     if _STATE_KEY not in meta:
         raise ValueError(f"{path} is not a funcvae checkpoint (no training state in its metadata)")
     state = _state_fields(records.decode(_from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
-    model = _model_of(state["model"], model, path)
+    model = _model_of(state["model"], model, path, accept_changed_code)
     _verify(path, tensors, meta)
     params = Params(model, _params_tree(_under("params/", tensors), meta, path))
     n = _check_leaves(params, path)
@@ -248,12 +272,14 @@ def restore(template, flat: dict, path: Path):
     return optree.tree_unflatten(treespec, [flat[k] for k in want])
 
 
-def load_params(path: str | os.PathLike, *, model: Model | None = None, device: torch.device | str = "cpu") -> Params:
+def load_params(path: str | os.PathLike, *, model: Model | None = None, device: torch.device | str = "cpu",
+                accept_changed_code: bool = False) -> Params:
     """Read params written by ``save_params``.
 
     Args:
       model: the ``Model`` of a user's model (required for one; a built-in model rebuilds itself from the
         file, and when passed must match it).
+      accept_changed_code: as for ``load``.
 
     Raises:
       ValueError: a bad or corrupt file (naming the file and what is wrong), a user's model without
@@ -263,16 +289,16 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
     tensors, meta = _read(path)
     if _MODEL_KEY not in meta:
         raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
-    model = _model_of(_from_json(meta[_MODEL_KEY], path, "model"), model, path)
+    model = _model_of(_from_json(meta[_MODEL_KEY], path, "model"), model, path, accept_changed_code)
     _verify(path, tensors, meta)
     params = Params(model, _params_tree(tensors, meta, path))
     _check_leaves(params, path)
     return _to(device, params)
 
 
-def _model_of(described, model: Model | None, path: Path) -> Model:
-    """The model a file describes: ``model`` when given (it must be of the same kind), else the built-in
-    model its spec rebuilds."""
+def _model_of(described, model: Model | None, path: Path, accept_changed_code: bool = False) -> Model:
+    """The model a file describes: ``model`` when given (it must be of the same kind, and a user's model of
+    the same functions and code unless ``accept_changed_code``), else the built-in model its spec rebuilds."""
     if not isinstance(described, dict) or not ({"spec", "custom"} & described.keys()):
         raise ValueError(f"{path}: the model metadata is not a funcvae model description: {described!r}")
     if model is not None:
@@ -286,12 +312,28 @@ def _model_of(described, model: Model | None, path: Path) -> Model:
         if differ:
             raise ValueError(f"{path} holds a model that differs from the one passed in " + "; ".join(
                 f"{k}: file {a!r}, model {b!r}" for k, (a, b) in differ.items()))
+        changed = code_changes(described, mine)
+        if changed and not accept_changed_code:
+            raise ValueError(f"{path} was written by other model code ({'; '.join(changed)}): code that changed "
+                             "may read these params as something else. If the change keeps their meaning, pass "
+                             "accept_changed_code=True (the command line's --accept-changed-code)")
         return model
     if "custom" in described:
         c = described["custom"]
         raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
                          "pass it: load_params(path, model=model)")
     return _built_in(described["spec"], path)
+
+
+def code_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two descriptions (``describe``) of a user's model: its functions' names and its
+    code digest (a file written before digests were recorded is compared by names alone)."""
+    if "custom" not in saved or "custom" not in now:
+        return []
+    old, new = saved["custom"], now["custom"]
+    keys = ("init", "encode", "decode") + (("code",) if "code" in old else ())
+    return [f"{k}: file {old.get(k)!r}, now {new.get(k)!r}" if k != "code" else "the files defining its functions"
+            for k in keys if old.get(k) != new.get(k)]
 
 
 def _built_in(spec, path: Path) -> Model:

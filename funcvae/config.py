@@ -35,6 +35,8 @@ class FitConfig:
       checkpoint_dir, resume, checkpoint_every: where and when to checkpoint, and whether to continue.
       overwrite: start afresh over a checkpoint already in ``checkpoint_dir`` (without it, and without
         ``resume``, such a checkpoint is refused before any work rather than replaced).
+      accept_changed_code: resume a user's model whose functions' names or code changed since the checkpoint
+        was written (refused by default).
       on_nonfinite: "raise" or "skip" a step with a non-finite loss term or gradient.
       progress: show a progress bar (default: when stderr is a terminal).
       share_cores: on a CPU, run the steps on the cores other processes leave free, rechecked every half
@@ -52,6 +54,7 @@ class FitConfig:
     resume: bool = False
     checkpoint_every: int | None = None
     overwrite: bool = False
+    accept_changed_code: bool = False
     on_nonfinite: str = "raise"
     progress: bool | None = None
     share_cores: bool = True
@@ -73,6 +76,7 @@ class FitConfig:
             "checkpoint_every": None if self.checkpoint_every is None
             else check_int("checkpoint_every", plain(self.checkpoint_every)),
             "overwrite": check_bool("overwrite", self.overwrite),
+            "accept_changed_code": check_bool("accept_changed_code", self.accept_changed_code),
             "on_nonfinite": _one_of("on_nonfinite", self.on_nonfinite, ON_NONFINITE, ""),
             "progress": None if self.progress is None else check_bool("progress", self.progress),
             "share_cores": check_bool("share_cores", self.share_cores),

@@ -205,3 +205,52 @@ def test_keys_a_path_cannot_hold_are_refused_naming_them(key):
         return tree
     with pytest.raises(TypeError, match=re.escape(f"has the key {key!r} under e: keys must be non-empty strings")):
         _model(init=init).init(0)
+
+
+def _module_model(folder, body: str) -> funcvae.Model:
+    """The model ``model`` of a model file written in ``folder`` with ``body`` as its encode's last line."""
+    import importlib.util
+    path = folder / "vae.py"
+    path.write_text("import torch\nimport funcvae\n\n"
+                    "def init(gen):\n"
+                    "    return {'e': {'w': torch.randn(784, 4, generator=gen)}, 'd': {'w': torch.randn(2, 784, generator=gen)}}\n\n"
+                    "def encode(t, x):\n"
+                    "    h = x @ t['e']['w']\n"
+                    f"    {body}\n\n"
+                    "def decode(t, z):\n"
+                    "    return z @ t['d']['w']\n\n"
+                    "model = funcvae.Model(init=init, encode=encode, decode=decode, likelihood='bernoulli',\n"
+                    "                      input_shape=(1, 28, 28), latent=2)\n")
+    spec = importlib.util.spec_from_file_location(f"vae_{abs(hash(body))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.model
+
+
+def test_params_read_by_changed_model_code_are_refused_unless_accepted(tmp_path):
+    old = _module_model(tmp_path, "return h[:2], h[2:]")
+    params = old.init(0)
+    funcvae.save_params(tmp_path / "p.safetensors", params)
+    new = _module_model(tmp_path, "return h[2:], h[:2]")  # same leaves, other meaning
+    with pytest.raises(ValueError, match="written by other model code .*accept_changed_code=True"):
+        funcvae.load_params(tmp_path / "p.safetensors", model=new)
+    back = funcvae.load_params(tmp_path / "p.safetensors", model=new, accept_changed_code=True)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(back.tree),
+                                                 torch.utils._pytree.tree_leaves(params.tree)))
+    swapped = _model(init=old.init_fn, encode=old.encode, decode=lambda t, z: old.decode(t, z))
+    with pytest.raises(ValueError, match="decode: file"):  # functions swapped for others
+        funcvae.load_params(tmp_path / "p.safetensors", model=swapped)
+
+
+def test_a_run_of_changed_model_code_resumes_only_when_accepted(tmp_path):
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+    folder = tmp_path / "run"
+    old = _module_model(tmp_path, "return h[:2], h[2:]")
+    funcvae.fit(old.init(0), x, epochs=1, batch_size=32, compile=False, progress=False, checkpoint_dir=folder)
+    new = _module_model(tmp_path, "return h[:2], 0.5 * h[2:]")
+    with pytest.raises(ValueError, match="written by other model code"):
+        funcvae.fit(new.init(0), x, epochs=2, batch_size=32, compile=False, progress=False, checkpoint_dir=folder,
+                    resume=True)
+    _, history = funcvae.fit(new.init(0), x, epochs=2, batch_size=32, compile=False, progress=False,
+                             checkpoint_dir=folder, resume=True, accept_changed_code=True)
+    assert [h["epoch"] for h in history] == [1, 2]

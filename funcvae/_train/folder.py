@@ -73,6 +73,15 @@ def fingerprint(model: Model, stack: int | None, seeds: list, config: FitConfig,
     return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
 
 
+def _besides_code(now: dict, saved) -> bool:
+    """Whether two descriptions of a model differ in more than its functions' names and code."""
+    if not (isinstance(saved, dict) and "custom" in saved and "custom" in now):
+        return True
+    rest = [{k: v for k, v in d["custom"].items() if k not in ("init", "encode", "decode", "code")}
+            for d in (now, saved)]
+    return rest[0] != rest[1]
+
+
 def data_fingerprint(x: Tensor, scale: int | float | None, dtype: torch.dtype) -> dict:
     """Shape, dtype and the SHA-256 of the bytes of the data as the model sees them (after conversion and
     scaling): any change to any value, or to the order of the examples, is another digest. uint8 levels are
@@ -87,7 +96,7 @@ def data_fingerprint(x: Tensor, scale: int | float | None, dtype: torch.dtype) -
 
 
 def start(fresh: Checkpoint, ckpt: Path | None, resume: bool, prints: dict | None, *, epochs: int,
-          steps: int, rng: Tensor, device: torch.device) -> Checkpoint:
+          steps: int, rng: Tensor, device: torch.device, accept_changed_code: bool = False) -> Checkpoint:
     """The state training starts from: ``fresh``, or the checkpoint at ``ckpt`` when resuming and one exists.
     ``prints``: this run's ``fingerprint``; ``rng``: the stacked generator states of this run's first epoch
     (the shape a mid-epoch checkpoint's must have).
@@ -99,8 +108,14 @@ def start(fresh: Checkpoint, ckpt: Path | None, resume: bool, prints: dict | Non
     """
     if not (resume and ckpt.is_file()):
         return fresh
-    state = load(ckpt, device=device, model=fresh.model)
+    state = load(ckpt, device=device, model=fresh.model, accept_changed_code=accept_changed_code)
+    saved = state.config.get("model")
+    if isinstance(saved, dict) and "code" not in saved.get("custom", {"code": None}):
+        # written before code digests were recorded: its model is compared by names and facts alone
+        prints = {**prints, "model": {"custom": {k: v for k, v in prints["model"]["custom"].items() if k != "code"}}}
     mismatch = {k: (v, state.config.get(k)) for k, v in prints.items() if state.config.get(k) != v}
+    if accept_changed_code and "model" in mismatch and not _besides_code(*mismatch["model"]):
+        del mismatch["model"]
     if mismatch:
         diffs = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in mismatch.items())
         raise ValueError(f"cannot resume from {ckpt}: it was made with other settings or data ({diffs})")

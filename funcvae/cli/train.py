@@ -21,7 +21,7 @@ COLUMNS = ("Epoch", "Reconstruction Loss", "KL Divergence", "Total ELBO Loss", "
            "Val Total", "s")
 KEYS = ("epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "seconds")
 #: The options --resume takes as they come: how far to train, where the data are, the progress bar.
-RESUMABLE = frozenset({"epochs", "data_root", "quiet", "resume"})
+RESUMABLE = frozenset({"epochs", "data_root", "quiet", "resume", "accept_changed_code"})
 #: The options config.json's "fit" records under their own names.
 AS_RECORDED = ("batch_size", "seed", "lr", "beta", "kl_warmup", "objective", "k", "free_bits", "optimizer", "momentum",
                "weight_decay", "checkpoint_every", "on_nonfinite")
@@ -49,6 +49,7 @@ def add_parser(sub, model: argparse.ArgumentParser) -> None:
                    help="continue the run in this run folder with the settings of its config.json (only "
                         "--epochs may change: it extends the run; --data-root and --quiet are taken too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--accept-changed-code", action="store_true", help="with --resume: " + folder.ACCEPT_HELP)
     p.set_defaults(run=run, parser=p)
 
 
@@ -91,7 +92,8 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
         for record in done:
             print(format_row(record))
         fit_config = funcvae.FitConfig(**fit_fields(settings), scale=1 if static else 255, checkpoint_dir=str(run_dir),
-                                       resume=True, progress=False if args.quiet else None)
+                                       resume=True, progress=False if args.quiet else None,
+                                       accept_changed_code=args.accept_changed_code)
         return _fit(run_dir, done, params, x_train, val_data=x_test, objective=objective, optimizer=optimizer,
                     config=fit_config)
 
@@ -118,7 +120,7 @@ def _resumed(args, run_dir: Path) -> tuple[dict, funcvae.Model, list[dict]]:
         args.parser.error(f"--resume continues {run_dir} with the settings of its config.json; {', '.join(changed)} "
                           "would change them (start a new run instead)")
     model = recorded_model(args, config, run_dir / folder.CONFIG)
-    done, trained = _progress(run_dir, model)
+    done, trained = _progress(run_dir, model, args.accept_changed_code)
     settings = config["fit"]
     if args.epochs is not None:
         if args.epochs < trained:
@@ -157,14 +159,14 @@ def _recorded_options(config: dict, run_dir: Path) -> dict:
             "out": run_dir.resolve().parent}
 
 
-def _progress(run_dir: Path, model: funcvae.Model) -> tuple[list[dict], int]:
+def _progress(run_dir: Path, model: funcvae.Model, accept_changed_code: bool) -> tuple[list[dict], int]:
     """The epochs the run folder's checkpoint holds (history.jsonl is rewritten from them: a line written after
     the last checkpoint belongs to an epoch that will be trained again), and the epochs it has trained, one
     begun counted. Without a checkpoint the run starts afresh, which loses nothing only when nothing of a
     trained epoch is there: RunError when history.jsonl holds a line or params.safetensors exists."""
     path = run_dir / funcvae.CHECKPOINT_FILE
     if path.is_file():
-        checkpoint, history = folder.read_checkpoint(path, model)
+        checkpoint, history = folder.read_checkpoint(path, model, accept_changed_code)
         return history, checkpoint.epoch + (checkpoint.step > 0)
     log = run_dir / folder.HISTORY
     lines = sum(1 for line in log.read_bytes().splitlines() if line.strip()) if log.is_file() else 0
