@@ -31,9 +31,9 @@ FIT_KEYS = {"epochs", "batch_size", "lr", "seed", "beta", "kl_warmup", "binarize
             "on_nonfinite", "matmul_dtype", "objective", "k", "free_bits", "optimizer", "momentum", "weight_decay"}
 #: What the settings are when no option names them: the shorthand's defaults (``k``, ``momentum`` and
 #: ``weight_decay`` are recorded only for the objective or optimiser they belong to).
-DEFAULT_SETTINGS = dict(epochs=10, batch_size=128, seed=0, binarize=None, checkpoint_every=None, on_nonfinite="raise",
-                        matmul_dtype=None, **{k: v for k, v in shorthand.DEFAULTS.items() if k in FIT_KEYS},
-                        k=None, momentum=None, weight_decay=None)
+DEFAULT_SETTINGS = {**{k: v for k, v in shorthand.DEFAULTS.items() if k in FIT_KEYS}, "epochs": 10, "batch_size": 128,
+                    "seed": 0, "binarize": None, "checkpoint_every": None, "on_nonfinite": "raise",
+                    "matmul_dtype": None, "k": None, "momentum": None, "weight_decay": None}
 
 
 @pytest.fixture(scope="module")
