@@ -248,7 +248,11 @@ def decode(tree, z):
 model = funcvae.Model(init=init, encode=encode, decode=decode, likelihood="bernoulli", latent=2)
 vamp = funcvae.Model(init=init, encode=encode, decode=decode, likelihood="bernoulli", latent=2,
                      prior=funcvae.priors.vamp(10))
-small = funcvae.Model(init=init, encode=encode, decode=decode, input_shape=(1, 14, 14), latent=2)
+def small_init(gen):
+    return {**init(gen), "hidden": nn.dense_init(gen, 196, 16), "out": nn.dense_init(gen, 16, 196)}
+
+
+small = funcvae.Model(init=small_init, encode=encode, decode=decode, input_shape=(1, 14, 14), latent=2)
 not_a_model = 42
 '''
 
@@ -299,14 +303,54 @@ def model_file(tmp_path):
     (["--model", "<file>:model", "--latent", "3"], "--latent (options of the built-in models) cannot be used with it"),
     (["--model", "<file>:model", "--prior", "vamp", "--arch", "mlp"], "--arch, --prior (options of the built-in"),
     (["--model", "<file>:model", "--hidden"], "--hidden (options of the built-in models)"),
+    (["--model", "<bad>vae_syntax.py:model"], "running <bad>vae_syntax.py failed: SyntaxError at line 2"),
+    (["--model", "<bad>vae_relative.py:model"], "attempted relative import with no known parent package; a model file "
+                                            "is run on its own"),
+    (["--model", "<bad>vae_exits.py:model"], "running <bad>vae_exits.py failed: it called sys.exit(3)"),
+    (["--model", "<bad>vae_raises.py:model"], "vae_raises.py:model: the model fails its check: KeyError: 'inside'"),
+    (["--model", "<bad>vae_random.py:model"], "the model fails its check: ValueError: the model's encode breaks the "
+                                          "contract: it draws random numbers"),
 ])
 def test_bad_settings_are_usage_errors_before_any_work(tmp_path, capsys, loads, model_file, args, complaint):
-    args = [a.replace("<file>", str(model_file)) for a in args]
+    bad = _bad_model_files(model_file.parent)
+    args = [a.replace("<file>", str(model_file)).replace("<bad>", bad) for a in args]
     with pytest.raises(SystemExit) as info:
         train(tmp_path / "runs", "--hidden", "8", *args) if "--model" not in args else train(tmp_path / "runs", *args)
     assert info.value.code == 2
-    assert complaint.replace("<file>", str(model_file)) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert complaint.replace("<file>", str(model_file)).replace("<bad>", bad) in err and "Traceback" not in err
     assert loads == [] and not (tmp_path / "runs").exists()
+
+
+def _bad_model_files(folder) -> str:
+    """Model files that cannot be used, beside the good one; the prefix of their paths."""
+    good = MODEL_FILE.replace("def encode(tree, x):\n", "def encode(tree, x):\n    {line}\n")
+    files = {"vae_syntax.py": "import torch\ndef broken(:\n", "vae_relative.py": "from .my_vae import model\n",
+             "vae_exits.py": "import sys\nsys.exit(3)\n",
+             "vae_raises.py": good.replace("{line}", "raise KeyError('inside')"),
+             "vae_random.py": good.replace("{line}", "x = x + torch.rand(784)")}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return str(folder) + "/"
+
+
+def test_a_model_file_imports_a_module_beside_it_from_any_folder(tmp_path, monkeypatch):
+    from funcvae.cli.model import model_from_file
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "sizes_for_vae.py").write_text("LATENT = 2\n")
+    (folder / "vae.py").write_text(MODEL_FILE.replace("import funcvae\n", "import funcvae\nimport sizes_for_vae\n"))
+    monkeypatch.chdir(tmp_path)
+    assert model_from_file(f"{folder / 'vae.py'}:model").latent == 2
+
+
+def test_options_are_checked_before_the_model_file_runs(tmp_path, capsys, loads, model_file):
+    marker = tmp_path / "ran"
+    model_file.write_text(f"open({str(marker)!r}, 'w').close()\n" + MODEL_FILE)
+    with pytest.raises(SystemExit):
+        train(tmp_path / "runs", "--model", f"{model_file}:model", "--k", "5")
+    assert "--k (importance samples) applies to --objective iwae only" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_a_model_for_other_inputs_than_the_data_is_refused_before_the_run_folder(tmp_path, capsys, loads, model_file):

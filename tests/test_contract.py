@@ -17,7 +17,8 @@ LATENT = 2
 
 
 def _init(gen):
-    return {"e": {"w": torch.randn(784, 2 * LATENT, generator=gen)}, "d": {"w": torch.randn(LATENT, 784, generator=gen)}}
+    return {"e": {"w": torch.randn(784, 2 * LATENT, generator=gen)},
+            "d": {"w": torch.randn(LATENT, 784, generator=gen)}}
 
 
 def _encode(t, x):
@@ -213,7 +214,8 @@ def _module_model(folder, body: str) -> funcvae.Model:
     path = folder / "vae.py"
     path.write_text("import torch\nimport funcvae\n\n"
                     "def init(gen):\n"
-                    "    return {'e': {'w': torch.randn(784, 4, generator=gen)}, 'd': {'w': torch.randn(2, 784, generator=gen)}}\n\n"
+                    "    return {'e': {'w': torch.randn(784, 4, generator=gen)},\n"
+                    "            'd': {'w': torch.randn(2, 784, generator=gen)}}\n\n"
                     "def encode(t, x):\n"
                     "    h = x @ t['e']['w']\n"
                     f"    {body}\n\n"

@@ -104,14 +104,14 @@ def optimizer_settings(args) -> dict:
                 if name == "adamw" else None)
 
 
-def check_settings(args, model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> None:
-    """Usage error unless the settings can train ``model`` (``settings_problem``)."""
+def check_settings(args, model: funcvae.Model | None, fit_settings: dict, each_objective: list[dict]) -> None:
+    """Usage error unless the settings can train ``model`` (``settings_problem``; None: any model)."""
     problem = settings_problem(model, fit_settings, each_objective)
     if problem:
         args.parser.error(problem)
 
 
-def settings_problem(model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> str | None:
+def settings_problem(model: funcvae.Model | None, fit_settings: dict, each_objective: list[dict]) -> str | None:
     """What is wrong with the settings, or None: ``funcvae.FitConfig`` must take them, each objective must be
     able to train ``model`` and the optimiser must be buildable (checked before any work: the warm-up's length
     in steps is not known yet, so it is checked at one step per epoch)."""
@@ -119,9 +119,13 @@ def settings_problem(model: funcvae.Model, fit_settings: dict, each_objective: l
         funcvae.FitConfig(**fit_fields(fit_settings))
         shorthand.build({**fit_settings, "free_bits": None})
         for settings in each_objective:
-            objectives.check(shorthand.build({**settings, "free_bits": None}).objectives[0], model)
+            built = shorthand.build({**settings, "free_bits": None}).objectives[0]
+            if model is not None:
+                objectives.check(built, model)
     except ValueError as e:
         return str(e)
+    if model is None:
+        return None
     for settings in each_objective:
         try:
             objectives.check(shorthand.build(settings).objectives[0], model)

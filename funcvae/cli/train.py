@@ -100,12 +100,13 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
 
 def _new_run(args) -> tuple[dict, funcvae.Model]:
     """The config and model of a new run from the arguments, checked before any work (the folder comes later)."""
-    model, described = model_of(args)
     settings = dict(epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, seed=args.seed,
                     binarize="dynamic" if args.binarize == "dynamic" else None,
                     compile=False if args.no_compile else None, checkpoint_every=args.checkpoint_every,
                     on_nonfinite=args.on_nonfinite, matmul_dtype="bfloat16" if args.bf16 else None,
                     **objective_settings(args), **optimizer_settings(args))
+    check_settings(args, None, settings, [settings])  # the options alone, before the model file is run
+    model, described = model_of(args)
     check_settings(args, model, settings, [settings])
     return {"dataset": args.dataset, "binarize": args.binarize, **described, "fit": settings}, model
 
