@@ -173,7 +173,7 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
     if _STATE_KEY not in meta:
         raise ValueError(f"{path} is not a funcvae checkpoint (no training state in its metadata)")
     state = _state_fields(records.decode(_from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
-    model = _model_of(state["model"], model, path, accept_changed_code)
+    model = _model_of(state["model"], model, path, accept_changed_code, reader="load")
     _verify(path, tensors, meta)
     params = Params(model, _params_tree(_under("params/", tensors), meta, path))
     n = _check_leaves(params, path)
@@ -296,7 +296,8 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
     return _to(device, params)
 
 
-def _model_of(described, model: Model | None, path: Path, accept_changed_code: bool = False) -> Model:
+def _model_of(described, model: Model | None, path: Path, accept_changed_code: bool = False,
+              reader: str = "load_params") -> Model:
     """The model a file describes: ``model`` when given (it must be of the same kind, and a user's model of
     the same functions and code unless ``accept_changed_code``), else the built-in model its spec rebuilds."""
     if not isinstance(described, dict) or not ({"spec", "custom"} & described.keys()):
@@ -321,7 +322,7 @@ def _model_of(described, model: Model | None, path: Path, accept_changed_code: b
     if "custom" in described:
         c = described["custom"]
         raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
-                         "pass it: load_params(path, model=model)")
+                         f"pass it: {reader}(path, model=model)")
     return _built_in(described["spec"], path)
 
 
@@ -364,6 +365,8 @@ def _name(fn) -> str:
 
 
 def _write(path: Path, tensors: dict, metadata: dict) -> None:
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {**metadata, _INTEGRITY_KEY: json.dumps(_integrity(tensors, metadata))}
     data = safetensors.torch.save(tensors, metadata=metadata)  # serialised in memory: no file of its own

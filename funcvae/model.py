@@ -391,6 +391,9 @@ def _check_tree(tree, where: str) -> None:
         if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
             raise TypeError(f"the model's {where} returned {_describe(leaf)} at {path}; every leaf must be a "
                             "floating-point tensor (keep settings in the Model, not in the tree)")
+        if leaf.is_meta:
+            raise ValueError(f"the model's {where} returned a tensor on the meta device at {path}; it must hold "
+                             "values (draw them from the generator it is given)")
 
 
 def check_keys(tree: dict, where: str, prefix: str = "") -> None:

@@ -50,13 +50,17 @@ def elbo(beta: float = 1.0, *, kl: str = "auto", warmup: Callable | None = None,
       beta: the KL weight (Higgins et al. 2017); kept in the state (a stack may hold one per model).
       kl: "analytic" (closed form, per dimension; needs a prior that has one), "mc" (log q(z|x) - log p(z)
         at the reparameterised samples: unbiased for any prior), or "auto": analytic where the prior has it.
-      warmup: a schedule (``funcvae.schedules.warmup(steps)``) that multiplies beta: KL warm-up.
+      warmup: a schedule (``funcvae.schedules.warmup(steps)``, or any function of the step count tensor)
+        that multiplies beta: KL warm-up.
       samples: reparameterised samples per example; ``recon`` (and a Monte Carlo ``kl``) average them.
     """
     beta, samples = check_nonnegative("beta", beta), check_int("samples", samples)
     if kl not in KL_MODES:
         raise ValueError(f"kl must be one of {KL_MODES}, got {kl!r}")
-    name = f"elbo(beta={beta}, kl={kl!r}" + (f", warmup={warmup.name}" if warmup is not None else "") + (
+    if warmup is not None and not callable(warmup):
+        raise TypeError(f"warmup must be a schedule (funcvae.schedules.warmup(steps)) or a function of the step "
+                        f"count, got {warmup!r}")
+    name = f"elbo(beta={beta}, kl={kl!r}" + (f", warmup={_schedule_name(warmup)}" if warmup is not None else "") + (
         f", samples={samples})" if samples != 1 else ")")
     return Objective(name, samples, partial(_init, beta=beta), _beta_schedule(warmup), _elbo_terms(kl),
                      mean_loss, kl_dims=kl != "mc", closed_form=kl == "analytic")
@@ -75,6 +79,9 @@ def free_bits(objective: Objective, floor: float) -> Objective:
     ``recon + beta * sum_d max(floor, KL_d)``, so a dimension below the floor feels no pull towards the prior
     and the encoder can start using it. The reported terms stay the true ones. Needs an ELBO with an analytic
     per-dimension KL (a factorised prior)."""
+    if isinstance(objective, Objective) and objective.reduce is _floored_loss:
+        raise ValueError(f"{objective.name} has free bits already; give one floor: free_bits(objective, floor) of "
+                         "the objective without them")
     if not isinstance(objective, Objective) or not objective.kl_dims:
         raise ValueError("free bits floor the KL of each latent dimension: they need an ELBO with an analytic "
                          "per-dimension KL (objectives.elbo with kl='analytic' or 'auto' and a factorised prior)")
@@ -125,6 +132,11 @@ def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = 
 
 def _init(beta: float) -> dict:
     return {"beta": torch.tensor(float(beta), dtype=torch.float64)}
+
+
+def _schedule_name(schedule: Callable) -> str:
+    """How a schedule is written in a run's settings: its own name, or a plain function's qualified name."""
+    return getattr(schedule, "name", None) or getattr(schedule, "__qualname__", type(schedule).__name__)
 
 
 def _with_floor(init: Callable, floor: float) -> dict:

@@ -24,7 +24,7 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae.checks import check_nonnegative, check_positive, plain
+from funcvae.checks import check_nonnegative, check_positive, check_unit, plain
 
 
 class GradientTransformation(NamedTuple):
@@ -106,8 +106,7 @@ def adamw(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_deca
 
 def _adamw(lr, b1, b2, eps, weight_decay, kind) -> GradientTransformation:
     scale, schedule = _lr_parts(lr)
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and eps >= 0.0):
-        raise ValueError(f"need 0 <= b1, b2 < 1 and eps >= 0, got b1={b1}, b2={b2}, eps={eps}")
+    b1, b2, eps = check_unit("b1", b1), check_unit("b2", b2), check_nonnegative("eps", eps)
     decay = {} if kind == "adam" else {"weight_decay": weight_decay}
 
     def init(params) -> AdamState:
@@ -160,9 +159,7 @@ def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransforma
     velocity ``v = momentum * v + g`` (``v = g`` at the first step), update ``-lr * v`` (or
     ``-lr * (g + momentum * v)`` with Nesterov)."""
     scale, schedule = _lr_parts(lr)
-    momentum = plain(momentum)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    momentum = check_unit("momentum", momentum)
     if nesterov and not momentum:
         raise ValueError("nesterov needs a momentum > 0")
 

@@ -58,13 +58,15 @@ def build(settings: dict, steps_per_epoch: int = 1, n_models: int | None = None,
     values = {**DEFAULTS, **given}
     if objective is not None:
         _refuse(given, OBJECTIVE_KEYS, "objective", "objectives.elbo(beta, warmup=...), objectives.free_bits(...)")
-        objs = per_model(n_models, "objective", objective)
+        objs = [_given(o, objectives.Objective, "objective", "objectives.elbo(beta), objectives.iwae(k)")
+                for o in per_model(n_models, "objective", objective)]
     else:
         objs = _objectives(values, steps_per_epoch, n_models)
     if optimizer is not None:
         _refuse(given, OPTIMIZER_KEYS, "optimizer", "optim.chain(optim.differentially_private_aggregate(...), "
                                                     "optim.adam(lr))")
-        opts = per_model(n_models, "optimizer", optimizer)
+        opts = [_given(o, optim.GradientTransformation, "optimizer", "optim.adam(1e-3), optim.chain(...)")
+                for o in per_model(n_models, "optimizer", optimizer)]
     else:
         opts = _optimizers(values, n_models)
     return Built(objs, opts)
@@ -105,6 +107,14 @@ def _optimizers(values: dict, n_models: int | None) -> list:
         raise ValueError("clip_norm (per-example clipping) trains one model at a time, not a stack")
     dp = optim.differentially_private_aggregate(clip_norm, noise)
     return [optim.chain(dp, o) for o in base]
+
+
+def _given(value, kind: type, name: str, example: str):
+    """``value`` if it is a ``kind``; else a TypeError saying what to pass."""
+    if isinstance(value, kind):
+        return value
+    raise TypeError(f"{name} must be a funcvae {kind.__name__}, made by {example}; got {type(value).__name__} "
+                    f"{value!r}")
 
 
 def _refuse(given: dict, keys: tuple, name: str, example: str) -> None:

@@ -53,14 +53,37 @@ def embed(x, *, network: str | Callable = "fashion-mnist") -> Embedded:
     ``quality.network.NETWORKS`` or a function of the images returning (N, d) features, or (features, logits)."""
     x = _images(x, "x")
     if callable(network):
-        out = network(x)
-        feats, logits = out if isinstance(out, tuple) else (out, None)
+        feats, logits = _returned(network(x), x.shape[0])
     else:
         feats, logits = networks.apply(networks.load(network), x)
-    if not isinstance(feats, Tensor) or feats.ndim != 2 or feats.shape[0] != x.shape[0]:
-        raise ValueError(f"the feature function must return (N, d) features for N = {x.shape[0]} images, got "
-                         f"{getattr(feats, 'shape', type(feats).__name__)}")
     return Embedded(feats.detach().double(), None if logits is None else logits.argmax(-1))
+
+
+def _returned(out, n: int) -> tuple[Tensor, Tensor | None]:
+    """A feature function's ``features`` or ``(features, logits)`` for ``n`` images, checked."""
+    if isinstance(out, tuple) and len(out) != 2:
+        raise ValueError(f"the feature function must return features, or (features, logits); got a tuple of "
+                         f"{len(out)}")
+    feats, logits = out if isinstance(out, tuple) else (out, None)
+    if not (isinstance(feats, Tensor) and feats.ndim == 2 and feats.shape[0] == n and feats.shape[1] >= 1
+            and feats.is_floating_point() and not feats.is_meta):
+        raise ValueError(f"the feature function must return (N, d) floating-point torch features with values for "
+                         f"N = {n} images, got {_what(feats)}")
+    if not bool(torch.isfinite(feats).all()):
+        raise ValueError("the feature function returned NaN or Inf features")
+    classes = networks.CLASSES
+    if logits is not None and not (isinstance(logits, Tensor) and logits.shape == (n, classes)
+                                   and logits.is_floating_point() and not logits.is_meta
+                                   and bool(torch.isfinite(logits).all())):
+        raise ValueError(f"the feature function's logits must be finite (N, {classes}) floats, one score per "
+                         f"class of the domain, for N = {n} images; got {_what(logits)}")
+    return feats, logits
+
+
+def _what(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, on {value.device}"
+    return f"a {type(value).__name__}" + (f" of shape {value.shape}" if hasattr(value, "shape") else "")
 
 
 @renamed_keyword("network_name", "network")
@@ -117,7 +140,8 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
       sets are ``SETS`` (each ``scores``); the findings are ``verdicts``.
     """
     check_params(params)
-    x = examples_of(params, x_real, name="x_real")
+    x = _images(examples_of(params, x_real, name="x_real"), "x_real")
+    x_train = None if x_train is None else _images(examples_of(params, x_train, name="x_train"), "x_train")
     n = x.shape[0] // 2 if n is None else check_int("n", n, minimum=6)
     if n < 6 or 2 * n > x.shape[0]:
         raise ValueError(f"x_real has {x.shape[0]} images; sample_quality needs 2 n of them (n = {n} >= 6: the "
@@ -131,7 +155,7 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
         result = {"n": n, "network": network if isinstance(network, str) else _name(network),
                   "sets": {name: scores(real, embedded[name], seed=seed) for name in SETS}, "memorisation": None}
         if x_train is not None:
-            train = embed(examples_of(params, x_train, name="x_train"), network=network)
+            train = embed(x_train, network=network)
             result["memorisation"] = memorisation(embedded["prior samples"], embedded["real"], train)
     result["findings"] = verdicts(result)
     return result
@@ -216,8 +240,12 @@ def _collapsed(prior: dict, floor: dict) -> dict:
 def _images(x, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor of images, got {type(x).__name__}")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+    if x.is_meta or not x.is_floating_point() or not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must hold finite floating-point pixels in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} must hold pixels in [0, 1], got values in [{low:g}, {high:g}]"
+                         + (" (8-bit pixels: divide by 255)" if high > 1 and low >= 0 else ""))
     return x
 
 
