@@ -41,6 +41,7 @@ def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: 
     """
     scale = check_scale(scale)
     x, from_pil = _read(data, model, name)
+    _check_scaled(x, scale, name)
     return _as_float(x, model, scale, like, name, from_pil)
 
 
@@ -58,6 +59,7 @@ def as_levels(data, model, *, scale: float | None = None, like: Tensor,
     """
     scale = check_scale(scale)
     x, from_pil = _read(data, model, name)
+    _check_scaled(x, scale, name)
     if not x.is_floating_point():
         if scale is None and x.dtype != torch.bool:
             _check_unit_integers(x, name, from_pil)  # 0 or 1 from here on
@@ -67,6 +69,22 @@ def as_levels(data, model, *, scale: float | None = None, like: Tensor,
             check_values(levels, scale, like.dtype, name, model.likelihood.check_support)
             return levels, scale
     return _as_float(x, model, scale, like, name, from_pil), None
+
+
+def _check_scaled(x: Tensor, scale, name: str) -> None:
+    """``scale`` divides pixel levels (integers, or floats holding integers, such as 0..255). Refused where
+    they are values already, which it would silently darken: bools, floats that are not whole numbers, and data
+    all within [0, 1] divided by a scale above 1."""
+    if scale is None or x.numel() == 0:
+        return
+    why = "bool" if x.dtype == torch.bool else None
+    if why is None and x.is_floating_point() and not bool((x == x.round()).all()):
+        why = "not whole numbers"
+    if why is None and scale > 1 and float(x.max() if x.is_floating_point() else _wide(x).max()) <= 1:
+        why = "all within [0, 1]"
+    if why is not None:
+        raise ValueError(f"scale divides 8-bit pixel levels (such as 0..255), but {name} are {why}: values "
+                         f"already, which dividing by {scale} would darken; leave scale unset")
 
 
 def check_values(x: Tensor, scale: int | float | None, dtype: torch.dtype, name: str, check) -> None:

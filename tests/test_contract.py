@@ -2,6 +2,7 @@
 the params' floating dtype, no random draws, no branches on values, no writes to its inputs, an init that
 draws from its generator alone. And one writer per run folder, threads of one process included."""
 
+import math
 import re
 import threading
 
@@ -256,3 +257,90 @@ def test_a_run_of_changed_model_code_resumes_only_when_accepted(tmp_path):
     _, history = funcvae.fit(new.init(0), x, epochs=2, batch_size=32, compile=False, progress=False,
                              checkpoint_dir=folder, resume=True, accept_changed_code=True)
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+# Unclear errors and silently accepted nonsense: each refused at once, naming the problem.
+
+def _fit_small(**kwargs):
+    return funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), torch.rand(64, 784), epochs=1, batch_size=32,
+                       compile=False, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: _fit_small(optimizer="adam"), TypeError, "optimizer must be a funcvae GradientTransformation, made by"),
+    (lambda: _fit_small(optimizer=torch.optim.Adam), TypeError, "optimizer must be a funcvae GradientTransformation"),
+    (lambda: _fit_small(objective="elbo"), TypeError, "objective must be a funcvae Objective, made by"),
+    (lambda: funcvae.optim.adam(1e-3, b1="0.9"), ValueError, r"b1 must be a number in \[0, 1\), got '0.9'"),
+    (lambda: funcvae.optim.sgd(1e-3, momentum="0.5"), ValueError, r"momentum must be a number in \[0, 1\)"),
+    (lambda: funcvae.objectives.elbo(warmup=3), TypeError, "warmup must be a schedule"),
+    (lambda: funcvae.schedules.cosine_decay(1e-3, 100, alpha=2), ValueError, r"alpha must be a number in \[0, 1\]"),
+    (lambda: funcvae.objectives.free_bits(funcvae.objectives.free_bits(funcvae.objectives.elbo(), 0.5), 0.1),
+     ValueError, "has free bits already; give one floor"),
+    (lambda: funcvae.stack(3), TypeError, "stack takes an iterable of Params"),
+    (lambda: funcvae.save_params("/nonexistent-folder/p.safetensors", funcvae.init(seed=0, hidden=(8,), latent=2)),
+     FileNotFoundError, "the folder /nonexistent-folder does not exist"),
+    (lambda: _model(init=lambda gen: {"e": {"w": torch.empty(784, 4, device="meta")},
+                                      "d": {"w": torch.empty(2, 784, device="meta")}}).init(0),
+     ValueError, "on the meta device at d/w"),
+])
+def test_a_bad_argument_is_named_at_once(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_function_warm_up_trains_as_lr_schedules_do():
+    warm = funcvae.objectives.elbo(warmup=lambda count: torch.clamp(count / 10.0, max=1.0))
+    _, history = _fit_small(objective=warm)
+    assert warm.name.endswith("<lambda>)") and math.isfinite(history[0]["loss"])
+
+
+def test_stack_takes_any_iterable_of_params():
+    stacked = funcvae.stack(funcvae.init(seed=s, hidden=(8,), latent=2) for s in range(3))
+    third = funcvae.init(seed=2, hidden=(8,), latent=2)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(funcvae.unstack(stacked)[2].tree),
+                                                 torch.utils._pytree.tree_leaves(third.tree)))
+
+
+def test_load_without_the_users_model_says_which_call_takes_it(tmp_path):
+    params = _model().init(0)
+    funcvae.save(tmp_path / "c.safetensors", funcvae.Checkpoint(
+        params.model, funcvae.init_state(params, funcvae.objectives.elbo(), funcvae.optim.adam(1e-3)), 0, 0, {}, [[]]))
+    with pytest.raises(ValueError, match=r"pass it: load\(path, model=model\)"):
+        funcvae.load(tmp_path / "c.safetensors")
+
+
+@pytest.mark.parametrize("images,match", [
+    (lambda x: x * 255, r"pixels in \[0, 1\], got values in \[0\.0\d+, 2\d\d.*divide by 255"),
+    (lambda x: -x, r"pixels in \[0, 1\], got values in \[-0\.9\d+, -\S+\]"),
+    (lambda x: torch.empty(x.shape, device="meta"), "finite floating-point pixels"),
+])
+def test_quality_takes_images_in_0_1_only(images, match):
+    x = torch.rand(20, 784, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=match):
+        funcvae.quality.fid(images(x), x)
+
+
+@pytest.mark.parametrize("out,match", [
+    (lambda x: x.reshape(len(x), -1)[:, 0], r"\(N, d\) floating-point torch features"),
+    (lambda x: (x.reshape(len(x), -1),) * 3, "got a tuple of 3"),
+    (lambda x: x.reshape(len(x), -1).numpy(), "got a ndarray"),
+    (lambda x: (x.reshape(len(x), -1), torch.zeros(len(x), 20)), r"logits must be finite \(N, 10\) floats"),
+    (lambda x: (x.reshape(len(x), -1), torch.full((len(x), 10), float("nan"))), r"logits must be finite"),
+    (lambda x: torch.empty(len(x), 4, device="meta"), r"\(N, d\) floating-point torch features with values"),
+])
+def test_a_feature_function_returning_the_wrong_thing_is_named(out, match):
+    x = torch.rand(20, 784, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=match):
+        funcvae.quality.embed(x, network=out)
+
+
+@pytest.mark.parametrize("data,why", [
+    (lambda: torch.rand(64, 784), "not whole numbers"),
+    (lambda: torch.rand(64, 784) > 0.5, "bool"),
+    (lambda: (torch.rand(64, 784) > 0.5).to(torch.uint8), "all within \\[0, 1\\]"),
+])
+def test_scale_is_refused_for_data_that_are_values_already(data, why):
+    # Dividing them by 255 would train on black images.
+    with pytest.raises(ValueError, match=f"scale divides 8-bit pixel levels .* are {why}: values already"):
+        funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), data(), epochs=1, batch_size=32, compile=False,
+                    progress=False, scale=255)
