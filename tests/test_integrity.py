@@ -13,7 +13,7 @@ from safetensors.torch import save as save_bytes
 
 import funcvae
 from funcvae import checkpoint as C
-from funcvae._runtime import records
+from funcvae._runtime import files, records
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)
@@ -65,7 +65,7 @@ def rewrite(blob: bytes, change, *, sign: bool) -> bytes:
     change(state)
     meta[C._STATE_KEY] = json.dumps(state)
     if sign:
-        meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
+        meta[files.INTEGRITY_KEY] = json.dumps(files.integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
     return save_bytes(tensors, metadata=meta)
 
 
@@ -214,7 +214,7 @@ def test_each_bad_tensor_field_is_a_value_error_naming_it(tmp_path, mid_epoch, n
     tensors = load_bytes(mid_epoch)
     meta = json.loads(mid_epoch[8:header_size(mid_epoch)])["__metadata__"]
     tensors[name] = replace(tensors[name]).contiguous()
-    meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
+    meta[files.INTEGRITY_KEY] = json.dumps(files.integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
     path = tmp_path / CHECKPOINT_FILE
     path.write_bytes(save_bytes(tensors, metadata=meta))
     with pytest.raises(ValueError, match=message):
@@ -228,7 +228,7 @@ def test_a_checkpoint_of_another_generator_or_step_range_is_refused_at_resume(tm
     tensors = load_bytes(mid_epoch)
     meta = json.loads(mid_epoch[8:header_size(mid_epoch)])["__metadata__"]
     tensors["rng"] = tensors["rng"][:, :16].contiguous()  # a CUDA generator's state
-    meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
+    meta[files.INTEGRITY_KEY] = json.dumps(files.integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
     (folder / CHECKPOINT_FILE).write_bytes(save_bytes(tensors, metadata=meta))
     with pytest.raises(ValueError, match=r"field 'rng' has shape \(1, 16\); this run's generators need \(1, 5056\)"):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=2, batch_size=50, checkpoint_dir=folder,
