@@ -1,12 +1,8 @@
 """Params and whole training states on disk: safetensors (no pickle, so loading runs no code), tensors
-addressed by path, everything else as JSON metadata; written to a temporary file, flushed, fsynced and
-renamed, so a crash mid-write leaves the previous file intact and never half a file.
+addressed by path, everything else as JSON metadata, written whole and checksummed (``_runtime.files``).
 
-Every file carries its own integrity record: a SHA-256 of each tensor (its name, dtype, shape and bytes) and
-of the metadata. A load checks the metadata's fields (types and ranges), then the record, and only then
-builds anything from the file, so a file damaged on disk or in transit is refused, naming the file and what
-is wrong, and never loads as something else. The record guards against damage, not against a forger: anyone
-can write a consistent file.
+A load checks the metadata's fields (types and ranges), then the checksums, and only then builds anything
+from the file: a damaged file is refused, naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -16,27 +12,22 @@ import inspect
 import json
 import marshal
 import os
-import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optree
-
 import torch
 from torch import Tensor
-import safetensors.torch
-from safetensors import SafetensorError
 
 from funcvae import models
 from funcvae._runtime import records
+from funcvae._runtime.files import from_json, read, verify, write
 from funcvae.model import Model, Params, check_keys, check_params, leaves_by_path, paths_and_leaves, stack_size
 from funcvae.step import TrainState
 
 _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
-_INTEGRITY_KEY = "funcvae_integrity"
 _FORMAT = "funcvae-checkpoint-3"
 _TREE_KEY = "funcvae_tree"  # the params tree's dicts, in order, empty ones included (leaves: null)
 _FACTS = ("likelihood", "prior", "input_shape", "latent")
@@ -80,7 +71,7 @@ def _facts(model: Model) -> dict:
 def save_params(path: str | os.PathLike, params: Params) -> None:
     """Write ``params`` to ``path`` (a .safetensors file) atomically; leaves by path, the model described."""
     check_params(params)
-    _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model)),
+    write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model)),
                                                 _TREE_KEY: _skeleton(params.tree)})
 
 
@@ -150,7 +141,7 @@ def save(path: str | os.PathLike, state: Checkpoint) -> None:
     text = records.dumps(meta)
     path = Path(path)
     _check_stacked(path, n, _state_fields(records.loads(text), tensors, path), tensors)
-    _write(path, tensors, {_STATE_KEY: text, _TREE_KEY: _skeleton(state.train.tree)})
+    write(path, tensors, {_STATE_KEY: text, _TREE_KEY: _skeleton(state.train.tree)})
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: Model | None = None,
@@ -169,12 +160,12 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
         wrong; FileNotFoundError.
     """
     path = Path(path)
-    tensors, meta = _read(path)
+    tensors, meta = read(path)
     if _STATE_KEY not in meta:
         raise ValueError(f"{path} is not a funcvae checkpoint (no training state in its metadata)")
-    state = _state_fields(records.decode(_from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
+    state = _state_fields(records.decode(from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
     model = _model_of(state["model"], model, path, accept_changed_code, reader="load")
-    _verify(path, tensors, meta)
+    verify(path, tensors, meta)
     params = Params(model, _params_tree(_under("params/", tensors), meta, path))
     n = _check_leaves(params, path)
     _check_stacked(path, n, state, tensors)
@@ -286,11 +277,11 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
         ``model=``, or a model whose leaves differ from the file's (naming them).
     """
     path = Path(path)
-    tensors, meta = _read(path)
+    tensors, meta = read(path)
     if _MODEL_KEY not in meta:
         raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
-    model = _model_of(_from_json(meta[_MODEL_KEY], path, "model"), model, path, accept_changed_code)
-    _verify(path, tensors, meta)
+    model = _model_of(from_json(meta[_MODEL_KEY], path, "model"), model, path, accept_changed_code)
+    verify(path, tensors, meta)
     params = Params(model, _params_tree(tensors, meta, path))
     _check_leaves(params, path)
     return _to(device, params)
@@ -364,85 +355,6 @@ def _name(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _write(path: Path, tensors: dict, metadata: dict) -> None:
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {**metadata, _INTEGRITY_KEY: json.dumps(_integrity(tensors, metadata))}
-    data = safetensors.torch.save(tensors, metadata=metadata)  # serialised in memory: no file of its own
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask like any other
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself must reach the disk
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _integrity(tensors: dict, metadata: dict) -> dict:
-    """The record ``_verify`` checks: each tensor's checksum, and the digest of the other metadata."""
-    return {"tensors": {k: _checksum(k, t) for k, t in sorted(tensors.items())}, "metadata": _digest(metadata)}
-
-
-def _checksum(name: str, t: Tensor) -> str:
-    """SHA-256 of a (contiguous, CPU) tensor's name, dtype, shape and bytes: the same bytes read as another
-    dtype or shape fail it too."""
-    h = hashlib.sha256(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def _digest(metadata: dict) -> str:
-    other = {k: v for k, v in metadata.items() if k != _INTEGRITY_KEY}
-    return hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()
-
-
-def _verify(path: Path, tensors: dict, metadata: dict) -> None:
-    """ValueError naming the file and the first tensor (or the metadata) that fails its checksum."""
-    if _INTEGRITY_KEY not in metadata:
-        raise ValueError(f"{path} carries no checksums: it was not written by this version of funcvae")
-    record = _from_json(metadata[_INTEGRITY_KEY], path, "integrity")
-    sums = record.get("tensors") if isinstance(record, dict) else None
-    if not isinstance(sums, dict) or not isinstance(record.get("metadata"), str):
-        raise _field(path, "integrity", f"is not a checksum record: {record!r:.80}")
-    if sums.keys() != tensors.keys():
-        odd = sorted(sums.keys() ^ tensors.keys())
-        raise ValueError(f"{path} is corrupt: its tensors and its checksum record differ in {odd[:5]}")
-    for name, t in tensors.items():
-        if _checksum(name, t) != sums[name]:
-            raise ValueError(f"{path} is corrupt: tensor {name!r} fails its checksum")
-    if _digest(metadata) != record["metadata"]:
-        raise ValueError(f"{path} is corrupt: its metadata fails its checksum")
-
-
-def _read(path: Path) -> tuple[dict, dict]:
-    """Tensors (on the CPU) and metadata from ONE read of the file, so a file replaced meanwhile cannot mix
-    versions."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no file at {path}")
-    data = path.read_bytes()
-    try:
-        (size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + size])
-        tensors = safetensors.torch.load(data)
-    except (struct.error, ValueError, SafetensorError, OverflowError) as e:  # JSON errors are ValueErrors
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
-    return tensors, meta
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _skeleton(tree: dict) -> str:
     """The JSON of ``tree``'s dicts in their order, a leaf as null; TypeError naming a key that a path cannot
@@ -459,7 +371,7 @@ def _params_tree(tensors: dict, meta: dict, path: Path) -> dict:
     skeleton (a file written before skeletons were recorded: nested by path, keys sorted)."""
     if _TREE_KEY not in meta:
         return _tree_from_paths(tensors, path)
-    skeleton = _from_json(meta[_TREE_KEY], path, "params tree")
+    skeleton = from_json(meta[_TREE_KEY], path, "params tree")
     left = dict(tensors)
 
     def build(node, prefix: str) -> dict:
@@ -494,16 +406,3 @@ def _tree_from_paths(tensors: dict, path: Path) -> dict:
                 raise ValueError(f"{path}: tensor {key!r} lies under another tensor")
         node[leaf] = tensors[key]
     return tree
-
-
-def _from_json(text: str, path: Path, field: str):
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path}: the {field} metadata is not valid JSON ({e})") from e
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -34,60 +34,39 @@ __all__ = ["CHECKPOINT_FILE", "NonFiniteError", "fit"]
 def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConfig | None = None, val_data=None,
         callbacks: Sequence[Callable[[dict], None]] = (), **settings):
     """Train ``params`` on ``data``; returns new params and the per-epoch history (inputs are not modified).
+    The run, checkpoints, resume, signals, stacks and data parallelism: docs/training.md.
 
     Args:
-      params: from ``model.init`` or ``funcvae.init``, or a stack of N models from ``funcvae.stack(...)``, trained
-        together as ``vmap`` of the one step; training runs on their device. Under ``torchrun``
-        (WORLD_SIZE > 1) each process takes its block of every batch, gradients are summed across processes
-        as one flat buffer between the step's two halves (gloo on CPU, NCCL on GPU), and only rank 0 writes
-        checkpoints, prints and calls back; ``batch_size`` is the global batch and must divide by the
-        number of processes.
-      data: training examples: tensor, numpy array, Dataset (map-style or iterable), or DataLoader, whose items
-        may be tensors, arrays or PIL images, alone or with a label (read once; fit batches the examples
-        itself in a seeded order), shaped (N, F), (N, H, W) or (N, C, H, W). Integer or bool data with
-        values in [0, 255] (8-bit pixels) are held as uint8, a quarter of float32's memory, and divided by
-        ``scale`` inside the step: the model sees exactly the values ``(x.to(float64) / scale)`` in the
-        params' dtype that it would see in data given as floats. Other data are held in the params' dtype.
-      val_data: held-out examples, scored after each epoch by the ELBO (one sample, the same noise every
-        epoch) at the objective's KL weight; converted to the params' dtype (``scale`` applies as to ``data``)
-        and held so: a held-out set is small.
-      objective: from ``funcvae.objectives`` (``elbo``, ``iwae``, ``free_bits``); for a stack, one for all
-        or one per model, differing only in their numbers. Default: the beta-ELBO of the shorthand below.
-      optimizer: from ``funcvae.optim`` (``adam``, ``adamw``, ``sgd``, ``chain(...)``); for a stack, one for
-        all or one per model (e.g. ``[optim.adam(lr) for lr in lrs]``). Default: Adam of the shorthand below.
-        fit wraps it in ``optim.apply_if_finite``: a step with a non-finite loss term or gradient is never
-        applied (see ``on_nonfinite``).
+      params: from ``model.init`` or ``funcvae.init``, or a stack of N models (``funcvae.stack(...)``);
+        training runs on their device.
+      data: training examples (tensor, numpy array, Dataset or DataLoader of tensors, arrays or PIL images,
+        alone or with a label), shaped (N, F), (N, H, W) or (N, C, H, W); read once. Integers in [0, 255]
+        are held as uint8 and divided by ``scale`` inside the step, exactly as ``(x.to(float64) / scale)``
+        in the params' dtype.
+      objective: from ``funcvae.objectives``; for a stack, one for all or one per model.
+      optimizer: from ``funcvae.optim``; for a stack, one for all or one per model. fit wraps it in
+        ``optim.apply_if_finite``.
       config: a ``FitConfig`` (``epochs``, ``batch_size``, ``seed``, checkpointing, ...).
-      callbacks: each called with each epoch's history record as soon as it is complete (``callback=``, one
-        function, is the old spelling, kept for one release).
+      val_data: held-out examples, scored by the ELBO after each epoch (the same noise every epoch).
+      callbacks: each called with each epoch's history record as soon as it is complete (rank 0 only;
+        ``callback=``, one function, is the old spelling, kept for one release).
       **settings: ``FitConfig``'s fields as keywords instead of ``config`` (``fit(params, x, epochs=10)``),
         and the shorthand ``lr``, ``beta``, ``kl_warmup``, ``free_bits``, ``clip_norm``,
-        ``noise_multiplier`` for the default objective and optimiser, built by ``funcvae.shorthand.build``
-        (Adam at ``lr``; the beta-ELBO with warm-up over ``kl_warmup`` epochs; a list of ``lr`` or ``beta``
-        gives each model of a stack its own).
-
-    The run: the same seed, data and params give the same result, bit for bit on CPU; model i of a stack
-    trains exactly as ``fit`` of that model alone with its own seed, objective and optimiser would. With a
-    ``checkpoint_dir``, ``checkpoint.safetensors`` (params, optimiser and objective state, settings,
-    history, epoch and step; written atomically) is kept there after every epoch, every
-    ``checkpoint_every`` steps if set, and when SIGINT or SIGTERM arrives, which then ends ``fit`` at the
-    next step boundary (or, during an epoch's evaluation or write, once that epoch is saved) by raising
-    ``Interrupted``; ``resume=True`` continues from it (its settings, objective, optimiser and data must be
-    this call's, ``epochs`` at least the epochs it holds) bit-identically. The folder is checked and locked
-    before any work (``FolderLocked`` if another run holds it), and a checkpoint already there is replaced
-    only under ``overwrite=True``. ``on_nonfinite="raise"``
-    stops with ``NonFiniteError`` naming the epoch, batch and term at the next read of the device (the run
-    freezes on the device at its first bad step, the last checkpoint untouched); "skip" goes on without
-    such steps, counted in the history's ``skipped``.
+        ``noise_multiplier`` for the default objective and optimiser (``funcvae.shorthand.build``).
 
     Returns:
-      ``(params, history)``. ``history`` has one dict per epoch with ``epoch``, ``recon``, ``kl``, ``loss``
-      (training averages over the epoch, nats per example), ``val_recon``, ``val_kl``, ``val_loss`` (over the
-      whole held-out set; None without ``val_data``), ``beta`` (the KL weight in force at the epoch's end;
-      None for an objective without one), ``skipped`` and ``seconds``. For a beta-ELBO ``loss`` is
-      ``recon + beta * kl`` with the target ``beta`` (comparable during warm-up; -ELBO at beta = 1); for
-      IWAE training it is -IWAE_k and ``recon + kl`` is the k-sample ELBO. For a stack: the stacked params
-      and a list of N such histories.
+      ``(params, history)``: ``history`` has one dict per epoch: ``epoch``; ``recon``, ``kl``, ``loss``
+      (training averages, nats per example); ``val_recon``, ``val_kl``, ``val_loss`` (None without
+      ``val_data``); ``beta`` (the KL weight in force at the epoch's end, or None); ``skipped`` (steps not
+      applied); ``seconds``. For a stack: the stacked params and a list of N such histories.
+
+    Raises:
+      ValueError: bad data, settings or objects, a ``checkpoint_dir`` that cannot be used, or a checkpoint
+        this run cannot resume (naming what differs), all before the first step.
+      FolderLocked: another run holds ``checkpoint_dir``.
+      NonFiniteError: under ``on_nonfinite="raise"``, a step with a non-finite loss term or gradient (the
+        params of that step were not updated; the last checkpoint is untouched).
+      Interrupted: SIGINT or SIGTERM arrived with a ``checkpoint_dir``; the run is saved at a step boundary.
     """
     brief = {k: settings.pop(k) for k in shorthand.FIT_KEYS if k in settings}
     callbacks = _callbacks(callbacks, settings.pop("callback", None))

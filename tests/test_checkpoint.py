@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import funcvae
+from funcvae._runtime import files
 
 CHECKPOINT = importlib.import_module("funcvae.checkpoint")
 SPECS = {
@@ -90,7 +91,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monke
     def crash(fd):  # the temporary file holds the new bytes, not yet synced, when the disk fails
         raise OSError("disk full (test)")
 
-    monkeypatch.setattr(CHECKPOINT.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         funcvae.save_params(path, small(latent=2))
     assert os.listdir(tmp_path) == ["params.safetensors"]
@@ -145,7 +146,7 @@ def write_tensors(change=None, *, metadata="spec", checksums=True):
         meta = {"funcvae_model": json.dumps({"spec": json.loads(spec_json(params))})} if metadata == "spec" \
             else metadata
         if checksums and meta is not None:
-            meta = {**meta, "funcvae_integrity": json.dumps(CHECKPOINT._integrity(leaves, meta))}
+            meta = {**meta, "funcvae_integrity": json.dumps(files.integrity(leaves, meta))}
         save_file(leaves, str(path), metadata=meta)
     return write
 

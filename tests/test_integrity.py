@@ -13,7 +13,7 @@ from safetensors.torch import save as save_bytes
 
 import funcvae
 from funcvae import checkpoint as C
-from funcvae._runtime import records
+from funcvae._runtime import files, records
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)
@@ -22,7 +22,8 @@ CASES = {"truncate": 150, "flip-header": 250, "flip-data": 250, "mutate": 150}
 
 def _sign(tensors: dict, meta: dict) -> None:
     """A forger's checksum: what ``save`` would write for these tensors and this metadata."""
-    meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {k: v for k, v in meta.items() if k != C._INTEGRITY_KEY}))
+    meta[files.INTEGRITY_KEY] = json.dumps(files.integrity(tensors, {k: v for k, v in meta.items()
+                                                                      if k != files.INTEGRITY_KEY}))
 
 
 def data(n=200, seed=0):
