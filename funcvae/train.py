@@ -109,6 +109,7 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
             state = folder.start(fresh, ckpt, config.resume, prints, epochs=config.epochs, steps=spe,
                                  rng=torch.stack([g.get_state() for g in generators(seeds, 1, x.device)]),
                                  device=x.device, accept_changed_code=config.accept_changed_code)
+            distributed.check_identical(state.train.tree, world)
             show = (sys.stderr.isatty() if config.progress is None else config.progress) and world.is_main
             # A data-parallel step joins a collective, so it cannot be run again alone to check a thread count.
             adapt = config.share_cores and world.size == 1

@@ -344,3 +344,25 @@ def test_scale_is_refused_for_data_that_are_values_already(data, why):
     with pytest.raises(ValueError, match=f"scale divides 8-bit pixel levels .* are {why}: values already"):
         funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), data(), epochs=1, batch_size=32, compile=False,
                     progress=False, scale=255)
+
+
+def _printing_encode(t, x):
+    h = x @ t["e"]["w"]
+    print("encoded", h.shape)  # runs eagerly, not under torch.compile's one graph
+    return h[:LATENT], h[LATENT:]
+
+
+def test_a_step_that_cannot_be_one_graph_runs_eagerly_naming_the_line(capsys):
+    model = _model(encode=_printing_encode)
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+
+    def run(compile):
+        return funcvae.fit(model.init(0), x, epochs=1, batch_size=32, compile=compile, progress=False,
+                           share_cores=False)
+    eager, _ = run(False)
+    line = _printing_encode.__code__.co_firstlineno + 2
+    with pytest.warns(RuntimeWarning, match=rf"cannot be compiled as one graph .*test_contract.py, line {line}\), so "
+                                            "it runs eagerly"):
+        compiled, _ = run("aot_eager")
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(compiled.tree),
+                                                 torch.utils._pytree.tree_leaves(eager.tree)))

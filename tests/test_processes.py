@@ -128,6 +128,16 @@ def test_two_data_parallel_processes_give_the_params_of_one(tmp_path, reference)
     assert state.epoch == 4
 
 
+def test_data_parallel_processes_that_start_from_different_params_are_refused(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(WORKER), str(tmp_path / "ckpt"), str(tmp_path / "out.safetensors"), "--seed-by-rank"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "the 2 processes start from different params" in proc.stderr
+    assert not (tmp_path / "ckpt" / CHECKPOINT_FILE).exists()
+
+
 def test_a_second_process_on_a_held_folder_is_refused_and_no_checkpoint_is_mixed(tmp_path, reference):
     ckpt, out, gate = tmp_path / "ckpt", tmp_path / "out.safetensors", tmp_path / "gate"
     gate.mkdir()

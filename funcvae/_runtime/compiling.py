@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import warnings
 from functools import partial
@@ -35,12 +36,43 @@ def compile_step(step: Callable, device: torch.device, compile: bool | str | Cal
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
     if key is None or key not in _COMPILED:
-        compiled = _scalars_stay_tensors(torch.compile(_with_own_code(step), backend=backend, mode=mode, fullgraph=True,
-                                                       dynamic=False, options=_options(backend, device)))
+        compiled = _eager_if_untraceable(step, _scalars_stay_tensors(torch.compile(
+            _with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False,
+            options=_options(backend, device))))
         if key is None:
             return compiled
         _COMPILED[key] = compiled
     return _COMPILED[key]
+
+
+def _eager_if_untraceable(step: Callable, compiled: Callable) -> Callable:
+    """``compiled``, or from the first call that dynamo cannot trace as one graph (a ``print`` in a model's
+    function, say) on, ``step`` itself, with a RuntimeWarning naming the line. Dynamo refuses while tracing,
+    before the step runs, so nothing has happened twice."""
+    now = [compiled]
+
+    def call(*args):
+        try:
+            return now[0](*args)
+        except torch._dynamo.exc.Unsupported as e:
+            if now[0] is step:
+                raise
+            now[0] = step
+            warnings.warn(f"the step cannot be compiled as one graph ({_first_line(e)}{_user_line(e)}), so it runs "
+                          "eagerly; code that torch.compile can trace (no print, no Python side effects) compiles",
+                          RuntimeWarning, stacklevel=2)
+            return step(*args)
+    return call
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _user_line(e: Exception) -> str:
+    """Where in the user's code dynamo stopped, as its message tells: ``; at FILE, line N``."""
+    places = re.findall(r'File "([^"]+)", line (\d+)', str(e))
+    return f"; at {places[-1][0]}, line {places[-1][1]}" if places else ""
 
 
 def _with_own_code(step: Callable) -> Callable:
