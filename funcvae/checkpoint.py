@@ -164,10 +164,11 @@ def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: 
     if _STATE_KEY not in meta:
         raise ValueError(f"{path} is not a funcvae checkpoint (no training state in its metadata)")
     state = _state_fields(records.decode(from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
-    model = _model_of(state["model"], model, path, accept_changed_code, reader="load")
+    model = _model_of(state["model"], model, path, reader="load")
     verify(path, tensors, meta)
     params = Params(model, _params_tree(_under("params/", tensors), meta, path))
     n = _check_leaves(params, path)
+    _check_code(state["model"], model, path, accept_changed_code)
     _check_stacked(path, n, state, tensors)
     opt, hyper = _under("opt/", tensors), _under("hyper/", tensors)
     train = TrainState(params.tree, opt if template is None else restore(template, opt, path), hyper, tensors["count"])
@@ -280,17 +281,18 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
     tensors, meta = read(path)
     if _MODEL_KEY not in meta:
         raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
-    model = _model_of(from_json(meta[_MODEL_KEY], path, "model"), model, path, accept_changed_code)
+    described = from_json(meta[_MODEL_KEY], path, "model")
+    model = _model_of(described, model, path)
     verify(path, tensors, meta)
     params = Params(model, _params_tree(tensors, meta, path))
     _check_leaves(params, path)
+    _check_code(described, model, path, accept_changed_code)
     return _to(device, params)
 
 
-def _model_of(described, model: Model | None, path: Path, accept_changed_code: bool = False,
-              reader: str = "load_params") -> Model:
-    """The model a file describes: ``model`` when given (it must be of the same kind, and a user's model of
-    the same functions and code unless ``accept_changed_code``), else the built-in model its spec rebuilds."""
+def _model_of(described, model: Model | None, path: Path, reader: str = "load_params") -> Model:
+    """The model a file describes: ``model`` when given (it must be of the same kind), else the built-in
+    model its spec rebuilds."""
     if not isinstance(described, dict) or not ({"spec", "custom"} & described.keys()):
         raise ValueError(f"{path}: the model metadata is not a funcvae model description: {described!r}")
     if model is not None:
@@ -304,17 +306,22 @@ def _model_of(described, model: Model | None, path: Path, accept_changed_code: b
         if differ:
             raise ValueError(f"{path} holds a model that differs from the one passed in " + "; ".join(
                 f"{k}: file {a!r}, model {b!r}" for k, (a, b) in differ.items()))
-        changed = code_changes(described, mine)
-        if changed and not accept_changed_code:
-            raise ValueError(f"{path} was written by other model code ({'; '.join(changed)}): code that changed "
-                             "may read these params as something else. If the change keeps their meaning, pass "
-                             "accept_changed_code=True (the command line's --accept-changed-code)")
         return model
     if "custom" in described:
         c = described["custom"]
         raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
                          f"pass it: {reader}(path, model=model)")
     return _built_in(described["spec"], path)
+
+
+def _check_code(described: dict, model: Model, path: Path, accept_changed_code: bool) -> None:
+    """ValueError when the user's model that reads the file is not the code that wrote it (names or code
+    digest), unless accepted."""
+    changed = code_changes(described, json.loads(json.dumps(describe(model))))
+    if changed and not accept_changed_code:
+        raise ValueError(f"{path} was written by other model code ({'; '.join(changed)}): code that changed "
+                         "may read these params as something else. If the change keeps their meaning, pass "
+                         "accept_changed_code=True (the command line's --accept-changed-code)")
 
 
 def code_changes(saved: dict, now: dict) -> list[str]:

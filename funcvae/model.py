@@ -293,6 +293,8 @@ def stack_size(params: Params) -> int | None:
         raise TypeError(f"expected funcvae Params (as returned by model.init or funcvae.init), got "
                         f"{type(params).__name__}")
     expected = structure(params.model)
+    if isinstance(params.tree, dict):
+        check_keys(params.tree, "the params tree")
     got = leaves_by_path(params)
     missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
     if missing or extra:

@@ -207,6 +207,10 @@ def test_keys_a_path_cannot_hold_are_refused_naming_them(key):
         return tree
     with pytest.raises(TypeError, match=re.escape(f"has the key {key!r} under e: keys must be non-empty strings")):
         _model(init=init).init(0)
+    params = _model().init(0)
+    tree = {**params.tree, "e": {**params.tree["e"], key: torch.zeros(1)}}
+    with pytest.raises(TypeError, match=re.escape(f"the params tree has the key {key!r} under e")):
+        funcvae.elbo(funcvae.Params(params.model, tree), torch.rand(2, 784), seed=0)
 
 
 def _module_model(folder, body: str) -> funcvae.Model:
