@@ -506,3 +506,15 @@ def test_a_run_folder_from_before_the_objective_options_resumes(tmp_path, loads)
     assert funcvae.cli.main(["train", "--resume", str(old), "--epochs", "2", "--quiet"]) == 0
     a, b = (funcvae.leaves_by_path(funcvae.load_params(run / "params.safetensors")) for run in (straight, old))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_whose_model_file_changed_is_refused_unless_accepted(tmp_path, capsys, loads, model_file):
+    assert train(tmp_path / "runs", "--model", f"{model_file}:model", "--epochs", "1") == 0
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    model_file.write_text(MODEL_FILE.replace("torch.tanh(nn.dense(tree[\"hidden\"], x))",
+                                             "torch.relu(nn.dense(tree[\"hidden\"], x))"))  # same leaves, other code
+    capsys.readouterr()
+    assert funcvae.cli.main(["sample", str(run_dir), "--n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by other model code (the files defining its functions)" in err and "Traceback" not in err
+    assert funcvae.cli.main(["sample", str(run_dir), "--n", "8", "--accept-changed-code"]) == 0
