@@ -58,7 +58,7 @@ def check_unit(name: str, value, *, closed: bool = False) -> int | float:
     """``value`` as a Python number; ValueError unless it is a real number in [0, 1) ([0, 1] if ``closed``)."""
     value = plain(value)
     if not _is_real(value) or not (0 <= value < 1 or (closed and value == 1)):
-        raise ValueError(f"{name} must be a number in [0, 1{']' if closed else ')'}, got {value!r}")
+        raise ValueError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
     return value
 
 
