@@ -23,7 +23,7 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                           is passed in rather than drawn inside, so every side gets the same inputs);
                eager      ``funcvae.make_train_step(model, objectives.elbo(), optim.apply_if_finite(optim.adam(
                           1e-3), freeze=True))``, the step ``fit`` runs, over a ``TrainState``;
-               compiled   the same through ``funcvae.compiling.make_step(step, device, True)`` (inductor,
+               compiled   the same through ``funcvae._runtime.compiling.compile_step(step, device, True)`` (inductor,
                           fullgraph; CUDA graphs on a GPU);
                compiled bf16 products   the same with ``matmul_dtype=torch.bfloat16`` (the matrix products
                           in bfloat16, all else fp32; not one of the fp32 targets);
@@ -48,7 +48,7 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                batch, one of each per round (fit skips dynamo's guard checks from an epoch's third step on, and
                so do the timed blocks here);
   contention   fit epochs in child processes (``fit_speed.py``), alone and beside one busy Python process
-               (``while True: pass``), with fit's default of sharing the cores (``funcvae.threads``) and with
+               (``while True: pass``), with fit's default of sharing the cores (``funcvae._runtime.threads``) and with
                ``share_cores=False``, all four interleaved; each child's median epoch after its first;
   mkl-mode     fit epochs in child processes as in contention, alone, eager and compiled, with MKL in its strict
                reproducible mode (``MKL_CBWR=AUTO,STRICT``, funcvae's) and in its default (``MKL_CBWR=AUTO``),
@@ -117,7 +117,7 @@ import fit_speed  # noqa: E402
 import funcvae  # noqa: E402
 from baseline_vae import ClassicVAE, machine  # noqa: E402
 from funcvae import objectives  # noqa: E402
-from funcvae.compiling import compile_backend, make_step  # noqa: E402
+from funcvae._runtime.compiling import compile_backend, compile_step  # noqa: E402
 from funcvae.config import steps_per_epoch  # noqa: E402
 from funcvae.optim import adam, apply_if_finite  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
@@ -301,11 +301,11 @@ def funcvae_step(params: funcvae.Params, lr: float = LR, bf16: bool = False, gua
 
 def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str, calls: int = 1,
                     bf16: bool = False, guarded: bool = True, scale: int | None = None) -> Variant:
-    """funcvae's training step on one model, eager or through ``make_step``; ``calls`` steps per call; ``bf16``:
+    """funcvae's training step on one model, eager or through ``compile_step``; ``calls`` steps per call; ``bf16``:
     matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: without the guard;
     ``scale``: the batch as uint8 pixel levels that the step divides by it (how fit holds 8-bit data)."""
     step, state = funcvae_step(funcvae.init(seed=0, device=device), bf16=bf16, guarded=guarded, scale=scale)
-    run = make_step(step, device, True, key=step.key) if compiled else step
+    run = compile_step(step, device, True, key=step.key) if compiled else step
     x, eps, _, weights = batch_data(batch, device)
     if scale is not None:
         x = fit_speed.pixels(batch).to(device)
@@ -325,7 +325,7 @@ def stacked_variant(device: torch.device) -> Variant:
     pairs = [funcvae_step(funcvae.init(seed=i, device=device), lr=lr) for i, lr in enumerate(lrs)]
     step = pairs[0][0]
     states = optree.tree_map(lambda *t: torch.stack(t), *[state for _, state in pairs])
-    run = make_step(stacked(step), device, True, key=(step.key, "stack"))
+    run = compile_step(stacked(step), device, True, key=(step.key, "stack"))
     x, eps, _, weights = batch_data(128, device, N_MODELS)
     chain = Chain(run, (states,), (Batch(x, eps, weights.expand(N_MODELS, -1)),), keep=1)
     settle = chain.own_memory if device.type == "cuda" else (lambda: None)
@@ -552,7 +552,7 @@ def run_contention(cfg: Settings, jax, why_no_jax: str | None) -> dict:
             for name, r in result.items()]
     return {"title": f"contention: a fit epoch ({EPOCH_EXAMPLES} examples) in a child process, alone or beside one "
                      "busy Python process; ratio vs shared cores alone",
-            "rows": rows, "notes": ["shared cores: fit's default (funcvae.threads); fixed threads: "
+            "rows": rows, "notes": ["shared cores: fit's default (funcvae._runtime.threads); fixed threads: "
                                     "fit(share_cores=False)"], "kind": "plain"}
 
 
@@ -763,8 +763,8 @@ def describe_machine(device: torch.device, jax) -> dict:
     info.update({"device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                  "jax": None if jax is None else jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS"),
-                 "inductor_cpp_compiler": funcvae.compiling.has_cpp_compiler(),
-                 "cpu_vendor": funcvae.gemm.cpu_vendor()})
+                 "inductor_cpp_compiler": funcvae._runtime.compiling.has_cpp_compiler(),
+                 "cpu_vendor": funcvae._runtime.gemm.cpu_vendor()})
     return info
 
 

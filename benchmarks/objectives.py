@@ -128,8 +128,8 @@ def train(model: funcvae.Model, run: Run, x_train: Tensor, settings: Settings):
     params, history = funcvae.fit(
         params, x_train, epochs=settings.epochs, objective=objective_of(run), lr=settings.lr,
         batch_size=settings.batch_size, seed=settings.seed, binarize="dynamic", compile=settings.compile,
-        progress=False, callback=lambda r: _log(f"  {run.name} epoch {r['epoch']}: train loss {r['loss']:.2f} "
-                                                f"({r['seconds']:.0f} s)"))
+        progress=False, callbacks=[lambda r: _log(f"  {run.name} epoch {r['epoch']}: train loss {r['loss']:.2f} "
+                                                 f"({r['seconds']:.0f} s)")])
     return params, history, time.perf_counter() - start
 
 

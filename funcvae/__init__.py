@@ -9,31 +9,49 @@
 A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
 """
 
-from funcvae.gemm import reproducible_mkl as _reproducible_mkl
+from funcvae._runtime.gemm import reproducible_mkl as _reproducible_mkl
 
 _reproducible_mkl()  # first: MKL takes its reproducibility mode at its first call
 
-from funcvae import (data, diagnostics, distributions, likelihoods, lock, models, nn, objectives, optim, priors, quality,
-                     records, schedules)
-from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
-from funcvae.codec import decode, encode
-from funcvae.config import FitConfig
-from funcvae.elbo import elbo
-from funcvae.importance import iwae
-from funcvae.interrupt import Interrupted
-from funcvae.lock import FolderLocked
+from funcvae import _moved
+# A model: params are a pytree beside the model that reads them; built-in architectures or your own.
 from funcvae.model import Model, Params, leaves_by_path
 from funcvae.models import ModelSpec, init
-from funcvae.objectives import loss_and_grad
-from funcvae.per_example import gradient_snr, per_example_grads
-from funcvae.stack import stack, unstack
+from funcvae.codec import decode, encode
+# Bounds on log p(x), per example, in nats.
+from funcvae.bounds import elbo
+from funcvae.importance import iwae
+# Training: one pure step, and fit around it.
 from funcvae.step import Batch, TrainState, init_state, make_train_step
+from funcvae.objectives import loss_and_grad
+from funcvae.config import FitConfig
 from funcvae.train import CHECKPOINT_FILE, NonFiniteError, fit
+from funcvae._runtime.interrupt import Interrupted
+from funcvae._runtime.lock import FolderLocked
+# Many models at once, and per-example gradients.
+from funcvae.stacks import stack, unstack
+from funcvae.per_example import gradient_snr, per_example_grads
+# Files.
+from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
+# The building blocks, by concern.
+from funcvae import (data, diagnostics, distributions, likelihoods, models, nn, objectives, optim, priors, quality,
+                     schedules, shorthand)
 
 __all__ = [
-    "Batch", "CHECKPOINT_FILE", "Checkpoint", "FitConfig", "FolderLocked", "Interrupted", "Model", "ModelSpec",
-    "NonFiniteError", "Params", "TrainState", "data", "decode", "diagnostics", "distributions", "elbo", "encode", "fit",
-    "gradient_snr", "init", "init_state", "iwae", "leaves_by_path", "likelihoods", "load", "load_params", "lock",
-    "loss_and_grad", "make_train_step", "models", "nn", "objectives", "optim", "per_example_grads", "priors",
-    "quality", "records", "save", "save_params", "schedules", "stack", "unstack",
+    # a model
+    "Model", "Params", "ModelSpec", "init", "encode", "decode", "leaves_by_path",
+    # bounds
+    "elbo", "iwae",
+    # training
+    "fit", "FitConfig", "make_train_step", "init_state", "TrainState", "Batch", "loss_and_grad",
+    "NonFiniteError", "Interrupted", "FolderLocked", "CHECKPOINT_FILE",
+    # many models, per-example gradients
+    "stack", "unstack", "per_example_grads", "gradient_snr",
+    # files
+    "save_params", "load_params", "save", "load", "Checkpoint",
+    # building blocks
+    "nn", "models", "likelihoods", "priors", "distributions", "objectives", "optim", "schedules", "shorthand",
+    "data", "diagnostics", "quality",
 ]
+__getattr__ = _moved.module_getattr(__name__, {old.removeprefix("funcvae."): new for old, new in _moved.MODULES.items()})
+_moved.install()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from funcvae.validate import level_values, pixel_values
+from funcvae.pixels import level_values, pixel_values
 
 
 def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int, binarize: str | None, *,
                   samples: int = 1, start: int = 0, rng_state: Tensor | None = None, shard: tuple[int, int] = (0, 1),
-                  divisor: int | float | None = None, dtype: torch.dtype | None = None):
+                  scale: int | float | None = None, dtype: torch.dtype | None = None):
     """Yield one epoch's batches ``(x, eps, weights)`` of static shapes.
 
     The order is the generator's first draw; then, per batch, the binarisation (``binarize="dynamic"``)
@@ -18,9 +18,9 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
     example is dropped or counted twice.
 
     Args:
-      x: (N, features) floats, or uint8 pixel levels (``validate.as_levels``), which the batches keep (a
+      x: (N, features) floats, or uint8 pixel levels (``inputs.as_levels``), which the batches keep (a
         quarter of float32's bytes gathered) except under dynamic binarisation: its probabilities are their
-        values for ``divisor`` (``validate.pixel_values``), exactly as the step would make them.
+        values for ``scale`` (``pixels.pixel_values``), exactly as the step would make them.
       dtype: of eps and weights, the params' (default: ``x``'s).
       start, rng_state: resume at batch ``start`` with the generator in ``rng_state``, the state it had
         after batch ``start - 1``: the batches then are exactly those of an uninterrupted epoch.
@@ -32,7 +32,7 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
     if rng_state is not None:
         gen.set_state(rng_state)
     dtype = x.dtype if dtype is None else dtype
-    levels = None if divisor is None else level_values(divisor, dtype, x.device)
+    levels = None if scale is None else level_values(scale, dtype, x.device)
     full = torch.ones(batch_size, dtype=dtype, device=x.device)
     rows = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     for b, idx in enumerate(order.split(batch_size)):
@@ -48,11 +48,11 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
 
 def model_batches(x: Tensor, batch_size: int, gens: list, latent: int, binarize: str | None, stacked: bool, *,
                   samples: int = 1, start: int = 0, rng_states: list | None = None, shard: tuple[int, int] = (0, 1),
-                  divisor: int | float | None = None, dtype: torch.dtype | None = None):
+                  scale: int | float | None = None, dtype: torch.dtype | None = None):
     """Each model's batches from its own generator; for a stack, stacked along a new leading dimension."""
     states = rng_states if rng_states is not None else [None] * len(gens)
     streams = [epoch_batches(x, batch_size, g, latent, binarize, samples=samples, start=start, rng_state=s, shard=shard,
-                             divisor=divisor, dtype=dtype) for g, s in zip(gens, states)]
+                             scale=scale, dtype=dtype) for g, s in zip(gens, states)]
     for per_model in zip(*streams):
         if not stacked:
             yield per_model[0]

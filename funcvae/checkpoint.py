@@ -1,39 +1,35 @@
 """Params and whole training states on disk: safetensors (no pickle, so loading runs no code), tensors
-addressed by path, everything else as JSON metadata; written to a temporary file, flushed, fsynced and
-renamed, so a crash mid-write leaves the previous file intact and never half a file.
+addressed by path, everything else as JSON metadata, written whole and checksummed (``_runtime.files``).
 
-Every file carries its own integrity record: a SHA-256 of each tensor (its name, dtype, shape and bytes) and
-of the metadata. A load checks the metadata's fields (types and ranges), then the record, and only then
-builds anything from the file, so a file damaged on disk or in transit is refused, naming the file and what
-is wrong, and never loads as something else. The record guards against damage, not against a forger: anyone
-can write a consistent file.
+A load checks the metadata's fields (types and ranges), then the checksums, and only then builds anything
+from the file: a damaged file is refused, naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import marshal
 import os
-import struct
-import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optree
-
 import torch
 from torch import Tensor
-import safetensors.torch
-from safetensors import SafetensorError
 
-from funcvae import models, records
-from funcvae.model import Model, Params, check_params, leaves_by_path, paths_and_leaves, stack_size
+from funcvae import models
+from funcvae._runtime import records
+from funcvae._runtime.files import from_json, read, verify, write
+from funcvae.model import Model, Params, check_keys, check_params, leaves_by_path, paths_and_leaves, stack_size
+from funcvae.step import TrainState
 
 _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
-_INTEGRITY_KEY = "funcvae_integrity"
 _FORMAT = "funcvae-checkpoint-3"
+_TREE_KEY = "funcvae_tree"  # the params tree's dicts, in order, empty ones included (leaves: null)
 _FACTS = ("likelihood", "prior", "input_shape", "latent")
 
 
@@ -43,7 +39,27 @@ def describe(model: Model) -> dict:
     if model.spec is not None:
         return {"spec": model.spec.to_dict()}
     return {"custom": {"encode": _name(model.encode), "decode": _name(model.decode), "init": _name(model.init_fn),
-                       **_facts(model)}}
+                       **_facts(model), "code": code_digest(model)}}
+
+
+def code_digest(model: Model) -> str:
+    """SHA-256 of what identifies a user's model's code: the files that define its init, encode and decode
+    (so an edit to a helper they call counts too), or where a function has no file (a REPL), its compiled
+    code. Recorded with params and checkpoints, so that other code reading them is refused by default."""
+    digest = hashlib.sha256()
+    for fn in (model.init_fn, model.encode, model.decode):
+        digest.update(_code_of(fn))
+    return digest.hexdigest()
+
+
+def _code_of(fn) -> bytes:
+    fn = inspect.unwrap(getattr(fn, "func", fn))  # a functools.partial's function
+    try:
+        return Path(inspect.getsourcefile(fn)).read_bytes()
+    except (TypeError, OSError):
+        pass
+    code = getattr(fn, "__code__", None)
+    return marshal.dumps(code) if code is not None else f"{type(fn).__module__}.{type(fn).__qualname__}".encode()
 
 
 def _facts(model: Model) -> dict:
@@ -55,7 +71,17 @@ def _facts(model: Model) -> dict:
 def save_params(path: str | os.PathLike, params: Params) -> None:
     """Write ``params`` to ``path`` (a .safetensors file) atomically; leaves by path, the model described."""
     check_params(params)
-    _write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model))})
+    write(Path(path), leaves_by_path(params), {_MODEL_KEY: json.dumps(describe(params.model)),
+                                                _TREE_KEY: _skeleton(params.tree)})
+
+
+def _moved_field(name: str, field: str) -> property:
+    """``Checkpoint.<name>``, now ``Checkpoint.train.<field>``, for one release (DeprecationWarning)."""
+    def get(self):
+        warnings.warn(f"Checkpoint.{name} is now Checkpoint.train.{field}; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self.train, field)
+    return property(get)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,22 +89,20 @@ class Checkpoint:
     """Everything needed to continue a run exactly.
 
     Attributes:
-      params: one model or a stack.
-      opt_state: the optimiser's state; as saved, a dict ``{path: tensor}`` unless ``load`` was given the
-        ``template`` to rebuild its structure from.
-      hyper: the objective's numbers (``objective.init()``); ``count``: steps taken (0-d int64).
+      model: the model ``train.tree`` is the params of (``params`` joins the two).
+      train: the ``TrainState``: params' tensors (one model or a stack), optimiser state (as saved, a dict
+        ``{path: tensor}`` unless ``load`` was given the ``template`` to rebuild its structure from), the
+        objective's numbers and the steps taken.
       epoch: epochs completed; ``step``: steps done within epoch ``epoch + 1`` (0 at an epoch boundary).
       config: the run's settings (seeds among them) and a fingerprint of its data, as plain JSON values.
       history: the per-epoch records so far (one list per model); a non-finite metric is written as the
-        string "NaN", "Infinity" or "-Infinity" (``funcvae.records``) and read back as a float.
+        string "NaN", "Infinity" or "-Infinity" (``funcvae._runtime.records``) and read back as a float.
       rng: mid-epoch only: the state of each model's generator (uint8, one row per model) and ``sums``,
         the epoch's running metric sums, so the rest of the epoch draws and reports exactly as it would have.
     """
 
-    params: Params
-    opt_state: Any
-    hyper: dict
-    count: Tensor
+    model: Model
+    train: TrainState
     epoch: int
     step: int = 0
     config: dict = field(default_factory=dict)
@@ -86,54 +110,70 @@ class Checkpoint:
     rng: Tensor | None = None
     sums: Tensor | None = None
 
+    def __post_init__(self):
+        if not isinstance(self.model, Model) or not isinstance(self.train, TrainState):
+            raise TypeError("Checkpoint(params, opt_state, hyper, count, epoch, ...) is now Checkpoint(model, "
+                            "TrainState(params.tree, opt_state, objective_state, count), epoch, ...)")
+
+    @property
+    def params(self) -> Params:
+        return Params(self.model, self.train.tree)
+
+    opt_state = _moved_field("opt_state", "opt_state")
+    hyper = _moved_field("hyper", "objective_state")
+    count = _moved_field("count", "count")
+
 
 def save(path: str | os.PathLike, state: Checkpoint) -> None:
     """Write ``state`` to ``path`` atomically (see ``Checkpoint``); a state that ``load`` would refuse (its
     fields inconsistent) is refused here, before anything is written."""
     n = stack_size(state.params)
     tensors = {f"params/{k}": v for k, v in leaves_by_path(state.params).items()}
-    tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.opt_state)})
-    tensors.update({f"hyper/{k}": v for k, v in state.hyper.items()})
-    tensors["count"] = state.count
+    tensors.update({f"opt/{k}": v for k, v in paths_and_leaves(state.train.opt_state)})
+    tensors.update({f"hyper/{k}": v for k, v in state.train.objective_state.items()})
+    tensors["count"] = state.train.count
     for name in ("rng", "sums"):
         if getattr(state, name) is not None:
             tensors[name] = getattr(state, name)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {"format": _FORMAT, "model": describe(state.params.model), "epoch": state.epoch, "step": state.step,
+    meta = {"format": _FORMAT, "model": describe(state.model), "epoch": state.epoch, "step": state.step,
             "config": state.config, "history": state.history}
     text = records.dumps(meta)
     path = Path(path)
     _check_stacked(path, n, _state_fields(records.loads(text), tensors, path), tensors)
-    _write(path, tensors, {_STATE_KEY: text})
+    write(path, tensors, {_STATE_KEY: text, _TREE_KEY: _skeleton(state.train.tree)})
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: Model | None = None,
-         template=None) -> Checkpoint:
+         template=None, accept_changed_code: bool = False) -> Checkpoint:
     """Read a ``Checkpoint`` written by ``save``.
 
     Args:
       model: the model of a user's (not built-in) model; a built-in one rebuilds itself from the file.
       template: an optimiser state of the run's structure (``optimizer.init(...)``, stacked for a stack);
         its leaves are replaced by the file's, by path. Without it ``opt_state`` is ``{path: tensor}``.
+      accept_changed_code: read it with ``model`` although its functions' names or code differ from those
+        that wrote the file (refused by default: other code may read the params as something else).
 
     Raises:
       ValueError: a corrupt, truncated or mismatched file, naming the file and the field or tensor that is
         wrong; FileNotFoundError.
     """
     path = Path(path)
-    tensors, meta = _read(path)
+    tensors, meta = read(path)
     if _STATE_KEY not in meta:
         raise ValueError(f"{path} is not a funcvae checkpoint (no training state in its metadata)")
-    state = _state_fields(records.decode(_from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
-    model = _model_of(state["model"], model, path)
-    _verify(path, tensors, meta)
-    params = Params(model, _tree_from_paths(_under("params/", tensors), path))
+    state = _state_fields(records.decode(from_json(meta[_STATE_KEY], path, "training state")), tensors, path)
+    model = _model_of(state["model"], model, path, reader="load")
+    verify(path, tensors, meta)
+    params = Params(model, _params_tree(_under("params/", tensors), meta, path))
     n = _check_leaves(params, path)
+    _check_code(state["model"], model, path, accept_changed_code)
     _check_stacked(path, n, state, tensors)
     opt, hyper = _under("opt/", tensors), _under("hyper/", tensors)
-    return Checkpoint(_to(device, params), _to(device, opt if template is None else restore(template, opt, path)),
-                      _to(device, hyper), _to(device, tensors["count"]), state["epoch"], state["step"],
-                      state["config"], state["history"], tensors.get("rng"), _to(device, tensors.get("sums")))
+    train = TrainState(params.tree, opt if template is None else restore(template, opt, path), hyper, tensors["count"])
+    return Checkpoint(model, _to(device, train), state["epoch"], state["step"], state["config"], state["history"],
+                      tensors.get("rng"), _to(device, tensors.get("sums")))
 
 
 def _state_fields(state, tensors: dict, path: Path) -> dict:
@@ -224,29 +264,33 @@ def restore(template, flat: dict, path: Path):
     return optree.tree_unflatten(treespec, [flat[k] for k in want])
 
 
-def load_params(path: str | os.PathLike, *, model: Model | None = None, device: torch.device | str = "cpu") -> Params:
+def load_params(path: str | os.PathLike, *, model: Model | None = None, device: torch.device | str = "cpu",
+                accept_changed_code: bool = False) -> Params:
     """Read params written by ``save_params``.
 
     Args:
       model: the ``Model`` of a user's model (required for one; a built-in model rebuilds itself from the
         file, and when passed must match it).
+      accept_changed_code: as for ``load``.
 
     Raises:
       ValueError: a bad or corrupt file (naming the file and what is wrong), a user's model without
         ``model=``, or a model whose leaves differ from the file's (naming them).
     """
     path = Path(path)
-    tensors, meta = _read(path)
+    tensors, meta = read(path)
     if _MODEL_KEY not in meta:
         raise ValueError(f"{path} has no funcvae model in its metadata; was it written by funcvae.save_params?")
-    model = _model_of(_from_json(meta[_MODEL_KEY], path, "model"), model, path)
-    _verify(path, tensors, meta)
-    params = Params(model, _tree_from_paths(tensors, path))
+    described = from_json(meta[_MODEL_KEY], path, "model")
+    model = _model_of(described, model, path)
+    verify(path, tensors, meta)
+    params = Params(model, _params_tree(tensors, meta, path))
     _check_leaves(params, path)
+    _check_code(described, model, path, accept_changed_code)
     return _to(device, params)
 
 
-def _model_of(described, model: Model | None, path: Path) -> Model:
+def _model_of(described, model: Model | None, path: Path, reader: str = "load_params") -> Model:
     """The model a file describes: ``model`` when given (it must be of the same kind), else the built-in
     model its spec rebuilds."""
     if not isinstance(described, dict) or not ({"spec", "custom"} & described.keys()):
@@ -266,8 +310,29 @@ def _model_of(described, model: Model | None, path: Path) -> Model:
     if "custom" in described:
         c = described["custom"]
         raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
-                         "pass it: load_params(path, model=model)")
+                         f"pass it: {reader}(path, model=model)")
     return _built_in(described["spec"], path)
+
+
+def _check_code(described: dict, model: Model, path: Path, accept_changed_code: bool) -> None:
+    """ValueError when the user's model that reads the file is not the code that wrote it (names or code
+    digest), unless accepted."""
+    changed = code_changes(described, json.loads(json.dumps(describe(model))))
+    if changed and not accept_changed_code:
+        raise ValueError(f"{path} was written by other model code ({'; '.join(changed)}): code that changed "
+                         "may read these params as something else. If the change keeps their meaning, pass "
+                         "accept_changed_code=True (the command line's --accept-changed-code)")
+
+
+def code_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two descriptions (``describe``) of a user's model: its functions' names and its
+    code digest (a file written before digests were recorded is compared by names alone)."""
+    if "custom" not in saved or "custom" not in now:
+        return []
+    old, new = saved["custom"], now["custom"]
+    keys = ("init", "encode", "decode") + (("code",) if "code" in old else ())
+    return [f"{k}: file {old.get(k)!r}, now {new.get(k)!r}" if k != "code" else "the files defining its functions"
+            for k in keys if old.get(k) != new.get(k)]
 
 
 def _built_in(spec, path: Path) -> Model:
@@ -297,82 +362,42 @@ def _name(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _write(path: Path, tensors: dict, metadata: dict) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {**metadata, _INTEGRITY_KEY: json.dumps(_integrity(tensors, metadata))}
-    data = safetensors.torch.save(tensors, metadata=metadata)  # serialised in memory: no file of its own
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask like any other
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself must reach the disk
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+def _skeleton(tree: dict) -> str:
+    """The JSON of ``tree``'s dicts in their order, a leaf as null; TypeError naming a key that a path cannot
+    hold."""
+    check_keys(tree, "the params tree")
+
+    def skeleton(node: dict) -> dict:
+        return {k: skeleton(v) if isinstance(v, dict) else None for k, v in node.items()}
+    return json.dumps(skeleton(tree))
 
 
-def _integrity(tensors: dict, metadata: dict) -> dict:
-    """The record ``_verify`` checks: each tensor's checksum, and the digest of the other metadata."""
-    return {"tensors": {k: _checksum(k, t) for k, t in sorted(tensors.items())}, "metadata": _digest(metadata)}
+def _params_tree(tensors: dict, meta: dict, path: Path) -> dict:
+    """The params tree as it was saved: its dicts in their order, empty ones included, from the file's
+    skeleton (a file written before skeletons were recorded: nested by path, keys sorted)."""
+    if _TREE_KEY not in meta:
+        return _tree_from_paths(tensors, path)
+    skeleton = from_json(meta[_TREE_KEY], path, "params tree")
+    left = dict(tensors)
 
-
-def _checksum(name: str, t: Tensor) -> str:
-    """SHA-256 of a (contiguous, CPU) tensor's name, dtype, shape and bytes: the same bytes read as another
-    dtype or shape fail it too."""
-    h = hashlib.sha256(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def _digest(metadata: dict) -> str:
-    other = {k: v for k, v in metadata.items() if k != _INTEGRITY_KEY}
-    return hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()
-
-
-def _verify(path: Path, tensors: dict, metadata: dict) -> None:
-    """ValueError naming the file and the first tensor (or the metadata) that fails its checksum."""
-    if _INTEGRITY_KEY not in metadata:
-        raise ValueError(f"{path} carries no checksums: it was not written by this version of funcvae")
-    record = _from_json(metadata[_INTEGRITY_KEY], path, "integrity")
-    sums = record.get("tensors") if isinstance(record, dict) else None
-    if not isinstance(sums, dict) or not isinstance(record.get("metadata"), str):
-        raise _field(path, "integrity", f"is not a checksum record: {record!r:.80}")
-    if sums.keys() != tensors.keys():
-        odd = sorted(sums.keys() ^ tensors.keys())
-        raise ValueError(f"{path} is corrupt: its tensors and its checksum record differ in {odd[:5]}")
-    for name, t in tensors.items():
-        if _checksum(name, t) != sums[name]:
-            raise ValueError(f"{path} is corrupt: tensor {name!r} fails its checksum")
-    if _digest(metadata) != record["metadata"]:
-        raise ValueError(f"{path} is corrupt: its metadata fails its checksum")
-
-
-def _read(path: Path) -> tuple[dict, dict]:
-    """Tensors (on the CPU) and metadata from ONE read of the file, so a file replaced meanwhile cannot mix
-    versions."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no file at {path}")
-    data = path.read_bytes()
-    try:
-        (size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + size])
-        tensors = safetensors.torch.load(data)
-    except (struct.error, ValueError, SafetensorError, OverflowError) as e:  # JSON errors are ValueErrors
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
-    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
-    return tensors, meta
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def build(node, prefix: str) -> dict:
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: the params tree metadata is not a tree of dicts at {prefix or 'the top'!r}")
+        out = {}
+        for key, sub in node.items():
+            name = prefix + key
+            if sub is None:
+                if name not in left:
+                    raise ValueError(f"{path}: tensor {name!r} of the params tree is missing")
+                out[key] = left.pop(name)
+            else:
+                out[key] = build(sub, name + "/")
+        return out
+    tree = build(skeleton, "")
+    if left:
+        raise ValueError(f"{path}: tensor(s) {sorted(left)[:5]} are not in the params tree")
+    return tree
 
 
 def _tree_from_paths(tensors: dict, path: Path) -> dict:
@@ -388,16 +413,3 @@ def _tree_from_paths(tensors: dict, path: Path) -> dict:
                 raise ValueError(f"{path}: tensor {key!r} lies under another tensor")
         node[leaf] = tensors[key]
     return tree
-
-
-def _from_json(text: str, path: Path, field: str):
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path}: the {field} metadata is not valid JSON ({e})") from e
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

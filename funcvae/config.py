@@ -1,6 +1,4 @@
-"""What a run of ``fit`` is: one frozen ``FitConfig`` that validates itself, and the objective and optimiser
-of each model, built from ``fit``'s shorthand settings (``lr``, ``beta``, ``kl_warmup``, ``free_bits``,
-``clip_norm``, ``noise_multiplier``) when they are not given as objects."""
+"""How a run of ``fit`` goes: one frozen ``FitConfig`` that validates itself, and per-model settings."""
 
 from __future__ import annotations
 
@@ -12,15 +10,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from funcvae import objectives, optim, schedules
 from funcvae.model import MATMUL_DTYPES
-from funcvae.validate import check_bool, check_int, check_nonnegative, check_positive, check_scale, plain
+from funcvae.checks import check_bool, check_int, check_scale, plain
 
 BINARIZE = (None, "dynamic")
 ON_NONFINITE = ("raise", "skip")
-#: fit's shorthand settings and their defaults (used when no objective or optimiser object is passed).
-OBJECTIVE_SETTINGS = {"beta": 1.0, "kl_warmup": 0.0, "free_bits": 0.0}
-OPTIMIZER_SETTINGS = {"lr": 1e-3, "clip_norm": None, "noise_multiplier": 0.0}
 
 
 @dataclass(frozen=True)
@@ -41,11 +35,13 @@ class FitConfig:
       checkpoint_dir, resume, checkpoint_every: where and when to checkpoint, and whether to continue.
       overwrite: start afresh over a checkpoint already in ``checkpoint_dir`` (without it, and without
         ``resume``, such a checkpoint is refused before any work rather than replaced).
+      accept_changed_code: resume a user's model whose functions' names or code changed since the checkpoint
+        was written (refused by default).
       on_nonfinite: "raise" or "skip" a step with a non-finite loss term or gradient.
       progress: show a progress bar (default: when stderr is a terminal).
       share_cores: on a CPU, run the steps on the cores other processes leave free, rechecked every half
-        second, on a thread count only once the step has given the same bits on it (``funcvae.threads``);
-        False keeps torch's thread count throughout.
+        second, on a thread count only once the step has given the same bits on it
+        (``funcvae._runtime.threads``); False keeps torch's thread count throughout.
     """
 
     epochs: int
@@ -59,6 +55,7 @@ class FitConfig:
     resume: bool = False
     checkpoint_every: int | None = None
     overwrite: bool = False
+    accept_changed_code: bool = False
     on_nonfinite: str = "raise"
     progress: bool | None = None
     share_cores: bool = True
@@ -80,6 +77,7 @@ class FitConfig:
             "checkpoint_every": None if self.checkpoint_every is None
             else check_int("checkpoint_every", plain(self.checkpoint_every)),
             "overwrite": check_bool("overwrite", self.overwrite),
+            "accept_changed_code": check_bool("accept_changed_code", self.accept_changed_code),
             "on_nonfinite": _one_of("on_nonfinite", self.on_nonfinite, ON_NONFINITE, ""),
             "progress": None if self.progress is None else check_bool("progress", self.progress),
             "share_cores": check_bool("share_cores", self.share_cores),
@@ -139,51 +137,6 @@ def _compile_setting(value):
     if value is None or isinstance(value, (bool, str)) or callable(value):
         return value
     raise ValueError(f"compile must be None, True, False, a backend name or a backend function, got {value!r}")
-
-
-def objectives_of(n_models: int | None, objective, steps_per_epoch: int, settings: dict) -> list:
-    """Each model's objective: ``objective`` (one, or one per model) or, without one, the beta-ELBO that
-    ``fit``'s shorthand settings describe (``kl_warmup`` in epochs, made a step schedule here)."""
-    if objective is not None:
-        _refuse_shorthand("objective", settings, "objectives.elbo(beta, warmup=...), objectives.free_bits(...)")
-        return per_model(n_models, "objective", objective)
-    values = {**OBJECTIVE_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
-    betas = [check_nonnegative("beta", plain(b)) for b in per_model(n_models, "beta", values["beta"])]
-    warmup_epochs = check_nonnegative("kl_warmup", plain(values["kl_warmup"]))
-    floor = check_nonnegative("free_bits", plain(values["free_bits"]))
-    warmup = schedules.warmup(warmup_epochs * steps_per_epoch) if warmup_epochs else None
-    built = [objectives.elbo(b, warmup=warmup) for b in betas]
-    if floor:
-        built = [objectives.free_bits(o, floor) for o in built]
-    return built
-
-
-def optimizers_of(n_models: int | None, optimizer, settings: dict) -> list:
-    """Each model's optimiser: ``optimizer`` (one, or one per model) or, without one, Adam at ``lr``, after
-    DP-SGD's per-example clipping and noise when ``clip_norm`` is set."""
-    if optimizer is not None:
-        _refuse_shorthand("optimizer", settings, "optim.chain(optim.differentially_private_aggregate(...), "
-                                                 "optim.adam(lr))")
-        return per_model(n_models, "optimizer", optimizer)
-    values = {**OPTIMIZER_SETTINGS, **{k: v for k, v in settings.items() if v is not None}}
-    lrs = [check_positive("lr", plain(lr)) for lr in per_model(n_models, "lr", values["lr"])]
-    noise = check_nonnegative("noise_multiplier", plain(values["noise_multiplier"]))
-    if values["clip_norm"] is None:
-        if noise:
-            raise ValueError("noise_multiplier needs clip_norm: the noise is scaled to the clipping norm")
-        return [optim.adam(lr) for lr in lrs]
-    clip_norm = check_positive("clip_norm", plain(values["clip_norm"]))
-    if n_models is not None:
-        raise ValueError("clip_norm (per-example clipping) trains one model at a time, not a stack")
-    dp = optim.differentially_private_aggregate(clip_norm, noise)
-    return [optim.chain(dp, optim.adam(lr)) for lr in lrs]
-
-
-def _refuse_shorthand(name: str, settings: dict, example: str) -> None:
-    given = sorted(k for k, v in settings.items() if v is not None)
-    if given:
-        raise ValueError(f"pass either {name}= or the shorthand {given}, not both (put them in the {name}: "
-                         f"{example})")
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -19,7 +19,7 @@ from funcvae import distributions as D
 from funcvae.codec import encode
 from funcvae.model import Params
 from funcvae.rng import derive_seed, generator
-from funcvae.validate import check_int
+from funcvae.checks import check_int
 
 # A code carrying less than 0.1 nats (0.14 bits) per example tells the decoder next to nothing about x:
 # the ELBO of a collapsed model sits within a rounding error of a model with no latent at all.

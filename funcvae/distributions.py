@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from funcvae.validate import exact, first_index
+from funcvae.checks import exact, first_index
 
 LOG_2PI = math.log(2.0 * math.pi)
 

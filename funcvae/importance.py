@@ -27,7 +27,7 @@ from torch.func import vmap
 from funcvae import distributions as D
 from funcvae.model import Params, examples_of
 from funcvae.rng import derive_seed, generator
-from funcvae.validate import check_int
+from funcvae.checks import check_int
 
 #: Samples per noise stream (see the module docstring); chunk sizes that are multiples of it draw each
 #: block once, others redraw the blocks they straddle (same numbers, a little more work).

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from funcvae import distributions as D
-from funcvae.validate import check_positive
+from funcvae.checks import check_positive
 
 # A learned Gaussian variance is floored at the variance of 8-bit quantisation noise on [0, 1] data,
 # (1/255)^2/12: a density narrower than one grey level measures rounding, not the image, and would let

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from funcvae import likelihoods, priors
 from funcvae.rng import generator
-from funcvae.validate import as_examples
+from funcvae.inputs import as_examples
 
 # The posterior's log-variance is kept where exp() of it (and of half of it) is finite and far from float32's
 # limits: variances from 2e-13 to 5e8 cover every useful posterior, and a wild encoder output early in
@@ -138,21 +138,39 @@ class Model:
 @functools.lru_cache(maxsize=None)
 def structure(model: Model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``{path: (shape, dtype)}`` of the model's freshly initialised tree, once the model has shown that it
-    works: its ``encode`` and ``decode`` run on one example and give the shapes the likelihood needs. Raises
-    ValueError naming what is wrong; cached per model (one init, encode and decode per model and process)."""
+    keeps the contract, before any work: ``init`` gives the same tree twice for one seed; ``encode`` and
+    ``decode`` return the shapes the likelihood needs in the params' floating dtype for one example, and run
+    as every step runs them (under ``torch.func.vmap``, on two examples) to the same values twice, drawing no
+    random numbers and writing to none of their inputs. Raises ValueError (TypeError for a wrong dtype)
+    naming the broken rule; cached per model (one check per model and process)."""
     params = model.init(0)
     leaves = leaves_by_path(params)
+    again = leaves_by_path(model.init(0))
+    if again.keys() != leaves.keys() or not all(torch.equal(again[p], t) for p, t in leaves.items()):
+        raise ValueError("the model's init gave other params for the same seed: it must draw every random number "
+                         "from the generator it is given (torch.randn(..., generator=gen)), not torch's global one")
     with torch.no_grad():
         x = torch.zeros(model.features)
-        out = model.encode(params.tree, x)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
-            raise ValueError(f"the model's encode must return (mean, logvar), got {_describe(out)}")
-        for name, t in zip(("mean", "logvar"), out):
-            if tuple(t.shape) != (model.latent,):
-                raise ValueError(f"the model's encode returned a {name} of shape {tuple(t.shape)} for one example "
-                                 f"of shape ({model.features},); expected ({model.latent},) (latent={model.latent})")
+        _check_encoded(model, model.encode(params.tree, x))
         _check_decoded(model, model.decode(params.tree, torch.zeros(model.latent)))
+        _check_batched(model, params)
     return {path: (tuple(t.shape), t.dtype) for path, t in leaves.items()}
+
+
+def _check_encoded(model: Model, out) -> None:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+        raise ValueError(f"the model's encode must return (mean, logvar), got {_describe(out)}")
+    for name, t in zip(("mean", "logvar"), out):
+        if tuple(t.shape) != (model.latent,):
+            raise ValueError(f"the model's encode returned a {name} of shape {tuple(t.shape)} for one example "
+                             f"of shape ({model.features},); expected ({model.latent},) (latent={model.latent})")
+        _check_float("encode", name, t)
+
+
+def _check_float(fn: str, name: str, t: Tensor, dtype: torch.dtype = torch.float32) -> None:
+    if t.dtype != dtype:
+        raise TypeError(f"the model's {fn} returned a {name} of dtype {t.dtype} for params of dtype {dtype}; it must "
+                        "return floating-point tensors in the params' dtype")
 
 
 def _check_decoded(model: Model, out) -> None:
@@ -163,6 +181,49 @@ def _check_decoded(model: Model, out) -> None:
         expected = f"(mean, logvar), each of shape {want}" if learned else f"one tensor of shape {want}"
         raise ValueError(f"the model's decode must return {expected} for the {model.likelihood} likelihood, got "
                          f"{_describe(out)}")
+    for t in parts:
+        _check_float("decode", "tensor", t)
+
+
+def _check_batched(model: Model, params: "Params") -> None:
+    """``encode`` and ``decode`` on two examples under vmap, as a step runs them: no writes to the params or
+    the data, no random draws, twice the same values."""
+    gen = torch.Generator().manual_seed(0)
+    x, z = torch.rand(2, model.features, generator=gen), torch.randn(2, model.latent, generator=gen)
+    kept = {path: t.clone() for path, t in paths_and_leaves(params.tree)}
+    for name, fn, data in (("encode", model.encode, x), ("decode", model.decode, z)):
+        before = data.clone()
+        outs = [_under_vmap(name, fn, params.tree, data)]
+        path = next((p for p, t in paths_and_leaves(params.tree) if not torch.equal(t, kept[p])), None)
+        if path is not None:
+            raise ValueError(f"the model's {name} wrote to param {path} in place; the functions must not change "
+                             "their inputs (compute a new tensor instead)")
+        if not torch.equal(before, data):
+            raise ValueError(f"the model's {name} wrote to its input in place (x.clamp_(...), say), which would "
+                             "change the caller's data; the functions must compute new tensors instead")
+        outs.append(_under_vmap(name, fn, params.tree, data))
+        if not all(torch.equal(a, b) for a, b in zip(*map(optree.tree_leaves, outs))):
+            raise ValueError(f"the model's {name} gave other values for the same input: it must be a pure "
+                             "function of the params and its input (the noise comes in as eps)")
+
+
+#: What torch.func.vmap's errors say when a function breaks a rule of the contract, and the rule.
+_RULES = (("data-dependent control flow", "it branches on a tensor's value (if x.sum() > 0, .item(), ...); under "
+           "vmap and torch.compile a value is not known in Python: use torch.where"),
+          ("random operation", "it draws random numbers (torch.randn, dropout, ...); the functions must be "
+           "deterministic: the noise comes in as eps, drawn by funcvae"),
+          ("inplace", "it writes in place to a tensor it was given; compute a new tensor instead"))
+
+
+def _under_vmap(name: str, fn: Callable, tree: dict, data: Tensor):
+    try:
+        return torch.func.vmap(fn, in_dims=(None, 0), randomness="error")(tree, data)
+    except RuntimeError as e:
+        rule = next((rule for key, rule in _RULES if key in str(e)), None)
+        if rule is None:
+            raise ValueError(f"the model's {name} failed on two examples under torch.func.vmap, as every step runs "
+                             f"it: {e}") from e
+        raise ValueError(f"the model's {name} breaks the contract: {rule}") from e
 
 
 class Params:
@@ -227,11 +288,13 @@ def check_params(params: Params) -> None:
 
 def stack_size(params: Params) -> int | None:
     """None for one model's params, N for a stack of N (every leaf with a leading dimension N, as
-    ``funcvae.stack`` makes); raises when the tree does not match its model either way (names the leaf)."""
+    ``funcvae.stack(...)`` makes); raises when the tree does not match its model either way (names the leaf)."""
     if not isinstance(params, Params):
         raise TypeError(f"expected funcvae Params (as returned by model.init or funcvae.init), got "
                         f"{type(params).__name__}")
     expected = structure(params.model)
+    if isinstance(params.tree, dict):
+        check_keys(params.tree, "the params tree")
     got = leaves_by_path(params)
     missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
     if missing or extra:
@@ -287,7 +350,7 @@ def _leading_dims(leaf, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def examples_of(params: Params, data, *, scale: float | None = None, name: str = "x") -> Tensor:
     """The opening of every public function that takes params and data: ``params`` checked (one model, well
-    formed), ``data`` validated for its model (``funcvae.validate.as_examples``) and returned as
+    formed), ``data`` validated for its model (``funcvae.inputs.as_examples``) and returned as
     (N, features) in the params' dtype and device."""
     check_params(params)
     return as_examples(data, params.model, scale=scale, like=some_leaf(params), name=name)
@@ -324,11 +387,27 @@ def paths_and_leaves(tree, prefix: tuple = ()):
 def _check_tree(tree, where: str) -> None:
     if not isinstance(tree, dict) or not tree:
         raise TypeError(f"the model's {where} must return a non-empty dict of tensors, got {_describe(tree)}")
+    check_keys(tree, f"the model's {where}")
     paths, leaves, _ = optree.tree_flatten_with_path(tree, none_is_leaf=True)  # a None is a bad leaf, not a node
     for path, leaf in zip(("/".join(map(str, p)) for p in paths), leaves):
         if not (isinstance(leaf, Tensor) and leaf.is_floating_point()):
             raise TypeError(f"the model's {where} returned {_describe(leaf)} at {path}; every leaf must be a "
                             "floating-point tensor (keep settings in the Model, not in the tree)")
+        if leaf.is_meta:
+            raise ValueError(f"the model's {where} returned a tensor on the meta device at {path}; it must hold "
+                             "values (draw them from the generator it is given)")
+
+
+def check_keys(tree: dict, where: str, prefix: str = "") -> None:
+    """Raise TypeError naming the first key of ``tree`` (nested dicts) that is not a non-empty string without
+    "/": leaves are addressed, saved and loaded by their path ``a/b/c``."""
+    for key, value in tree.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            at = f" under {prefix.rstrip('/')}" if prefix else ""
+            raise TypeError(f"{where} has the key {key!r}{at}: keys must be non-empty strings without '/' (leaves "
+                            "are addressed, saved and loaded by their path, a/b/c)")
+        if isinstance(value, dict):
+            check_keys(value, where, f"{prefix}{key}/")
 
 
 def _describe(value) -> str:

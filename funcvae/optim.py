@@ -24,7 +24,7 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae.validate import check_nonnegative, check_positive, plain
+from funcvae.checks import check_nonnegative, check_positive, check_unit, plain
 
 
 class GradientTransformation(NamedTuple):
@@ -106,8 +106,7 @@ def adamw(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_deca
 
 def _adamw(lr, b1, b2, eps, weight_decay, kind) -> GradientTransformation:
     scale, schedule = _lr_parts(lr)
-    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and eps >= 0.0):
-        raise ValueError(f"need 0 <= b1, b2 < 1 and eps >= 0, got b1={b1}, b2={b2}, eps={eps}")
+    b1, b2, eps = check_unit("b1", b1), check_unit("b2", b2), check_nonnegative("eps", eps)
     decay = {} if kind == "adam" else {"weight_decay": weight_decay}
 
     def init(params) -> AdamState:
@@ -133,17 +132,12 @@ def _adam_update(b1: float, b2: float, eps: float, schedule: Callable | None, de
         mu = [torch.lerp(m, gi, 1.0 - b1) for m, gi in zip(optree.tree_leaves(state.mu, namespace="funcvae"), g)]
         nu = [torch.addcmul(v * b2, gi, gi, value=1.0 - b2)
               for v, gi in zip(optree.tree_leaves(state.nu, namespace="funcvae"), g)]
-        # The moments of a weight whose gradient has stopped (a dead unit's) decay into the subnormal range
-        # and stick at its smallest number (0.9 or 0.999 of it rounds back up), where each CPU operation on
-        # them is a slow microcode assist: 40% of the default model's moments at 1000 steps on a fixed
-        # batch, 25% slower steps. Below the smallest normal number they are zero, as a flush-to-zero
-        # processor mode would make them.
+        # Moments below the smallest normal number are zero, as a flush-to-zero processor mode would make
+        # them: subnormal moments stick and slow every CPU step (docs/speed.md, "Adam without subnormals").
         mu = [torch.where(m.abs() < torch.finfo(m.dtype).tiny, 0.0, m) for m in mu]
         nu = [torch.where(v < torch.finfo(v.dtype).tiny, 0.0, v) for v in nu]
-        # Bias corrections in float64: 1 - 0.999**t loses four digits to cancellation in float32. Stacked
-        # into one 2-element tensor so a compiled step computes them once: as two separate scalars inductor
-        # inlines them into the fused update kernel and evaluates two float64 pow() per parameter element
-        # (a fifth of the whole step at batch 128 on CPU).
+        # Bias corrections in float64, stacked so a compiled step computes them once a step, not once per
+        # parameter element (docs/speed.md, "Adam's bias corrections once a step").
         t = count.to(torch.float64)
         lr = _lr_at(state.hyper, schedule, state.count)
         step_size, correction2 = torch.stack([lr / (1.0 - b1**t), torch.sqrt(1.0 - b2**t)]).to(g[0].dtype)
@@ -165,9 +159,7 @@ def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransforma
     velocity ``v = momentum * v + g`` (``v = g`` at the first step), update ``-lr * v`` (or
     ``-lr * (g + momentum * v)`` with Nesterov)."""
     scale, schedule = _lr_parts(lr)
-    momentum = plain(momentum)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    momentum = check_unit("momentum", momentum)
     if nesterov and not momentum:
         raise ValueError("nesterov needs a momentum > 0")
 

@@ -21,7 +21,7 @@ from funcvae import distributions as D
 from funcvae import models
 from funcvae.model import Params, check_params
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_positive
+from funcvae.checks import check_int, check_positive
 
 
 class LinearGaussian(NamedTuple):

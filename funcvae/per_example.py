@@ -12,10 +12,10 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from funcvae import objectives
-from funcvae.compiling import make_step
+from funcvae._runtime.compiling import compile_step
 from funcvae.model import Params, examples_of, with_matmul_dtype
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_nonnegative
+from funcvae.checks import check_int, check_nonnegative
 
 
 # Built once, outside any compiled function: tracing ``objectives.elbo()`` would trace its cached helpers.
@@ -81,7 +81,7 @@ def gradient_snr(params: Params, x, *, seed: int, beta: float = 1.0, scale: floa
 def _grads_for(model, compile, device: torch.device) -> Callable:
     """``example_grads`` for one model, compiled as the training step is: one graph per model, kept for reuse.
     No CUDA graphs: the gradients are handed to the caller, and a replay would overwrite them."""
-    return make_step(partial(_model_example_grads, model), device, compile, cuda_graphs=False)
+    return compile_step(partial(_model_example_grads, model), device, compile, cuda_graphs=False)
 
 
 def _model_example_grads(model, tree: dict, x: Tensor, eps: Tensor, beta) -> tuple[dict, dict]:

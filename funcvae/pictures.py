@@ -20,7 +20,7 @@ from funcvae.codec import decode, encode
 from funcvae.diagnostics import active_units
 from funcvae.model import Params, check_params, examples_of, some_leaf
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_positive
+from funcvae.checks import check_int, check_positive
 
 PADDING = 2
 

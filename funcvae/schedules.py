@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from funcvae.validate import check_nonnegative, check_positive
+from funcvae.checks import check_nonnegative, check_positive, check_unit
 
 
 def _count(count: Tensor) -> Tensor:
@@ -98,5 +98,5 @@ def cosine_decay(init: float, steps: int, alpha: float = 0.0) -> CosineDecay:
     ``cosine_decay_schedule``)."""
     check_positive("init", init)
     check_positive("steps", steps)
-    check_nonnegative("alpha", alpha)
+    check_unit("alpha", alpha, closed=True)  # above 1 the rate would rise, not decay
     return CosineDecay(float(init), float(steps), float(alpha))

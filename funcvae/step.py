@@ -12,6 +12,7 @@ explicit generator, so nothing the step sees changes its trace.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -21,7 +22,8 @@ from torch.func import grad, grad_and_value, vmap
 from funcvae import objectives as O
 from funcvae.model import Model, Params, some_leaf, with_matmul_dtype
 from funcvae.optim import GradientTransformation, applied, apply_updates
-from funcvae.validate import check_scale, level_values, pixel_values
+from funcvae.checks import check_scale
+from funcvae.pixels import level_values, pixel_values
 
 #: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
 #: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it).
@@ -30,13 +32,21 @@ TERMS = STATS[:3]
 
 
 class TrainState(NamedTuple):
-    """``tree``: the params' tensors; ``opt_state``: the optimiser's; ``hyper``: the objective's numbers
-    (``objective.init()``); ``count``: steps taken (0-d int64)."""
+    """``tree``: the params' tensors; ``opt_state``: the optimiser's state; ``objective_state``: the
+    objective's numbers (``objective.init()``: 0-d float64 tensors, one row per model of a stack);
+    ``count``: steps taken (0-d int64)."""
 
     tree: dict
     opt_state: Any
-    hyper: dict
+    objective_state: dict
     count: Tensor
+
+    @property
+    def hyper(self) -> dict:
+        """The old name of ``objective_state``, for one release."""
+        warnings.warn("TrainState.hyper is now TrainState.objective_state; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return self.objective_state
 
 
 class Batch(NamedTuple):
@@ -57,8 +67,8 @@ def init_state(params: Params, objective: O.Objective, optimizer: GradientTransf
     """The state a run starts from: the params' tree, a fresh optimiser state, the objective's numbers
     (on the params' device), no step taken."""
     device = some_leaf(params).device
-    hyper = {k: v.to(device) for k, v in objective.init().items()}
-    return TrainState(params.tree, optimizer.init(params.tree), hyper,
+    numbers = {k: v.to(device) for k, v in objective.init().items()}
+    return TrainState(params.tree, optimizer.init(params.tree), numbers,
                       torch.zeros((), dtype=torch.int64, device=device))
 
 
@@ -92,13 +102,13 @@ class TrainStep:
         """Gradients of the batch's loss w.r.t. ``state.tree`` (per example, leaves (B, ...), for a per-example
         optimiser) and the batch's stats: sums of recon, kl, loss and the real rows, (4,)."""
         batch = batch._replace(x=self._values(batch.x, batch.eps.dtype))
-        hyper = self.objective.schedule(state.hyper, state.count, batch.x.dtype)
+        numbers = self.objective.schedule(state.objective_state, state.count, batch.x.dtype)
         total = batch.weights.sum() if batch.total is None else batch.total
         if self.optimizer.per_example:
             grads, terms = vmap(grad(self._example_loss, has_aux=True), in_dims=(None, 0, 0, None))(
-                state.tree, batch.x, batch.eps, hyper)
+                state.tree, batch.x, batch.eps, numbers)
         else:
-            grads, (_, terms) = grad_and_value(self._batch_loss, has_aux=True)(state.tree, batch, hyper, total)
+            grads, (_, terms) = grad_and_value(self._batch_loss, has_aux=True)(state.tree, batch, numbers, total)
         w = batch.weights
         return grads, torch.stack([(terms[k] * w).sum() for k in TERMS] + [w.sum()]).detach()
 
@@ -108,7 +118,7 @@ class TrainStep:
                                                    weights=batch.weights, noise=batch.noise)
         ok = applied(opt_state)
         ok = stats.new_ones(()) if ok is None else ok.to(stats.dtype)
-        new = TrainState(apply_updates(state.tree, updates), opt_state, state.hyper, state.count + 1)
+        new = TrainState(apply_updates(state.tree, updates), opt_state, state.objective_state, state.count + 1)
         return new, torch.cat([stats, ok.unsqueeze(0)]).detach()
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Tensor]:
@@ -117,7 +127,7 @@ class TrainStep:
 
     def _values(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         """The batch as the model sees it: floats as they are; uint8 pixel levels divided by the scale (1 without
-        one) in float64 and rounded to ``dtype``, the noise's, which is the params' (``validate.pixel_values``)."""
+        one) in float64 and rounded to ``dtype``, the noise's, which is the params' (``pixels.pixel_values``)."""
         if x.is_floating_point():
             return x
         if x.dtype not in (torch.uint8, torch.bool):
@@ -127,12 +137,12 @@ class TrainStep:
     def _params(self, tree: dict) -> Params:
         return Params(self.model, with_matmul_dtype(tree, self.matmul_dtype))
 
-    def _batch_loss(self, tree: dict, batch: Batch, hyper: dict, total: Tensor):
-        terms = O.batch_terms(self._params(tree), batch.x, batch.eps, hyper, self.objective)
-        return self.objective.reduce(terms, batch.weights, total, hyper), terms
+    def _batch_loss(self, tree: dict, batch: Batch, numbers: dict, total: Tensor):
+        terms = O.batch_terms(self._params(tree), batch.x, batch.eps, numbers, self.objective)
+        return self.objective.reduce(terms, batch.weights, total, numbers), terms
 
-    def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, hyper: dict):
-        terms = self.objective.terms(self._params(tree), x, eps, hyper)
+    def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, numbers: dict):
+        terms = self.objective.terms(self._params(tree), x, eps, numbers)
         return terms["loss"], terms
 
 

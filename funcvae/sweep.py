@@ -17,13 +17,15 @@ import torch
 from torch import Tensor
 
 from funcvae import quality
+from funcvae._moved import renamed_keyword
 from funcvae.diagnostics import active_units
-from funcvae.elbo import elbo
+from funcvae.bounds import elbo
 from funcvae.model import Params, check_params, some_leaf
 from funcvae.pictures import figure
-from funcvae.stack import stack, unstack
+from funcvae.stacks import stack, unstack
 from funcvae.train import fit
-from funcvae.validate import as_examples, check_nonnegative, read_examples
+from funcvae.checks import check_nonnegative
+from funcvae.inputs import as_examples, read_examples
 
 #: The table's columns (``format_table``); the last is there when the rows hold a FID.
 COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units", "FID samples")
@@ -45,10 +47,11 @@ def check_betas(betas: Sequence[float]) -> list[float]:
     return [float(b) for b in betas]
 
 
+@renamed_keyword("network_name", "network")
 def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int, val_data, seed: int = 0,
                     batch_size: int = 128, lr: float | None = None, optimizer=None, free_bits: float | None = None,
                     scale: float | None = None, compile=None, progress: bool | None = None,
-                    network_name=None) -> list[dict]:
+                    network=None) -> list[dict]:
     """Train one copy of ``params`` per beta (as ONE stacked model, one vmapped step) and score each on
     ``val_data``.
 
@@ -66,7 +69,7 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
         8-bit pixels, which ``fit`` then holds as uint8).
       seed: ``fit``'s seed, the same for every beta (same batch order and noise: common random numbers),
         and the seed of the held-out noise (``funcvae.elbo``'s draw, also the same for every beta).
-      network_name: a feature network of ``funcvae.quality`` (e.g. "fashion-mnist") or a feature function:
+      network: a feature network of ``funcvae.quality`` (e.g. "fashion-mnist") or a feature function:
         each row then holds ``fid``, the FID of as many prior samples as ``val_data`` has against it (the
         perception axis of Blau & Michaeli's rate-distortion-perception trade-off); None: no FID.
 
@@ -75,7 +78,7 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
       on ``val_data`` in nats per example, with their standard errors ``rate_se`` and ``distortion_se``;
       ``loss`` = rate + distortion = -ELBO (at beta = 1) and ``loss_se``; ``elbo`` = -loss;
       ``active_units`` (``funcvae.diagnostics.active_units`` on ``val_data``) out of ``latent``; ``fid`` (with
-      ``network_name``); ``history``: that model's per-epoch records from ``fit``.
+      ``network``); ``history``: that model's per-epoch records from ``fit``.
 
     Example:
       >>> rows = rate_distortion(funcvae.init(seed=0), x_train, betas=[0.1, 1, 10], epochs=5, val_data=x_test)
@@ -91,18 +94,18 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
     stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
                              optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=held_out,
                              scale=scale, compile=compile, progress=progress)
-    real = None if network_name is None else quality.embed(x_val, network_name=network_name)
-    return [{"beta": beta, **score(model, x_val, seed=seed), **_perception(model, real, network_name, seed=seed),
+    real = None if network is None else quality.embed(x_val, network=network)
+    return [{"beta": beta, **score(model, x_val, seed=seed), **_perception(model, real, network, seed=seed),
              "history": history} for beta, model, history in zip(betas, unstack(stacked), histories)]
 
 
-def _perception(params: Params, real, network_name, *, seed: int) -> dict:
+def _perception(params: Params, real, network, *, seed: int) -> dict:
     """``{"fid": ...}`` of prior samples against the embedded held-out images ``real`` ({} without them)."""
     if real is None:
         return {}
     with torch.no_grad():
         samples = quality.samples.prior_images(params, real.features.shape[0], seed=seed)
-    return {"fid": quality.metrics.fid(real.features, quality.features(samples, network_name=network_name))}
+    return {"fid": quality.metrics.fid(real.features, quality.features(samples, network=network))}
 
 
 def score(params: Params, x, *, seed: int) -> dict:

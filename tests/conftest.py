@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from funcvae import compiling
+from funcvae._runtime import compiling
 
 # torch calls are slow for hypothesis' default deadline; CI runs the same examples every time.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import funcvae
+from funcvae._runtime import files
 
 CHECKPOINT = importlib.import_module("funcvae.checkpoint")
 SPECS = {
@@ -90,7 +91,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monke
     def crash(fd):  # the temporary file holds the new bytes, not yet synced, when the disk fails
         raise OSError("disk full (test)")
 
-    monkeypatch.setattr(CHECKPOINT.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         funcvae.save_params(path, small(latent=2))
     assert os.listdir(tmp_path) == ["params.safetensors"]
@@ -145,7 +146,7 @@ def write_tensors(change=None, *, metadata="spec", checksums=True):
         meta = {"funcvae_model": json.dumps({"spec": json.loads(spec_json(params))})} if metadata == "spec" \
             else metadata
         if checksums and meta is not None:
-            meta = {**meta, "funcvae_integrity": json.dumps(CHECKPOINT._integrity(leaves, meta))}
+            meta = {**meta, "funcvae_integrity": json.dumps(files.integrity(leaves, meta))}
         save_file(leaves, str(path), metadata=meta)
     return write
 
@@ -278,18 +279,21 @@ def test_a_training_state_round_trips_with_and_without_its_template(tmp_path):
         fresh.opt_state, namespace="funcvae")
     count = torch.tensor(7)
     path = tmp_path / "checkpoint.safetensors"
-    funcvae.save(path, funcvae.Checkpoint(params, opt_state, fresh.hyper, count, epoch=1, step=0,
-                                          config={"seed": 0}, history=[[{"epoch": 1, "loss": 500.0}]]))
+    train = funcvae.TrainState(params.tree, opt_state, fresh.objective_state, count)
+    funcvae.save(path, funcvae.Checkpoint(params.model, train, epoch=1, step=0, config={"seed": 0},
+                                          history=[[{"epoch": 1, "loss": 500.0}]]))
     flat = funcvae.load(path)
     assert_same(flat.params, params)
     assert (flat.epoch, flat.step, flat.config, flat.history) == (1, 0, {"seed": 0}, [[{"epoch": 1, "loss": 500.0}]])
-    assert torch.equal(flat.count, count) and flat.hyper.keys() == {"beta"}
-    assert flat.hyper["beta"].dtype == torch.float64 and float(flat.hyper["beta"]) == 0.5
+    assert torch.equal(flat.train.count, count) and flat.train.objective_state.keys() == {"beta"}
+    assert flat.train.objective_state["beta"].dtype == torch.float64
+    assert float(flat.train.objective_state["beta"]) == 0.5
     want = dict(CHECKPOINT.paths_and_leaves(opt_state))
-    assert isinstance(flat.opt_state, dict) and flat.opt_state.keys() == want.keys()
+    assert isinstance(flat.train.opt_state, dict) and flat.train.opt_state.keys() == want.keys()
     assert "1/mu/prior/pseudo_inputs" in want and "0/hyper/max_norm" in want
-    assert all(torch.equal(flat.opt_state[k], t) and flat.opt_state[k].dtype == t.dtype for k, t in want.items())
-    rebuilt = funcvae.load(path, template=fresh.opt_state).opt_state
+    assert all(torch.equal(flat.train.opt_state[k], t) and flat.train.opt_state[k].dtype == t.dtype
+               for k, t in want.items())
+    rebuilt = funcvae.load(path, template=fresh.opt_state).train.opt_state
     assert type(rebuilt) is tuple and type(rebuilt[1]) is type(fresh.opt_state[1])
     assert optree.tree_structure(rebuilt, namespace="funcvae") == optree.tree_structure(opt_state, namespace="funcvae")
     assert all(torch.equal(a, b) for a, b in zip(optree.tree_leaves(rebuilt, namespace="funcvae"),

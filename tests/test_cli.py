@@ -18,47 +18,35 @@ import torch
 import funcvae
 import funcvae.cli
 import funcvae.cli.runs
-from funcvae import objectives, optim, schedules
+from funcvae import objectives, optim, shorthand
 
-from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
+from test_cli_eval import fake_load  # data.load serving a subset
 
 HEADER = "Epoch | Reconstruction Loss | KL Divergence | Total ELBO Loss | Val Recon | Val KL | Val Total | s"
 KEYS = ("epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "seconds")
 REPO = Path(__file__).resolve().parents[1]
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 EXAMPLE = REPO / "examples" / "custom_model.py"
 #: config.json's "fit" settings: FitConfig's, then those that build the objective and the optimiser.
 FIT_KEYS = {"epochs", "batch_size", "lr", "seed", "beta", "kl_warmup", "binarize", "compile", "checkpoint_every",
             "on_nonfinite", "matmul_dtype", "objective", "k", "free_bits", "optimizer", "momentum", "weight_decay"}
-#: What the settings are when no option names them.
-DEFAULT_SETTINGS = dict(epochs=10, batch_size=128, lr=1e-3, seed=0, beta=1.0, kl_warmup=0.0, binarize=None,
-                        checkpoint_every=None, on_nonfinite="raise", matmul_dtype=None, objective="elbo", k=None,
-                        free_bits=None, optimizer="adam", momentum=None, weight_decay=None)
+#: What the settings are when no option names them: the shorthand's defaults (``k``, ``momentum`` and
+#: ``weight_decay`` are recorded only for the objective or optimiser they belong to).
+DEFAULT_SETTINGS = {**{k: v for k, v in shorthand.DEFAULTS.items() if k in FIT_KEYS}, "epochs": 10, "batch_size": 128,
+                    "seed": 0, "binarize": None, "checkpoint_every": None, "on_nonfinite": "raise",
+                    "matmul_dtype": None, "k": None, "momentum": None, "weight_decay": None}
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory):
-    """512 train and 256 held-out real images, loaded once through a temporary cache."""
-    if not SYSTEM.is_dir():
-        pytest.skip("needs `apt-get install dataset-fashion-mnist`")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUNCVAE_DATA", str(tmp_path_factory.mktemp("cli-cache")))
-        return {"train": funcvae.data.load("fashion-mnist", "train")[:512].clone(),
-                "test": funcvae.data.load("fashion-mnist", "test")[:256].clone()}
+def subset(fashion):
+    """512 train and 256 held-out real images."""
+    return {"train": fashion[0][:512].clone(), "test": fashion[1][:256].clone()}
 
 
 @pytest.fixture
 def loads(subset, monkeypatch):
     """funcvae.data.load serves the subset (binarised like the real one when asked); returns the calls made."""
     calls = []
-
-    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
-        calls.append(dict(name=name, split=split, root=root, binarize=binarize, seed=seed))
-        x = subset[split].clone()
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
-        return as_pixels(x, pixels, binarize)
-
-    monkeypatch.setattr(funcvae.data, "load", load)
+    monkeypatch.setattr(funcvae.data, "load", fake_load(subset, calls))
     return calls
 
 
@@ -106,21 +94,6 @@ CASES = {
     "sgd-no-momentum": (["--epochs", "1", "--hidden", "16", "--latent", "2", "--optimizer", "sgd", "--momentum", "0"],
                         dict(hidden=(16,), latent=2), dict(epochs=1, optimizer="sgd", momentum=0.0)),
 }
-
-
-def built(settings: dict, n_train: int):
-    """The objective and optimiser that config.json's settings name, made here from the library's constructors."""
-    if settings["objective"] == "iwae":
-        objective = objectives.iwae(settings["k"])
-    else:
-        steps = settings["kl_warmup"] * math.ceil(n_train / settings["batch_size"])
-        objective = objectives.elbo(settings["beta"], warmup=schedules.warmup(steps) if steps else None)
-    if settings["free_bits"] is not None:
-        objective = objectives.free_bits(objective, settings["free_bits"])
-    optimizer = {"adam": lambda: optim.adam(settings["lr"]),
-                 "adamw": lambda: optim.adamw(settings["lr"], weight_decay=settings["weight_decay"]),
-                 "sgd": lambda: optim.sgd(settings["lr"], momentum=settings["momentum"])}[settings["optimizer"]]()
-    return objective, optimizer
 
 
 def fit_config(settings: dict) -> dict:
@@ -190,7 +163,8 @@ def test_train_prints_the_table_and_saves_the_run(tmp_path, capsys, loads, args,
     if (fit["objective"], fit["free_bits"], fit["optimizer"]) == ("elbo", None, "adam"):
         chosen = dict(lr=fit["lr"], beta=fit["beta"], kl_warmup=fit["kl_warmup"])
     else:
-        chosen = dict(zip(("objective", "optimizer"), built(fit, config["n_train"])))
+        (objective,), (optimizer,) = shorthand.build(fit, math.ceil(config["n_train"] / fit["batch_size"]))
+        chosen = dict(objective=objective, optimizer=optimizer)
     want, want_history = funcvae.fit(start, data["train"], val_data=data["test"], progress=False, **chosen,
                                      **fit_config(fit))
     got, want = funcvae.leaves_by_path(params), funcvae.leaves_by_path(want)
@@ -215,17 +189,6 @@ def test_bad_arguments_exit_2_before_loading_data(tmp_path, capsys, loads, args,
     assert info.value.code == 2
     assert complaint in capsys.readouterr().err
     assert loads == [] and list(tmp_path.iterdir()) == []
-
-
-def test_train_help_lists_the_options(capsys):
-    with pytest.raises(SystemExit) as info:
-        funcvae.cli.main(["train", "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    for option in ("--dataset", "--data-root", "--binarize", "--arch", "--hidden", "--latent", "--likelihood",
-                   "--obs-std", "--epochs", "--batch-size", "--lr", "--beta", "--kl-warmup", "--seed", "--out",
-                   "--quiet"):
-        assert option in out
 
 
 def test_python_m_funcvae_help_exits_0():
@@ -285,7 +248,11 @@ def decode(tree, z):
 model = funcvae.Model(init=init, encode=encode, decode=decode, likelihood="bernoulli", latent=2)
 vamp = funcvae.Model(init=init, encode=encode, decode=decode, likelihood="bernoulli", latent=2,
                      prior=funcvae.priors.vamp(10))
-small = funcvae.Model(init=init, encode=encode, decode=decode, input_shape=(1, 14, 14), latent=2)
+def small_init(gen):
+    return {**init(gen), "hidden": nn.dense_init(gen, 196, 16), "out": nn.dense_init(gen, 16, 196)}
+
+
+small = funcvae.Model(init=small_init, encode=encode, decode=decode, input_shape=(1, 14, 14), latent=2)
 not_a_model = 42
 '''
 
@@ -336,14 +303,54 @@ def model_file(tmp_path):
     (["--model", "<file>:model", "--latent", "3"], "--latent (options of the built-in models) cannot be used with it"),
     (["--model", "<file>:model", "--prior", "vamp", "--arch", "mlp"], "--arch, --prior (options of the built-in"),
     (["--model", "<file>:model", "--hidden"], "--hidden (options of the built-in models)"),
+    (["--model", "<bad>vae_syntax.py:model"], "running <bad>vae_syntax.py failed: SyntaxError at line 2"),
+    (["--model", "<bad>vae_relative.py:model"], "attempted relative import with no known parent package; a model file "
+                                            "is run on its own"),
+    (["--model", "<bad>vae_exits.py:model"], "running <bad>vae_exits.py failed: it called sys.exit(3)"),
+    (["--model", "<bad>vae_raises.py:model"], "vae_raises.py:model: the model fails its check: KeyError: 'inside'"),
+    (["--model", "<bad>vae_random.py:model"], "the model fails its check: ValueError: the model's encode breaks the "
+                                          "contract: it draws random numbers"),
 ])
 def test_bad_settings_are_usage_errors_before_any_work(tmp_path, capsys, loads, model_file, args, complaint):
-    args = [a.replace("<file>", str(model_file)) for a in args]
+    bad = _bad_model_files(model_file.parent)
+    args = [a.replace("<file>", str(model_file)).replace("<bad>", bad) for a in args]
     with pytest.raises(SystemExit) as info:
         train(tmp_path / "runs", "--hidden", "8", *args) if "--model" not in args else train(tmp_path / "runs", *args)
     assert info.value.code == 2
-    assert complaint.replace("<file>", str(model_file)) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert complaint.replace("<file>", str(model_file)).replace("<bad>", bad) in err and "Traceback" not in err
     assert loads == [] and not (tmp_path / "runs").exists()
+
+
+def _bad_model_files(folder) -> str:
+    """Model files that cannot be used, beside the good one; the prefix of their paths."""
+    good = MODEL_FILE.replace("def encode(tree, x):\n", "def encode(tree, x):\n    {line}\n")
+    files = {"vae_syntax.py": "import torch\ndef broken(:\n", "vae_relative.py": "from .my_vae import model\n",
+             "vae_exits.py": "import sys\nsys.exit(3)\n",
+             "vae_raises.py": good.replace("{line}", "raise KeyError('inside')"),
+             "vae_random.py": good.replace("{line}", "x = x + torch.rand(784)")}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return str(folder) + "/"
+
+
+def test_a_model_file_imports_a_module_beside_it_from_any_folder(tmp_path, monkeypatch):
+    from funcvae.cli.model import model_from_file
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "sizes_for_vae.py").write_text("LATENT = 2\n")
+    (folder / "vae.py").write_text(MODEL_FILE.replace("import funcvae\n", "import funcvae\nimport sizes_for_vae\n"))
+    monkeypatch.chdir(tmp_path)
+    assert model_from_file(f"{folder / 'vae.py'}:model").latent == 2
+
+
+def test_options_are_checked_before_the_model_file_runs(tmp_path, capsys, loads, model_file):
+    marker = tmp_path / "ran"
+    model_file.write_text(f"open({str(marker)!r}, 'w').close()\n" + MODEL_FILE)
+    with pytest.raises(SystemExit):
+        train(tmp_path / "runs", "--model", f"{model_file}:model", "--k", "5")
+    assert "--k (importance samples) applies to --objective iwae only" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_a_model_for_other_inputs_than_the_data_is_refused_before_the_run_folder(tmp_path, capsys, loads, model_file):
@@ -352,16 +359,6 @@ def test_a_model_for_other_inputs_than_the_data_is_refused_before_the_run_folder
     assert info.value.code == 2
     assert "the model takes 1x14x14 inputs, the data are 1x28x28" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-
-
-def test_train_help_lists_the_new_options(capsys):
-    with pytest.raises(SystemExit) as info:
-        funcvae.cli.main(["train", "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    for option in ("--model", "--objective", "--k", "--prior", "--pseudo-inputs", "--optimizer", "--momentum",
-                   "--weight-decay", "--free-bits", "--resume", "FILE.py:NAME"):
-        assert option in out
 
 
 def load_example():
@@ -454,9 +451,9 @@ def test_train_resume_continues_bit_identically(tmp_path, capsys, loads, model_f
         a, b = (funcvae.leaves_by_path(funcvae.load_params(run / name, model=model)) for run in (straight, split))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     a, b = (funcvae.load(run / "checkpoint.safetensors", model=model) for run in (straight, split))
-    assert a.opt_state.keys() == b.opt_state.keys() and all(torch.equal(a.opt_state[k], b.opt_state[k])
-                                                             for k in a.opt_state)
-    assert torch.equal(a.count, b.count) and a.config == b.config
+    assert a.train.opt_state.keys() == b.train.opt_state.keys() and all(
+        torch.equal(a.train.opt_state[k], b.train.opt_state[k]) for k in a.train.opt_state)
+    assert torch.equal(a.train.count, b.train.count) and a.config == b.config
     histories = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
                   for line in (run / "history.jsonl").read_text().splitlines()] for run in (straight, split)]
     assert histories[0] == histories[1] and len(histories[0]) == 3
@@ -509,3 +506,15 @@ def test_a_run_folder_from_before_the_objective_options_resumes(tmp_path, loads)
     assert funcvae.cli.main(["train", "--resume", str(old), "--epochs", "2", "--quiet"]) == 0
     a, b = (funcvae.leaves_by_path(funcvae.load_params(run / "params.safetensors")) for run in (straight, old))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_whose_model_file_changed_is_refused_unless_accepted(tmp_path, capsys, loads, model_file):
+    assert train(tmp_path / "runs", "--model", f"{model_file}:model", "--epochs", "1") == 0
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    model_file.write_text(MODEL_FILE.replace("torch.tanh(nn.dense(tree[\"hidden\"], x))",
+                                             "torch.relu(nn.dense(tree[\"hidden\"], x))"))  # same leaves, other code
+    capsys.readouterr()
+    assert funcvae.cli.main(["sample", str(run_dir), "--n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by other model code (the files defining its functions)" in err and "Traceback" not in err
+    assert funcvae.cli.main(["sample", str(run_dir), "--n", "8", "--accept-changed-code"]) == 0

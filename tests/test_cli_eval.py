@@ -16,7 +16,8 @@ from PIL import Image
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import diagnostics, optim, pictures, quality, records
+from funcvae import diagnostics, optim, pictures, quality
+from funcvae._runtime import records
 from funcvae.cli import evaluate
 
 N, K, SEED = 100, 1000, 5  # eval's --n, --k, --seed
@@ -184,7 +185,7 @@ def test_eval_scores_samples_as_the_library_does_and_prints_them(trained, subset
     run_dir, lines, result = trained
     params = funcvae.load_params(run_dir / "params.safetensors")
     want = quality.sample_quality(params, subset["test"][:N].reshape(N, -1), seed=SEED,
-                                  x_train=subset["train"].reshape(-1, 784), network_name="fashion-mnist")
+                                  x_train=subset["train"].reshape(-1, 784), network="fashion-mnist")
     got = {k: v for k, v in result["samples"].items() if k != "seconds"}
     assert records.dumps(got) == records.dumps(want) and got["n"] == N // 2
     assert all(f in result["findings"] for f in want["findings"])
@@ -266,7 +267,7 @@ def test_sweep_prints_the_table_it_saves_and_the_librarys_numbers(tmp_path, load
     params = funcvae.init(seed=2, **saved["model"])
     settings = {k: v for k, v in saved["fit"].items() if k not in ("optimizer", "momentum", "weight_decay")}
     want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
-                                         network_name="fashion-mnist", **settings)  # Adam at lr: the default
+                                         network="fashion-mnist", **settings)  # Adam at lr: the default
     for row in [*want, *saved["rows"]]:
         for record in row["history"]:
             record.pop("seconds")  # wall-clock time: the one number that may differ
@@ -323,6 +324,10 @@ def test_eval_refuses_more_examples_than_held_out(run_dir, capsys, loads):
 
 
 @pytest.mark.parametrize("command, options", [
+    ("train", ("--dataset", "--data-root", "--binarize", "--arch", "--hidden", "--latent", "--likelihood", "--obs-std",
+               "--epochs", "--batch-size", "--lr", "--beta", "--kl-warmup", "--seed", "--out", "--quiet", "--model",
+               "--objective", "--k", "--prior", "--pseudo-inputs", "--optimizer", "--momentum", "--weight-decay",
+               "--free-bits", "--resume", "FILE.py:NAME")),
     ("eval", ("--k", "--n", "--seed", "--data-root", "--quiet")),
     ("sample", ("--n", "--seed", "--data-root", "--quiet")),
     ("sweep", ("--betas", "--epochs", "--dataset", "--hidden", "--latent", "--arch", "--lr", "--batch-size", "--seed",
@@ -420,7 +425,7 @@ def test_sweep_with_the_new_options_is_the_librarys_sweep(tmp_path, loads, subse
     want = funcvae.sweep.rate_distortion(params, subset["train"], val_data=subset["test"], progress=False,
                                          optimizer=optimizer, free_bits=fit["free_bits"], betas=fit["betas"],
                                          epochs=fit["epochs"], seed=fit["seed"], batch_size=fit["batch_size"],
-                                         compile=fit["compile"], network_name="fashion-mnist")
+                                         compile=fit["compile"], network="fashion-mnist")
     for row in [*want, *saved["rows"]]:
         for record in row["history"]:
             record.pop("seconds")

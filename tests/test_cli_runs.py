@@ -15,10 +15,10 @@ import torch
 
 import funcvae
 import funcvae.cli
-from funcvae import lock
+from funcvae._runtime import lock
 
 from test_cli_eval import SMALL_MODEL as MODEL_FILE  # a model file of one's own
-from test_cli_eval import as_pixels  # data.load's pixels="uint8" of served images
+from test_cli_eval import fake_load  # data.load serving a subset
 
 TINY = ["--quiet", "--no-compile", "--hidden", "8", "--latent", "2"]
 
@@ -26,15 +26,6 @@ TINY = ["--quiet", "--no-compile", "--hidden", "8", "--latent", "2"]
 @pytest.fixture(scope="module")
 def subset(fashion):
     return {"train": fashion[0][:256].clone(), "test": fashion[1][:128].clone()}
-
-
-def serve(subset):
-    """A stand-in for funcvae.data.load serving the subset (binarised like the real one when asked)."""
-    def load(name, split, root=None, binarize=None, seed=0, pixels="float32"):
-        x = subset[split].clone()
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed)) if binarize == "static" else x
-        return as_pixels(x, pixels, binarize)
-    return load
 
 
 def train(out, *args):
@@ -55,7 +46,7 @@ def runs(subset, tmp_path_factory):
     source = root / "my_vae.py"
     source.write_text(MODEL_FILE)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(funcvae.data, "load", serve(subset))
+        mp.setattr(funcvae.data, "load", fake_load(subset, []))
         made = {"a": new_run(root / "a", "--epochs", "1"), "b": new_run(root / "b", "--epochs", "1", "--seed", "1"),
                 "wide": new_run(root / "wide", "--epochs", "1", "--hidden", "16")}
         assert funcvae.cli.main(["train", "--out", str(root / "file"), "--quiet", "--no-compile", "--epochs", "1",
@@ -66,7 +57,7 @@ def runs(subset, tmp_path_factory):
 
 @pytest.fixture
 def loads(subset, monkeypatch):
-    monkeypatch.setattr(funcvae.data, "load", serve(subset))
+    monkeypatch.setattr(funcvae.data, "load", fake_load(subset, []))
 
 
 def copy(run_dir: Path, to: Path) -> Path:
@@ -333,10 +324,10 @@ def strict(text: str):
 
 def test_non_finite_metrics_stay_strict_json_and_print_as_nan(tmp_path, capsys, loads):
     """A diverged run (every step of epoch 2 skipped): its history and eval.json are strict JSON, "NaN" and
-    "Infinity" read back as floats by funcvae.records; the table prints nan; eval still writes eval.json."""
+    "Infinity" read back as floats by funcvae._runtime.records; the table prints nan; eval still writes eval.json."""
     with pytest.warns(RuntimeWarning, match="not finite"):
         run_dir = new_run(tmp_path, "--epochs", "2", "--lr", "1e30", "--on-nonfinite", "skip")
-    history = [funcvae.records.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    history = [funcvae._runtime.records.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert all(strict(line) for line in (run_dir / "history.jsonl").read_text().splitlines())
     assert history[1]["skipped"] > 0 and history[1]["recon"] != history[1]["recon"]  # NaN
     capsys.readouterr()
@@ -347,7 +338,7 @@ def test_non_finite_metrics_stay_strict_json_and_print_as_nan(tmp_path, capsys, 
     assert funcvae.cli.main(command("eval", run_dir)) == 0
     result = strict((run_dir / "eval.json").read_text())
     assert "NaN" in result.values() or "Infinity" in result.values()
-    assert funcvae.records.loads((run_dir / "eval.json").read_text())["n"] == 8
+    assert funcvae._runtime.records.loads((run_dir / "eval.json").read_text())["n"] == 8
 
 
 def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceback(tmp_path, capsys, subset,
@@ -356,18 +347,19 @@ def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceba
     which only fit checks) is one line and exit 2, whatever its words; a ValueError once epochs have ended is a
     bug, raised."""
     bad = {"train": subset["train"], "test": subset["test"][:, :, :27].clone()}
-    monkeypatch.setattr(funcvae.data, "load", serve(bad))
+    monkeypatch.setattr(funcvae.data, "load", fake_load(bad, []))
     assert train(tmp_path / "bad", "--epochs", "1") == 2
     one_line_error(capsys, "val_data")
 
-    monkeypatch.setattr(funcvae.data, "load", serve(subset))
+    monkeypatch.setattr(funcvae.data, "load", fake_load(subset, []))
     fit = funcvae.fit
 
-    def fit_with_a_bug(*args, callback, **kwargs):
+    def fit_with_a_bug(*args, callbacks, **kwargs):
         def broken(record):
-            callback(record)
+            for callback in callbacks:
+                callback(record)
             raise ValueError("a bug after an epoch")
-        return fit(*args, callback=broken, **kwargs)
+        return fit(*args, callbacks=[broken], **kwargs)
 
     monkeypatch.setattr(funcvae, "fit", fit_with_a_bug)
     with pytest.raises(ValueError, match="a bug after an epoch"):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcvae
-import funcvae.train as T
+import funcvae._train.loop as LOOP
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)
@@ -19,7 +19,7 @@ SMALL = dict(hidden=(16,), latent=3)
 def poisoned_batches(bad_batch: int, value: float, at: tuple = (0, 0)):
     """model_batches with the value at index ``at`` of batch ``bad_batch`` (of every epoch) replaced by
     ``value``."""
-    real = T.model_batches
+    real = LOOP.model_batches
 
     def batches(*args, **kwargs):
         for b, (x, eps, w) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
@@ -38,7 +38,7 @@ def test_a_non_finite_recon_stops_the_run_naming_batch_and_term(tmp_path, monkey
     funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=1, batch_size=50, checkpoint_dir=tmp_path,
                 compile=False)
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
-    monkeypatch.setattr(T, "model_batches", poisoned_batches(2, math.nan))
+    monkeypatch.setattr(LOOP, "model_batches", poisoned_batches(2, math.nan))
     with pytest.raises(funcvae.NonFiniteError, match=r"non-finite recon at epoch 2, batch 3 of 4.*last checkpoint"):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=2, batch_size=50, checkpoint_dir=tmp_path,
                     resume=True, compile=False)
@@ -48,13 +48,13 @@ def test_a_non_finite_recon_stops_the_run_naming_batch_and_term(tmp_path, monkey
 def test_raise_freezes_the_run_at_the_bad_step_and_keeps_the_checkpoint_before_it(tmp_path, monkeypatch):
     # The device is read only at the next checkpoint (or the epoch's end): the steps between the bad one and
     # that read must change nothing, so the last checkpoint is the one written just before the bad step.
-    monkeypatch.setattr(T, "model_batches", poisoned_batches(1, math.nan))
+    monkeypatch.setattr(LOOP, "model_batches", poisoned_batches(1, math.nan))
     with pytest.raises(funcvae.NonFiniteError, match=r"non-finite recon at epoch 1, batch 2 of 4"):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=1, batch_size=50, checkpoint_dir=tmp_path,
                     checkpoint_every=3, compile=False)
     assert not (tmp_path / CHECKPOINT_FILE).exists()  # batch 3's checkpoint was never written
     monkeypatch.undo()
-    monkeypatch.setattr(T, "model_batches", poisoned_batches(3, math.nan))
+    monkeypatch.setattr(LOOP, "model_batches", poisoned_batches(3, math.nan))
     with pytest.raises(funcvae.NonFiniteError, match=r"batch 4 of 4"):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=1, batch_size=50, checkpoint_dir=tmp_path,
                     checkpoint_every=3, compile=False)
@@ -62,7 +62,7 @@ def test_raise_freezes_the_run_at_the_bad_step_and_keeps_the_checkpoint_before_i
 
 
 def test_a_stack_names_the_model_whose_step_went_bad(monkeypatch):
-    monkeypatch.setattr(T, "model_batches", poisoned_batches(2, math.inf, at=(1, 0, 0)))  # model 1's batch
+    monkeypatch.setattr(LOOP, "model_batches", poisoned_batches(2, math.inf, at=(1, 0, 0)))  # model 1's batch
     stack = funcvae.stack([funcvae.init(seed=s, **SMALL) for s in (0, 1, 2)])
     with pytest.raises(funcvae.NonFiniteError, match=r"non-finite recon of model 1 at epoch 1, batch 3 of 4"):
         funcvae.fit(stack, data(), epochs=1, batch_size=50, seed=[0, 1, 2], compile=False)
@@ -70,7 +70,7 @@ def test_a_stack_names_the_model_whose_step_went_bad(monkeypatch):
 
 def test_skip_leaves_the_params_untouched_by_the_bad_step_and_counts_it(monkeypatch):
     params = funcvae.init(seed=0, **SMALL)
-    monkeypatch.setattr(T, "model_batches", poisoned_batches(1, math.inf))
+    monkeypatch.setattr(LOOP, "model_batches", poisoned_batches(1, math.inf))
     trained, history = funcvae.fit(params, data(), epochs=2, batch_size=50, on_nonfinite="skip", compile=False)
     assert [h["skipped"] for h in history] == [1, 1]
     assert all(math.isfinite(h[k]) for h in history for k in ("recon", "kl", "loss"))

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from funcvae import compiling, gemm
+from funcvae._runtime import compiling, gemm
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -106,7 +106,7 @@ _RESTARTS = textwrap.dedent("""
     import json, os, sys, torch
     from torch._dynamo.backends.common import aot_autograd
     from functorch.compile import make_boxed_func
-    from funcvae.compiling import make_step
+    from funcvae._runtime.compiling import compile_step
 
     traces = []
 
@@ -118,7 +118,7 @@ _RESTARTS = textwrap.dedent("""
         return w - lr.to(w.dtype) * w
 
     args = torch.tensor(0.1, dtype=torch.float64), torch.ones(3)
-    step = make_step(update, torch.device("cpu"), backend) if sys.argv[1] == "ours" else torch.compile(
+    step = compile_step(update, torch.device("cpu"), backend) if sys.argv[1] == "ours" else torch.compile(
         update, backend=backend, fullgraph=True)
     out = step(*args)
     print(json.dumps({"traces": len(traces), "env": os.environ.get("TENSORIFY_PYTHON_SCALARS"),

@@ -13,11 +13,17 @@ from safetensors.torch import save as save_bytes
 
 import funcvae
 from funcvae import checkpoint as C
-from funcvae import records
+from funcvae._runtime import files, records
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)
 CASES = {"truncate": 150, "flip-header": 250, "flip-data": 250, "mutate": 150}
+
+
+def _sign(tensors: dict, meta: dict) -> None:
+    """A forger's checksum: what ``save`` would write for these tensors and this metadata."""
+    meta[files.INTEGRITY_KEY] = json.dumps(files.integrity(tensors, {k: v for k, v in meta.items()
+                                                                      if k != files.INTEGRITY_KEY}))
 
 
 def data(n=200, seed=0):
@@ -35,7 +41,7 @@ def mid_epoch(tmp_path_factory):
 
     with pytest.raises(KeyboardInterrupt):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=2, batch_size=50, checkpoint_dir=folder,
-                    checkpoint_every=6, val_data=data(40, 1), compile=False, callback=stop)
+                    checkpoint_every=6, val_data=data(40, 1), compile=False, callbacks=[stop])
     blob = (folder / CHECKPOINT_FILE).read_bytes()
     assert (funcvae.load(folder / CHECKPOINT_FILE).epoch, funcvae.load(folder / CHECKPOINT_FILE).step) == (1, 2)
     return blob
@@ -46,8 +52,8 @@ def snapshot(ckpt: funcvae.Checkpoint) -> dict:
     def raw(t):
         return None if t is None else (str(t.dtype), tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"params": {k: raw(v) for k, v in funcvae.leaves_by_path(ckpt.params).items()},
-            "opt": {k: raw(v) for k, v in ckpt.opt_state.items()}, "hyper": {k: raw(v) for k, v in ckpt.hyper.items()},
-            "count": raw(ckpt.count), "rng": raw(ckpt.rng), "sums": raw(ckpt.sums), "epoch": ckpt.epoch,
+            "opt": {k: raw(v) for k, v in ckpt.train.opt_state.items()},
+            "hyper": {k: raw(v) for k, v in ckpt.train.objective_state.items()}, "count": raw(ckpt.train.count), "rng": raw(ckpt.rng), "sums": raw(ckpt.sums), "epoch": ckpt.epoch,
             "step": ckpt.step, "model": ckpt.params.model,
             "json": records.dumps([ckpt.config, ckpt.history], sort_keys=True)}
 
@@ -65,7 +71,7 @@ def rewrite(blob: bytes, change, *, sign: bool) -> bytes:
     change(state)
     meta[C._STATE_KEY] = json.dumps(state)
     if sign:
-        meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
+        _sign(tensors, meta)
     return save_bytes(tensors, metadata=meta)
 
 
@@ -214,7 +220,7 @@ def test_each_bad_tensor_field_is_a_value_error_naming_it(tmp_path, mid_epoch, n
     tensors = load_bytes(mid_epoch)
     meta = json.loads(mid_epoch[8:header_size(mid_epoch)])["__metadata__"]
     tensors[name] = replace(tensors[name]).contiguous()
-    meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
+    _sign(tensors, meta)
     path = tmp_path / CHECKPOINT_FILE
     path.write_bytes(save_bytes(tensors, metadata=meta))
     with pytest.raises(ValueError, match=message):
@@ -228,7 +234,7 @@ def test_a_checkpoint_of_another_generator_or_step_range_is_refused_at_resume(tm
     tensors = load_bytes(mid_epoch)
     meta = json.loads(mid_epoch[8:header_size(mid_epoch)])["__metadata__"]
     tensors["rng"] = tensors["rng"][:, :16].contiguous()  # a CUDA generator's state
-    meta[C._INTEGRITY_KEY] = json.dumps(C._integrity(tensors, {C._STATE_KEY: meta[C._STATE_KEY]}))
+    _sign(tensors, meta)
     (folder / CHECKPOINT_FILE).write_bytes(save_bytes(tensors, metadata=meta))
     with pytest.raises(ValueError, match=r"field 'rng' has shape \(1, 16\); this run's generators need \(1, 5056\)"):
         funcvae.fit(funcvae.init(seed=0, **SMALL), data(), epochs=2, batch_size=50, checkpoint_dir=folder,

@@ -45,14 +45,24 @@ def reference(tmp_path_factory) -> dict:
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until ``path`` exists; fails if the process ends first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
-    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {path.name} appeared: "
+                        f"{proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name} did not appear within {timeout} s")
         time.sleep(0.005)
 
 
-def wait_for_step(path: Path, proc: subprocess.Popen, target: int) -> None:
-    """Until the checkpoint has reached global step ``target`` (or the process ended)."""
+def wait_for_step(path: Path, proc: subprocess.Popen, target: int, timeout: float = 120.0) -> None:
+    """Until the checkpoint has reached global step ``target`` (or the process ended); fails after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     while proc.poll() is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the checkpoint did not reach step {target} within {timeout} s")
         try:
             state = funcvae.load(path)
             if state.epoch * STEPS_PER_EPOCH + state.step >= target:
@@ -86,13 +96,14 @@ def test_sigkill_at_random_points_then_resume_always_ends_at_the_same_params(tmp
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_and_exits_cleanly_then_resume_matches(tmp_path, reference, signum):
-    ckpt, out = tmp_path / "ckpt", tmp_path / "out.safetensors"
-    proc = start(ckpt, out)
-    wait_for(ckpt / CHECKPOINT_FILE, proc)
+    # The run waits at the end of its first epoch until told to go on, so the signal always comes mid-run.
+    ckpt, out, gate = tmp_path / "ckpt", tmp_path / "out.safetensors", tmp_path / "gate"
+    gate.mkdir()
+    proc = start(ckpt, out, "--pause", str(gate))
+    wait_for(gate / "paused", proc)
     proc.send_signal(signum)
+    (gate / "go").touch()
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 128 + signum, err
     assert f"stopped by {signal.Signals(signum).name} at a step boundary" in err
     assert "Traceback" not in err
@@ -115,6 +126,16 @@ def test_two_data_parallel_processes_give_the_params_of_one(tmp_path, reference)
         torch.testing.assert_close(got[path], t, rtol=1e-4, atol=1e-5, msg=path)
     state = funcvae.load(ckpt / CHECKPOINT_FILE)  # written by rank 0 alone
     assert state.epoch == 4
+
+
+def test_data_parallel_processes_that_start_from_different_params_are_refused(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(WORKER), str(tmp_path / "ckpt"), str(tmp_path / "out.safetensors"), "--seed-by-rank"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "the 2 processes start from different params" in proc.stderr
+    assert not (tmp_path / "ckpt" / CHECKPOINT_FILE).exists()
 
 
 def test_a_second_process_on_a_held_folder_is_refused_and_no_checkpoint_is_mixed(tmp_path, reference):

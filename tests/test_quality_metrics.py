@@ -230,14 +230,14 @@ def test_nearest_finds_the_nearest_reference_row():
 
 def test_class_coverage_of_one_class():
     three = torch.full((50,), 3)
-    assert metrics.class_coverage(three, three[:20], 10) == {
+    assert metrics.class_coverage(three[:20], three, 10) == {
         "covered": 1.0, "classes_covered": 1, "classes_real": 1, "kl": 0.0, "entropy": 0.0, "entropy_real": 0.0}
 
 
 def test_class_coverage_of_fakes_missing_classes():
     # Real: the 10 classes evenly; fake: classes 0-3 evenly. KL(fake || real) = log(0.25 / 0.1).
     real, fake = torch.arange(10).repeat(30), np.arange(4).repeat(25)
-    result = metrics.class_coverage(fake, real, 10)
+    result = metrics.class_coverage(real, fake, 10)
     assert (result["covered"], result["classes_covered"], result["classes_real"]) == (0.4, 4, 10)
     assert result["kl"] == pytest.approx(math.log(2.5), rel=1e-12)
     assert result["entropy"] == pytest.approx(math.log(4), rel=1e-12)
@@ -245,7 +245,7 @@ def test_class_coverage_of_fakes_missing_classes():
 
 
 def test_class_coverage_of_fakes_with_a_class_real_lacks():
-    result = metrics.class_coverage(torch.tensor([0, 1, 2]), torch.tensor([0, 1]), 3)
+    result = metrics.class_coverage(torch.tensor([0, 1]), torch.tensor([0, 1, 2]), 3)
     assert result["covered"] == 1.0 and result["kl"] == math.inf
 
 
@@ -267,8 +267,8 @@ cov = torch.eye(3)
     (lambda: metrics.precision_recall(x[:3], x), "real"),
     (lambda: metrics.precision_recall(x, x, k=0), "k"),
     (lambda: metrics.density_coverage(x, x[:0]), "fake"),
-    (lambda: metrics.class_coverage(torch.tensor([0, 10]), torch.tensor([0]), 10), "fake_classes"),
-    (lambda: metrics.class_coverage(torch.tensor([0]), torch.tensor([0.0]), 10), "real_classes"),
+    (lambda: metrics.class_coverage(torch.tensor([0]), torch.tensor([0, 10]), 10), "fake_classes"),
+    (lambda: metrics.class_coverage(torch.tensor([0.0]), torch.tensor([0]), 10), "real_classes"),
     (lambda: metrics.class_coverage(torch.tensor([0]), torch.tensor([0]), 0), "classes"),
     (lambda: metrics.nearest(x, x, chunk=0), "chunk"),
     (lambda: metrics.nearest(x, torch.zeros(0, 3)), "reference"),

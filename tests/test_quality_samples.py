@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import funcvae
-from funcvae import quality, records
+from funcvae import quality
+from funcvae._runtime import records
 from funcvae.quality import samples as S
 
 SMALL = dict(hidden=(32,), latent=4)
@@ -34,15 +35,15 @@ def trained(fashion):
 
 def test_the_three_sets_are_scored_against_one_reference_of_their_size(trained, fashion):
     x = fashion[1][:200]
-    result = quality.sample_quality(trained, x, seed=3, network_name=projection())
+    result = quality.sample_quality(trained, x, seed=3, network=projection())
     assert result["n"] == 100 and list(result["sets"]) == list(quality.SETS)
-    real = S.embed(x[:100].reshape(100, -1), network_name=projection())
-    held = S.embed(x[100:200].reshape(100, -1), network_name=projection())
+    real = S.embed(x[:100].reshape(100, -1), network=projection())
+    held = S.embed(x[100:200].reshape(100, -1), network=projection())
     assert result["sets"]["real"] == S.scores(real, held, seed=3)  # the floor: half against half
-    recon = S.embed(S.reconstruction_images(trained, x[100:200].reshape(100, -1)), network_name=projection())
+    recon = S.embed(S.reconstruction_images(trained, x[100:200].reshape(100, -1)), network=projection())
     assert result["sets"]["reconstructions"] == S.scores(real, recon, seed=3)
     # The same seed gives the same result, and the result is strict JSON.
-    assert records.dumps(quality.sample_quality(trained, x, seed=3, network_name=projection())) == records.dumps(result)
+    assert records.dumps(quality.sample_quality(trained, x, seed=3, network=projection())) == records.dumps(result)
 
 
 def test_on_the_shipped_features_the_real_floor_is_below_the_model(trained, fashion):
@@ -55,11 +56,11 @@ def test_on_the_shipped_features_the_real_floor_is_below_the_model(trained, fash
 def test_memorisation_of_a_model_that_copies_its_training_images(fashion):
     # Samples that ARE training images lie nearer to one (distance 0) than any held-out image does.
     x_train, x_test = fashion[0][:300].reshape(300, -1), fashion[1][:200].reshape(200, -1)
-    copies = S.embed(x_train[:100], network_name=projection())
-    held, train = S.embed(x_test[:100], network_name=projection()), S.embed(x_train, network_name=projection())
+    copies = S.embed(x_train[:100], network=projection())
+    held, train = S.embed(x_test[:100], network=projection()), S.embed(x_train, network=projection())
     memo = S.memorisation(copies, held, train)
     assert memo["share"] == 1.0 and memo["median_samples"] == 0.0 and memo["nearest"] == list(range(100))
-    fresh = S.memorisation(S.embed(x_test[100:200], network_name=projection()), held, train)
+    fresh = S.memorisation(S.embed(x_test[100:200], network=projection()), held, train)
     assert fresh["share"] < fresh["expected"] + 4 * fresh["share_se"]
 
 
@@ -126,7 +127,7 @@ def test_memorisation_needs_more_near_copies_than_chance(share, found):
 
 def test_too_few_held_out_images_are_refused(trained, fashion):
     with pytest.raises(ValueError, match=r"x_real has 10 images; sample_quality needs 2 n of them"):
-        quality.sample_quality(trained, fashion[1][:10], network_name=projection())
+        quality.sample_quality(trained, fashion[1][:10], network=projection())
 
 
 @pytest.mark.parametrize("beta, epochs, named", [

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import funcvae
-import funcvae.train as T
-from funcvae import lock, records
+import funcvae._train.folder as FOLDER
+import funcvae._train.loop as LOOP
+import funcvae._train.watch as WATCH
+from funcvae._runtime import lock, records
 from funcvae.train import CHECKPOINT_FILE
 
 SMALL = dict(hidden=(16,), latent=3)
@@ -41,7 +43,7 @@ def test_a_checkpoint_is_not_replaced_unless_the_call_says_so(tmp_path):
     fit(tmp_path, 2)
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     with pytest.raises(ValueError, match=r"already holds a checkpoint: pass resume=True .* or overwrite=True"):
-        fit(tmp_path, 1, callback=Never())
+        fit(tmp_path, 1, callbacks=[Never()])
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
     _, history = fit(tmp_path, 1, overwrite=True, seed=5)
     assert funcvae.load(tmp_path / CHECKPOINT_FILE).epoch == 1 and len(history) == 1
@@ -61,7 +63,7 @@ def test_a_folder_held_by_another_process_is_refused_naming_the_holder(tmp_path)
     try:
         with pytest.raises(funcvae.FolderLocked, match=r"in use by another run \(pid 4242, host elsewhere, command "
                                                        r"train.py\)"):
-            fit(tmp_path, 1, callback=Never())
+            fit(tmp_path, 1, callbacks=[Never()])
         assert live.read_bytes() == b"partial"  # its temporary file was not cleaned up from under it
     finally:
         os.close(fd)
@@ -75,7 +77,7 @@ def test_the_lock_is_reentrant_within_a_process_and_released_after_an_error(tmp_
         assert len(history) == 1 and (tmp_path / lock.LOCK_FILE).exists()
     assert not (tmp_path / lock.LOCK_FILE).exists()
     with pytest.raises(ZeroDivisionError):
-        fit(tmp_path, 2, resume=True, callback=lambda r: 1 / 0)
+        fit(tmp_path, 2, resume=True, callbacks=[lambda r: 1 / 0])
     with lock.hold(tmp_path):
         pass
 
@@ -94,7 +96,7 @@ def test_a_bad_checkpoint_path_fails_before_any_work(tmp_path, where, message):
     if where == "checkpoint-is-a-folder":
         (folder / CHECKPOINT_FILE).mkdir(parents=True)
     with pytest.raises(ValueError, match=message):
-        fit(folder, 1, callback=Never())
+        fit(folder, 1, callbacks=[Never()])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -102,7 +104,7 @@ def test_a_read_only_folder_fails_before_any_work(tmp_path):
     tmp_path.chmod(0o555)
     try:
         with pytest.raises(ValueError, match=r"cannot be written: Permission denied"):
-            fit(tmp_path, 1, callback=Never())
+            fit(tmp_path, 1, callbacks=[Never()])
     finally:
         tmp_path.chmod(0o755)
 
@@ -111,9 +113,9 @@ def test_a_folder_that_cannot_be_written_fails_before_any_work(tmp_path, monkeyp
     # What a read-only folder does for a user who is not root (the suite may run as root, who writes anyway).
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(T.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(FOLDER.tempfile, "mkstemp", refuse)
     with pytest.raises(ValueError, match=r"checkpoint_dir .* cannot be written: Permission denied"):
-        fit(tmp_path, 1, callback=Never())
+        fit(tmp_path, 1, callbacks=[Never()])
 
 
 # -- Fewer epochs than done ----------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def test_resuming_mid_epoch_with_only_the_epochs_done_is_refused(tmp_path):
         if record["epoch"] == 2:
             raise KeyboardInterrupt  # before epoch 2 is saved: step 2 of epoch 2 is on disk
     with pytest.raises(KeyboardInterrupt):
-        fit(tmp_path, 2, checkpoint_every=6, callback=stop)
+        fit(tmp_path, 2, checkpoint_every=6, callbacks=[stop])
     with pytest.raises(ValueError, match=r"holds 1 epoch\(s\) and 2 step\(s\), more than epochs=1; ask for epochs >= 2"):
         fit(tmp_path, 1, resume=True)
 
@@ -143,7 +145,8 @@ def test_resuming_mid_epoch_with_only_the_epochs_done_is_refused(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("during", ["evaluation", "write"])
 def test_a_signal_during_the_last_epochs_evaluation_or_write_is_not_swallowed(tmp_path, monkeypatch, signum, during):
-    real = T.evaluate if during == "evaluation" else T.save
+    owner, name = (LOOP, "evaluate") if during == "evaluation" else (FOLDER, "save")
+    real = getattr(owner, name)
     calls = []
 
     def late(*args, **kwargs):
@@ -151,7 +154,7 @@ def test_a_signal_during_the_last_epochs_evaluation_or_write_is_not_swallowed(tm
         if len(calls) == 2:  # epoch 2 of 2
             signal.raise_signal(signum)
         return real(*args, **kwargs)
-    monkeypatch.setattr(T, "evaluate" if during == "evaluation" else "save", late)
+    monkeypatch.setattr(owner, name, late)
     with pytest.raises(funcvae.Interrupted) as info:
         fit(tmp_path, 2, val_data=data(40, 1))
     assert info.value.signum == signum
@@ -159,14 +162,14 @@ def test_a_signal_during_the_last_epochs_evaluation_or_write_is_not_swallowed(tm
 
 
 def test_a_signal_between_epochs_stops_at_the_epoch_boundary(tmp_path, monkeypatch):
-    real, calls = T.evaluate, []
+    real, calls = LOOP.evaluate, []
 
     def late(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signal.SIGINT)
         return real(*args, **kwargs)
-    monkeypatch.setattr(T, "evaluate", late)
+    monkeypatch.setattr(LOOP, "evaluate", late)
     with pytest.raises(funcvae.Interrupted):
         fit(tmp_path, 3, val_data=data(40, 1))
     state = funcvae.load(tmp_path / CHECKPOINT_FILE)
@@ -177,7 +180,7 @@ def test_a_signal_between_epochs_stops_at_the_epoch_boundary(tmp_path, monkeypat
 
 def poisoned(monkeypatch, bad: set):
     """Every epoch's batches ``bad`` hold a NaN pixel (so their steps are skipped under "skip")."""
-    real = T.model_batches
+    real = LOOP.model_batches
 
     def batches(*args, **kwargs):
         for b, (x, eps, w) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
@@ -185,7 +188,7 @@ def poisoned(monkeypatch, bad: set):
                 x = x.clone()
                 x[0, 0] = math.nan
             yield x, eps, w
-    monkeypatch.setattr(T, "model_batches", batches)
+    monkeypatch.setattr(LOOP, "model_batches", batches)
 
 
 def same_history(a, b):
@@ -214,11 +217,11 @@ def test_a_huge_learning_rate_under_skip_loses_no_epoch(tmp_path):
 
 def test_epoch_sums_of_finite_steps_do_not_overflow(tmp_path, monkeypatch):
     # Each step's float32 sums near float32's largest value: finite, though their epoch total is not in float32.
-    real = T._accumulate
+    real = WATCH.accumulate
 
     def huge(acc, stats):
         return real(acc, torch.tensor([3e38, 1.0, 3e38, float(stats[..., 3]), 1.0]).view_as(stats))
-    monkeypatch.setattr(T, "_accumulate", huge)
+    monkeypatch.setattr(WATCH, "accumulate", huge)
     _, history = fit(tmp_path, 1)
     assert history[0]["recon"] == pytest.approx(4 * 3e38 / 200, rel=1e-6)
     assert funcvae.load(tmp_path / CHECKPOINT_FILE).history[0] == history

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import funcvae
-from funcvae import compiling as C
+from funcvae._runtime import compiling as C
 from funcvae.batches import pad_rows
 from funcvae import objectives, optim
 from funcvae.step import Batch, init_state, make_train_step
@@ -33,7 +33,8 @@ def test_the_step_is_traced_once_across_epochs_and_a_short_last_batch():
     torch._dynamo.reset()
     params = funcvae.init(seed=0, hidden=(32,), latent=4)
     # 300 = 2 * 128 + 44: every epoch ends with a padded batch; kl_warmup changes beta every step.
-    funcvae.fit(params, small_data(), epochs=2, batch_size=128, kl_warmup=1, compile=backend)
+    funcvae.fit(params, small_data(), epochs=2, batch_size=128, kl_warmup=1, compile=backend,
+                share_cores=False)  # one thread count: a new count compiles its own graph
     assert backend.graphs == 1
 
 
@@ -128,7 +129,8 @@ def test_many_models_in_one_process_each_compile_once():
     backend = CountingBackend()
     x = small_data(64)
     for width in range(8, 20):
-        funcvae.fit(funcvae.init(seed=0, hidden=(width,), latent=2), x, epochs=1, batch_size=32, compile=backend)
+        funcvae.fit(funcvae.init(seed=0, hidden=(width,), latent=2), x, epochs=1, batch_size=32, compile=backend,
+                    share_cores=False)  # one thread count: one graph per width
     assert backend.graphs == 12
 
 
@@ -152,7 +154,9 @@ def test_a_users_model_compiles_once_across_fits_learning_rates_and_betas():
     backend = CountingBackend()
     x = small_data(96)
     for lr, beta in ((1e-3, 1.0), (3e-3, 0.5), (1e-2, 2.0)):
-        funcvae.fit(model.init(seed=0), x, epochs=2, batch_size=64, lr=lr, beta=beta, compile=backend)
+        # One thread count throughout: a new count compiles its own graph.
+        funcvae.fit(model.init(seed=0), x, epochs=2, batch_size=64, lr=lr, beta=beta, compile=backend,
+                    share_cores=False)
     assert backend.graphs == 1
 
 
@@ -160,5 +164,5 @@ def test_a_stack_of_models_is_traced_once_whatever_their_learning_rates_and_beta
     backend = CountingBackend()
     params = funcvae.stack([funcvae.init(seed=s, hidden=(16,), latent=3) for s in range(3)])
     funcvae.fit(params, small_data(), epochs=2, batch_size=128, lr=[1e-3, 3e-3, 1e-2], beta=[0.5, 1.0, 2.0],
-                seed=[0, 1, 2], kl_warmup=1, compile=backend)
+                seed=[0, 1, 2], kl_warmup=1, compile=backend, share_cores=False)  # one thread count: one graph
     assert backend.graphs == 1

@@ -3,6 +3,7 @@ more than torch's setting, the setting is restored, and the number of threads do
 count is used only once the step has given the same bits on it."""
 
 import itertools
+import math
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcvae
-from funcvae import compiling, gemm, threads
+from funcvae._runtime import compiling, gemm, threads
 
 
 @given(others=st.floats(0, 64), most=st.integers(1, 64), cores=st.integers(1, 64))
@@ -157,11 +158,14 @@ def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
     # dynamo's guards include the thread count: the step after a change must run with them, or it fails.
     from funcvae import train
 
+    counts = []
+
     @contextmanager
     def switching(device, adapt=True):
         calls = itertools.count()
 
         def look(same):
+            counts.append(torch.get_num_threads())
             if next(calls) in (0, 3):  # after the first and the fourth step
                 torch.set_num_threads(3 - torch.get_num_threads())
                 return True
@@ -171,10 +175,14 @@ def test_a_new_thread_count_mid_epoch_checks_the_guards_again(monkeypatch):
     before = torch.get_num_threads()
     x = torch.rand(192, 784, generator=torch.Generator().manual_seed(0))
     try:
-        funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), x, epochs=2, batch_size=32,
-                    compile=lambda gm, inputs: gm.forward, progress=False)
+        torch.set_num_threads(1)
+        _, history = funcvae.fit(funcvae.init(seed=0, hidden=(8,), latent=2), x, epochs=2, batch_size=32,
+                                 compile=lambda gm, inputs: gm.forward, progress=False)
     finally:
         torch.set_num_threads(before)
+    # Every step ran (12 looks), on 1 thread, then 2 after the first step, then 1 again after the fourth.
+    assert counts == [1, 2, 2, 2] + [1] * 8
+    assert [h["epoch"] for h in history] == [1, 2] and all(math.isfinite(h["loss"]) for h in history)
 
 
 def _seesaw(monkeypatch) -> list:
@@ -236,7 +244,7 @@ def test_mkl_multiplies_in_its_strict_reproducible_mode():
                     reason="torch without MKL, or a reproducibility mode chosen in the environment")
 def test_mkl_says_when_it_ran_before_funcvae_could_set_its_mode():
     code = ("import torch; a = torch.ones(4, 4); a @ a\n"
-            "import funcvae; from funcvae import gemm; print(gemm.reproducible_mkl())")
+            "import funcvae; from funcvae._runtime import gemm; print(gemm.reproducible_mkl())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False"]

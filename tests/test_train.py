@@ -165,7 +165,7 @@ def test_every_step_kind_takes_bfloat16_products_and_keeps_float32_state(kind, t
     trained, _ = funcvae.fit(start, x, epochs=1, batch_size=32, matmul_dtype=torch.bfloat16, checkpoint_dir=tmp_path,
                              **options, **EAGER)
     state = funcvae.load(tmp_path / "checkpoint.safetensors")
-    moments = [t for path, t in state.opt_state.items() if "/mu/" in path or "/nu/" in path]
+    moments = [t for path, t in state.train.opt_state.items() if "/mu/" in path or "/nu/" in path]
     leaves = [*optree.tree_leaves(trained.tree), *moments]
     assert len(moments) >= 2 * len(optree.tree_leaves(trained.tree))
     assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in leaves)
@@ -202,7 +202,7 @@ def test_guards_are_skipped_after_each_epochs_second_step_only_when_compiled(mon
 def test_a_later_fit_of_other_shapes_gets_its_own_graph_despite_skipped_guards():
     # The compiled step is kept for reuse across fits; a fit with another batch size must recompile at its
     # first step (whose guards are checked), not run the earlier fit's graph.
-    from funcvae import compiling
+    from funcvae._runtime import compiling
     params = funcvae.init(seed=0, hidden=(8,), latent=2)
     x = torch.rand(96, 784, generator=torch.Generator().manual_seed(0))
 

@@ -16,15 +16,18 @@ from hypothesis import strategies as st
 import funcvae
 import funcvae.cli
 import funcvae.sweep
-from funcvae import compiling, objectives, optim, validate
+from funcvae import inputs, objectives, optim, shorthand
+from funcvae._runtime import compiling
 from funcvae.batches import epoch_batches
 from funcvae.cli import options
 from funcvae.config import steps_per_epoch
+from funcvae.pixels import level_values, pixel_values
 from funcvae.step import Batch, init_state, make_train_step, stacked
 
 from test_cli_eval import fake_load
 
-T = importlib.import_module("funcvae.train")
+LOOP = importlib.import_module("funcvae._train.loop")
+FOLDER = importlib.import_module("funcvae._train.folder")
 SMALL = dict(hidden=(16,), latent=3)
 SCALES = (255, 1, 2, 3, 7.3, 100, 127.5, 256, 0.1, 1e-3)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -57,7 +60,7 @@ def without_seconds(history: list) -> list:
 def test_every_level_has_the_float_paths_value(dtype):
     levels = torch.arange(256, dtype=torch.uint8)
     for scale in SCALES:
-        got = validate.pixel_values(levels, validate.level_values(scale, dtype))
+        got = pixel_values(levels, level_values(scale, dtype))
         assert got.dtype == dtype and torch.equal(got, values(levels, scale, dtype)), scale
 
 
@@ -69,7 +72,7 @@ def test_every_level_has_the_float_paths_value_under_inductor(device):
         pytest.skip("inductor needs a C++ compiler on CPU")
 
     def all_scales(x):
-        return torch.stack([validate.pixel_values(x, validate.level_values(s, torch.float32, x.device))
+        return torch.stack([pixel_values(x, level_values(s, torch.float32, x.device))
                             for s in SCALES])
 
     levels = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
@@ -127,14 +130,14 @@ def test_steps_of_other_scales_are_other_steps():
 
 def spy_batches(monkeypatch) -> list:
     """fit's training set as it holds it, then the x of each batch, recorded as model_batches gets them."""
-    seen, real = [], T.model_batches
+    seen, real = [], LOOP.model_batches
 
     def batches(x, *args, **kwargs):
         seen.append(x)
         for batch in real(x, *args, **kwargs):
             seen.append(batch[0])
             yield batch
-    monkeypatch.setattr(T, "model_batches", batches)
+    monkeypatch.setattr(LOOP, "model_batches", batches)
     return seen
 
 
@@ -173,7 +176,7 @@ def test_data_parallel_shards_of_levels_are_the_rows_of_the_whole_batch(binarize
     x = pixels(130).reshape(130, -1)
 
     def epoch(shard):
-        return list(epoch_batches(x, 64, torch.Generator().manual_seed(0), 3, binarize, shard=shard, divisor=255,
+        return list(epoch_batches(x, 64, torch.Generator().manual_seed(0), 3, binarize, shard=shard, scale=255,
                                   dtype=torch.float32))
     whole, first, second = epoch((0, 1)), epoch((0, 2)), epoch((1, 2))
     assert len(whole) == 3 and whole[-1][2].sum() == 2
@@ -184,7 +187,7 @@ def test_data_parallel_shards_of_levels_are_the_rows_of_the_whole_batch(binarize
 
 
 @pytest.mark.parametrize("data,scale,held", [
-    (torch.ones(20, 784, dtype=torch.bool), None, torch.uint8),           # bool: 0/1 levels, divisor 1
+    (torch.ones(20, 784, dtype=torch.bool), None, torch.uint8),           # bool: 0/1 levels, scale 1
     (torch.randint(0, 2, (20, 784), dtype=torch.int64), None, torch.uint8),
     (torch.randint(0, 256, (20, 784), dtype=torch.int16), 255, torch.uint8),
     (torch.randint(0, 1000, (20, 784), dtype=torch.int64), 1000, torch.float32),  # not 8-bit: floats, as before
@@ -217,7 +220,7 @@ def checkpointed(folder, data, epochs=1, **kw):
 
 
 def test_the_fingerprint_of_uint8_pixels_is_that_of_their_float_values(tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "FINGERPRINT_ROWS", 7)  # many chunks, the last one short
+    monkeypatch.setattr(FOLDER, "FINGERPRINT_ROWS", 7)  # many chunks, the last one short
     x, x_val = pixels(), pixels(40, 1)
     from_levels = checkpointed(tmp_path / "levels", x, scale=255, val_data=x_val)
     from_floats = checkpointed(tmp_path / "floats", values(x), val_data=values(x_val))
@@ -268,9 +271,9 @@ def checkpointed_like_cli(folder, config: dict, data: dict):
     """The checkpoint that train, before 8-bit data were held as uint8, wrote for ``config`` on float ``data``."""
     fit = config["fit"]
     params = funcvae.init(seed=fit["seed"], **config["model"])
+    (objective,), (optimizer,) = shorthand.build(fit, steps_per_epoch(config["n_train"], fit["batch_size"]))
     funcvae.fit(params, data["train"], val_data=data["test"], checkpoint_dir=folder, progress=False,
-                objective=options.objective_of(fit, steps_per_epoch(config["n_train"], fit["batch_size"])),
-                optimizer=options.optimizer_of(fit), **options.fit_fields(fit))
+                objective=objective, optimizer=optimizer, **options.fit_fields(fit))
     return funcvae.load(folder / funcvae.CHECKPOINT_FILE)
 
 
@@ -297,14 +300,14 @@ def test_levels_are_checked_and_valued_as_the_float_path(dtype, top, low, scale,
     x[int(torch.randint(5, (), generator=g)), int(torch.randint(784, (), generator=g))] = top
     model = funcvae.init(seed=0, likelihood=likelihood, **SMALL).model
     like = torch.zeros(())
-    floats = outcome(lambda: validate.as_examples(x, model, scale=scale, like=like))
-    held = outcome(lambda: validate.as_levels(x, model, scale=scale, like=like))
+    floats = outcome(lambda: inputs.as_examples(x, model, scale=scale, like=like))
+    held = outcome(lambda: inputs.as_levels(x, model, scale=scale, like=like))
     if isinstance(floats, tuple):
         assert held == floats
         return
-    levels, divisor = held
+    levels, held_scale = held
     assert (levels.dtype == torch.uint8) == (low >= 0 and top <= 255)
-    got = levels if divisor is None else validate.pixel_values(levels, validate.level_values(divisor, like.dtype))
+    got = levels if held_scale is None else pixel_values(levels, level_values(held_scale, like.dtype))
     assert torch.equal(got, floats)
 
 

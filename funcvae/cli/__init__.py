@@ -15,16 +15,18 @@ import argparse
 import logging
 import sys
 
-from funcvae import lock
+from funcvae._runtime import lock
+from funcvae._moved import module_getattr
 from funcvae.cli import evaluate, options, sweep, train
 from funcvae.cli.evaluate import format_eval_table
 from funcvae.cli.folder import RunError
 from funcvae.cli.model import model_from_file
-from funcvae.cli.options import objective_of, optimizer_of
 from funcvae.cli.train import format_header, format_row
 
-__all__ = ["format_eval_table", "format_header", "format_row", "main", "model_from_file", "objective_of",
-           "optimizer_of"]
+__all__ = ["format_eval_table", "format_header", "format_row", "main", "model_from_file"]
+__getattr__ = module_getattr(__name__, {}, {
+    "objective_of": "funcvae.shorthand.build(settings, steps_per_epoch).objectives[0] builds it",
+    "optimizer_of": "funcvae.shorthand.build(settings).optimizers[0] builds it"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import diagnostics, pictures, quality, records
-from funcvae.cli.folder import RunError
+from funcvae import diagnostics, pictures, quality
+from funcvae._runtime import records
+from funcvae.cli.folder import ACCEPT_HELP, RunError
 from funcvae.cli.options import at_least
 from funcvae.cli.runs import open_run
 
@@ -28,6 +29,7 @@ def add_eval(sub, common: argparse.ArgumentParser) -> None:
                                                   "finished run's)")
     p.add_argument("--k", default=5000, type=at_least(1), help="importance samples of IWAE_k (default: 5000)")
     p.add_argument("--n", default=None, type=at_least(2), help="use the first N held-out examples (default: all)")
+    p.add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
     p.set_defaults(run=run_eval, parser=p)
 
 
@@ -36,6 +38,7 @@ def add_sample(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("sample", parents=[common], help="decode draws from the prior of a trained run")
     p.add_argument("run_dir", metavar="RUN", help="a run folder written by train")
     p.add_argument("--n", default=64, type=at_least(1), help="samples, 8 per row (default: 64)")
+    p.add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
     p.set_defaults(run=run_sample, parser=p)
 
 
@@ -94,7 +97,7 @@ def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int) -> 
         print(f"samples: not scored, {x.shape[0]} held-out examples are too few to split into two sets of 6")
         return None
     began = time.perf_counter()
-    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network_name=config["dataset"])
+    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network=config["dataset"])
     out["seconds"] = time.perf_counter() - began
     return out
 

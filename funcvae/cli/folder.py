@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import funcvae
-from funcvae import records
-from funcvae.cli.options import LEGACY_FIT, OBJECTIVES, OPTIMIZERS
+from funcvae._runtime import records
+from funcvae.cli.options import LEGACY_FIT
+from funcvae.shorthand import OBJECTIVES, OPTIMIZERS
 from funcvae.model import stack_size
 
 CONFIG, HISTORY, PARAMS = "config.json", "history.jsonl", "params.safetensors"
@@ -28,6 +29,9 @@ class Kind(NamedTuple):
     test: Callable[[object], bool]
     text: str
 
+
+ACCEPT_HELP = ("read a run of a model file whose functions or code changed since the run was written (refused "
+               "by default: other code may read the params as something else)")
 
 def at_least(minimum: int) -> Kind:
     return Kind(lambda v: type(v) is int and v >= minimum, f"an int >= {minimum}")
@@ -118,10 +122,10 @@ def check_record(record, epoch: int, where: str) -> dict:
     return record
 
 
-def read_params(path: Path, model: funcvae.Model) -> funcvae.Params:
+def read_params(path: Path, model: funcvae.Model, accept_changed_code: bool = False) -> funcvae.Params:
     """One model's params from ``path``, which must be params of ``model`` (the model config.json records)."""
     try:
-        params = funcvae.load_params(path, model=model)
+        params = funcvae.load_params(path, model=model, accept_changed_code=accept_changed_code)
     except ValueError as e:  # the message names the file
         raise RunError(str(e)) from None
     n = stack_size(params)
@@ -130,10 +134,11 @@ def read_params(path: Path, model: funcvae.Model) -> funcvae.Params:
     return params
 
 
-def read_checkpoint(path: Path, model: funcvae.Model) -> tuple[funcvae.Checkpoint, list[dict]]:
+def read_checkpoint(path: Path, model: funcvae.Model, accept_changed_code: bool = False
+                    ) -> tuple[funcvae.Checkpoint, list[dict]]:
     """The checkpoint at ``path`` (of ``model``) and its one model's history, each record checked."""
     try:
-        checkpoint = funcvae.load(path, model=model)
+        checkpoint = funcvae.load(path, model=model, accept_changed_code=accept_changed_code)
     except ValueError as e:  # the message names the file
         raise RunError(str(e)) from None
     if len(checkpoint.history) != 1:  # load checked its shape: one list of records per model

@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import funcvae
 from funcvae.cli.folder import RunError
+from funcvae.model import structure
 
 #: The options that describe a built-in model (refused with --model, whose file says all that).
 BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "prior", "pseudo_inputs")
@@ -46,11 +48,17 @@ def recorded_model(args, config: dict, path: Path) -> funcvae.Model:
 
 
 def _loaded(args, reference: str, what: str) -> funcvae.Model:
-    """``model_from_file``; what is wrong with it as a usage error that says ``what`` named the file."""
+    """``model_from_file``, the model checked; what is wrong with either as a usage error (its one line, exit 2)
+    that says ``what`` named the file."""
     try:
-        return model_from_file(reference)
+        model = model_from_file(reference)
     except ValueError as e:
         args.parser.error(f"{what}{e}")
+    try:
+        structure(model)  # the model's check, before any data are loaded or a folder made
+    except Exception as e:  # noqa: BLE001 - the user's own code may raise anything: one line, not a traceback
+        args.parser.error(f"{what}{reference}: the model fails its check: {type(e).__name__}: {e}")
+    return model
 
 
 def model_from_file(reference: str) -> funcvae.Model:
@@ -69,17 +77,37 @@ def model_from_file(reference: str) -> funcvae.Model:
         raise ValueError(f"{reference}: {file} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # what dataclasses and pickle look a class's module up in
+    sys.path.insert(0, str(file.resolve().parent))  # as for a script: a module beside it imports, from any folder
     try:
         spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:
+        del sys.modules[module_name]
+        raise ValueError(f"{reference}: running {file} failed: {_why(e, file)}") from None
     except BaseException:
         del sys.modules[module_name]
         raise
+    finally:
+        sys.path.pop(0)
     if not hasattr(module, name):
         raise ValueError(f"{reference}: {file} defines no {name!r}")
     model = getattr(module, name)
     if not isinstance(model, funcvae.Model):
         raise ValueError(f"{reference}: {name} must be a funcvae.Model, not {type(model).__name__}")
     return model
+
+
+def _why(e: BaseException, file: Path) -> str:
+    """One line on why a model file could not run, with its line number where the error has one."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError at line {e.lineno}: {e.msg}"
+    if isinstance(e, ImportError) and "relative import" in str(e):
+        return (f"{e}; a model file is run on its own, not as part of a package: import a module beside it by "
+                "its name (import helpers), which works from any folder")
+    mine = str(file.resolve())
+    line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == mine), None)
+    return f"{type(e).__name__}: {e}" + (f" (line {line})" if line else "")
 
 
 def model_name(model: funcvae.Model, config: dict) -> str:

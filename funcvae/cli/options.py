@@ -12,14 +12,9 @@ import dataclasses
 import math
 
 import funcvae
-from funcvae import objectives, optim, schedules
+from funcvae import objectives, shorthand
 from funcvae.models import ARCHS, LIKELIHOODS, PRIORS
-
-OBJECTIVES = ("elbo", "iwae")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-#: What an option left out means, for the options whose default depends on others (they parse as None).
-DEFAULTS = dict(objective="elbo", k=5, beta=1.0, kl_warmup=0.0, optimizer="adam", lr=1e-3, momentum=0.9,
-                weight_decay=1e-2)
+from funcvae.shorthand import DEFAULTS, OPTIMIZERS
 #: What a run made before the objective and optimiser options existed has instead of those settings: the
 #: beta-ELBO and Adam.
 LEGACY_FIT = dict(objective="elbo", k=None, free_bits=None, optimizer="adam", momentum=None, weight_decay=None)
@@ -109,27 +104,31 @@ def optimizer_settings(args) -> dict:
                 if name == "adamw" else None)
 
 
-def check_settings(args, model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> None:
-    """Usage error unless the settings can train ``model`` (``settings_problem``)."""
+def check_settings(args, model: funcvae.Model | None, fit_settings: dict, each_objective: list[dict]) -> None:
+    """Usage error unless the settings can train ``model`` (``settings_problem``; None: any model)."""
     problem = settings_problem(model, fit_settings, each_objective)
     if problem:
         args.parser.error(problem)
 
 
-def settings_problem(model: funcvae.Model, fit_settings: dict, each_objective: list[dict]) -> str | None:
+def settings_problem(model: funcvae.Model | None, fit_settings: dict, each_objective: list[dict]) -> str | None:
     """What is wrong with the settings, or None: ``funcvae.FitConfig`` must take them, each objective must be
     able to train ``model`` and the optimiser must be buildable (checked before any work: the warm-up's length
     in steps is not known yet, so it is checked at one step per epoch)."""
     try:
         funcvae.FitConfig(**fit_fields(fit_settings))
-        optimizer_of(fit_settings)
+        shorthand.build({**fit_settings, "free_bits": None})
         for settings in each_objective:
-            objectives.check(objective_of({**settings, "free_bits": None}, steps_per_epoch=1), model)
+            built = shorthand.build({**settings, "free_bits": None}).objectives[0]
+            if model is not None:
+                objectives.check(built, model)
     except ValueError as e:
         return str(e)
+    if model is None:
+        return None
     for settings in each_objective:
         try:
-            objectives.check(objective_of(settings, steps_per_epoch=1), model)
+            objectives.check(shorthand.build(settings).objectives[0], model)
         except ValueError as e:  # only free bits are left to refuse
             return f"--free-bits {settings['free_bits']}: {e}"
     return None
@@ -158,25 +157,3 @@ def check_data(args, model: funcvae.Model, x, batch_size: int) -> None:
 def fit_fields(settings: dict) -> dict:
     """The settings that are ``funcvae.FitConfig`` fields."""
     return {k: v for k, v in settings.items() if k in FIT_FIELDS}
-
-
-def objective_of(settings: dict, steps_per_epoch: int) -> objectives.Objective:
-    """The objective config.json's settings describe (a run made before these settings existed: the beta-ELBO),
-    with ``kl_warmup`` epochs made a step schedule; ValueError for numbers it cannot take."""
-    if settings.get("objective", "elbo") == "iwae":
-        objective = objectives.iwae(settings["k"])
-    else:
-        warmup = schedules.warmup(settings["kl_warmup"] * steps_per_epoch) if settings["kl_warmup"] else None
-        objective = objectives.elbo(settings["beta"], warmup=warmup)
-    free_bits = settings.get("free_bits")
-    return objective if free_bits is None else objectives.free_bits(objective, free_bits)
-
-
-def optimizer_of(settings: dict) -> optim.GradientTransformation:
-    """The optimiser config.json's settings describe (a run made before these settings existed: Adam)."""
-    name = settings.get("optimizer", "adam")
-    if name == "sgd":
-        return optim.sgd(settings["lr"], momentum=settings["momentum"])
-    if name == "adamw":
-        return optim.adamw(settings["lr"], weight_decay=settings["weight_decay"])
-    return optim.adam(settings["lr"])

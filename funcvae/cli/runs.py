@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import funcvae
-from funcvae import records
+from funcvae._runtime import records
 from funcvae.cli import folder
 from funcvae.cli.model import recorded_model
 
@@ -52,18 +52,19 @@ def open_run(args) -> tuple[Path, dict, funcvae.Params, list[dict]]:
             args.parser.error(f"{run_dir}: no {name} there (not a finished run folder written by train)")
     config = folder.read_config(run_dir)
     model = recorded_model(args, config, run_dir / folder.CONFIG)
-    params = folder.read_params(run_dir / folder.PARAMS, model)
+    params = folder.read_params(run_dir / folder.PARAMS, model, args.accept_changed_code)
     history = folder.read_history(run_dir / folder.HISTORY)
     if (run_dir / funcvae.CHECKPOINT_FILE).is_file():
-        history = _checkpoint_history(run_dir, config, params, history)
+        history = _checkpoint_history(run_dir, config, params, history, args.accept_changed_code)
     return run_dir, config, params, history
 
 
-def _checkpoint_history(run_dir: Path, config: dict, params: funcvae.Params, history: list[dict]) -> list[dict]:
+def _checkpoint_history(run_dir: Path, config: dict, params: funcvae.Params, history: list[dict],
+                        accept_changed_code: bool) -> list[dict]:
     """The checkpoint's history, once the checkpoint is found to be of config.json's run and params.safetensors
     and history.jsonl (``history``) to be its; else RunError."""
     path = run_dir / funcvae.CHECKPOINT_FILE
-    checkpoint, kept = folder.read_checkpoint(path, params.model)
+    checkpoint, kept = folder.read_checkpoint(path, params.model, accept_changed_code)
     fit, recorded = config["fit"], checkpoint.config
     if (recorded.get("seed"), recorded.get("binarize")) != ([fit["seed"]], fit["binarize"]):
         raise folder.RunError(f"{run_dir / folder.CONFIG} does not describe the run of {path}: seed {fit['seed']}, "

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import records
+from funcvae import shorthand
+from funcvae._runtime import records
 from funcvae.cli import runs
 from funcvae.cli.model import model_of
-from funcvae.cli.options import at_least, check_data, check_settings, optimizer_of, optimizer_settings
+from funcvae.cli.options import at_least, check_data, check_settings, optimizer_settings
 
 #: The sweep's settings that ``funcvae.sweep.rate_distortion`` takes as they are (the others build the optimiser).
 SWEEP_FIELDS = ("betas", "epochs", "seed", "batch_size", "compile", "free_bits")
@@ -39,14 +40,14 @@ def run(args) -> int:
     config = {"dataset": args.dataset, **described, "fit": settings, "n_train": int(x_train.shape[0]),
               "n_test": int(x_test.shape[0])}
     run_dir = runs.create(Path(args.out), f"sweep-{args.dataset}", config)
-    optimizer = optimizer_of(settings)
+    (optimizer,) = shorthand.build(settings).optimizers
     print(f"run folder: {run_dir}")
     print(f"{params}, {len(settings['betas'])} KL weights in one stacked fit; {optimizer.name}; {x_train.shape[0]} "
           f"train / {x_test.shape[0]} held-out examples; nats per example, held-out")
     began = time.perf_counter()
     rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, scale=255,
                                          progress=False if args.quiet else None, optimizer=optimizer,
-                                         network_name=args.dataset,
+                                         network=args.dataset,
                                          **{k: settings[k] for k in SWEEP_FIELDS})
     print(funcvae.sweep.format_table(rows))
     print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")

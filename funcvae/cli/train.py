@@ -8,18 +8,20 @@ import sys
 from pathlib import Path
 
 import funcvae
-from funcvae import lock, records
+from funcvae import shorthand
+from funcvae._runtime import lock, records
 from funcvae.cli import folder, runs
 from funcvae.cli.model import BUILT_IN, absolute, model_name, model_of, recorded_model
-from funcvae.cli.options import (OBJECTIVES, at_least, check_data, check_settings, fit_fields, given, objective_of,
-                                 objective_settings, optimizer_of, optimizer_settings, settings_problem)
+from funcvae.cli.options import (at_least, check_data, check_settings, fit_fields, given,
+                                 objective_settings, optimizer_settings, settings_problem)
 from funcvae.config import steps_per_epoch
+from funcvae.shorthand import OBJECTIVES
 
 COLUMNS = ("Epoch", "Reconstruction Loss", "KL Divergence", "Total ELBO Loss", "Val Recon", "Val KL",
            "Val Total", "s")
 KEYS = ("epoch", "recon", "kl", "loss", "val_recon", "val_kl", "val_loss", "seconds")
 #: The options --resume takes as they come: how far to train, where the data are, the progress bar.
-RESUMABLE = frozenset({"epochs", "data_root", "quiet", "resume"})
+RESUMABLE = frozenset({"epochs", "data_root", "quiet", "resume", "accept_changed_code"})
 #: The options config.json's "fit" records under their own names.
 AS_RECORDED = ("batch_size", "seed", "lr", "beta", "kl_warmup", "objective", "k", "free_bits", "optimizer", "momentum",
                "weight_decay", "checkpoint_every", "on_nonfinite")
@@ -47,12 +49,13 @@ def add_parser(sub, model: argparse.ArgumentParser) -> None:
                    help="continue the run in this run folder with the settings of its config.json (only "
                         "--epochs may change: it extends the run; --data-root and --quiet are taken too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--accept-changed-code", action="store_true", help="with --resume: " + folder.ACCEPT_HELP)
     p.set_defaults(run=run, parser=p)
 
 
 def run(args) -> int:
     """``train``: fit the run's model to its data set, one table row per epoch; the exit code. The run folder is
-    locked (``funcvae.lock``) for the whole command, before a resumed run's folder is read: two commands on one
+    locked (``funcvae._runtime.lock``) for the whole command, before a resumed run's folder is read: two commands on one
     folder at once would both rewrite history.jsonl."""
     if args.resume is None:
         return _train(args, None, *_new_run(args), done=[])
@@ -74,8 +77,7 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
                                          seed=settings["seed"], pixels="uint8") for split in ("train", "test"))
     check_data(args, model, x_train, settings["batch_size"])
     params = model.init(settings["seed"])
-    objective = objective_of(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
-    optimizer = optimizer_of(settings)
+    (objective,), (optimizer,) = shorthand.build(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
     if run_dir is None:
         config.update(n_train=int(x_train.shape[0]), n_test=int(x_test.shape[0]))
         run_dir = runs.create(Path(args.out), f"{config['dataset']}-{model_name(model, config)}-"
@@ -90,19 +92,21 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
         for record in done:
             print(format_row(record))
         fit_config = funcvae.FitConfig(**fit_fields(settings), scale=1 if static else 255, checkpoint_dir=str(run_dir),
-                                       resume=True, progress=False if args.quiet else None)
+                                       resume=True, progress=False if args.quiet else None,
+                                       accept_changed_code=args.accept_changed_code)
         return _fit(run_dir, done, params, x_train, val_data=x_test, objective=objective, optimizer=optimizer,
                     config=fit_config)
 
 
 def _new_run(args) -> tuple[dict, funcvae.Model]:
     """The config and model of a new run from the arguments, checked before any work (the folder comes later)."""
-    model, described = model_of(args)
     settings = dict(epochs=10 if args.epochs is None else args.epochs, batch_size=args.batch_size, seed=args.seed,
                     binarize="dynamic" if args.binarize == "dynamic" else None,
                     compile=False if args.no_compile else None, checkpoint_every=args.checkpoint_every,
                     on_nonfinite=args.on_nonfinite, matmul_dtype="bfloat16" if args.bf16 else None,
                     **objective_settings(args), **optimizer_settings(args))
+    check_settings(args, None, settings, [settings])  # the options alone, before the model file is run
+    model, described = model_of(args)
     check_settings(args, model, settings, [settings])
     return {"dataset": args.dataset, "binarize": args.binarize, **described, "fit": settings}, model
 
@@ -117,7 +121,7 @@ def _resumed(args, run_dir: Path) -> tuple[dict, funcvae.Model, list[dict]]:
         args.parser.error(f"--resume continues {run_dir} with the settings of its config.json; {', '.join(changed)} "
                           "would change them (start a new run instead)")
     model = recorded_model(args, config, run_dir / folder.CONFIG)
-    done, trained = _progress(run_dir, model)
+    done, trained = _progress(run_dir, model, args.accept_changed_code)
     settings = config["fit"]
     if args.epochs is not None:
         if args.epochs < trained:
@@ -156,14 +160,14 @@ def _recorded_options(config: dict, run_dir: Path) -> dict:
             "out": run_dir.resolve().parent}
 
 
-def _progress(run_dir: Path, model: funcvae.Model) -> tuple[list[dict], int]:
+def _progress(run_dir: Path, model: funcvae.Model, accept_changed_code: bool) -> tuple[list[dict], int]:
     """The epochs the run folder's checkpoint holds (history.jsonl is rewritten from them: a line written after
     the last checkpoint belongs to an epoch that will be trained again), and the epochs it has trained, one
     begun counted. Without a checkpoint the run starts afresh, which loses nothing only when nothing of a
     trained epoch is there: RunError when history.jsonl holds a line or params.safetensors exists."""
     path = run_dir / funcvae.CHECKPOINT_FILE
     if path.is_file():
-        checkpoint, history = folder.read_checkpoint(path, model)
+        checkpoint, history = folder.read_checkpoint(path, model, accept_changed_code)
         return history, checkpoint.epoch + (checkpoint.step > 0)
     log = run_dir / folder.HISTORY
     lines = sum(1 for line in log.read_bytes().splitlines() if line.strip()) if log.is_file() else 0
@@ -197,7 +201,7 @@ def _fit(run_dir: Path, done: list[dict], params: funcvae.Params, x_train, **fit
             print(format_row(record), flush=True)
 
         try:
-            params, _ = funcvae.fit(params, x_train, callback=on_epoch, **fit_args)
+            params, _ = funcvae.fit(params, x_train, callbacks=[on_epoch], **fit_args)
         except funcvae.Interrupted as e:
             print(f"{e}\ncontinue with: python -m funcvae train --resume {run_dir}", file=sys.stderr)
             return 128 + e.signum

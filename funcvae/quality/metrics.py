@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from funcvae.rng import generator
-from funcvae.validate import check_int
+from funcvae.checks import check_int
 
 _BLOCK = 1 << 24  # distances per block: 128 MiB in float64
 
@@ -173,12 +173,12 @@ def prdc(real, fake, *, k_pr: int = 3, k_dc: int = 5) -> dict:
             "density": held / (k_dc * fake.shape[0]), "coverage": float(covered.double().mean())}
 
 
-def class_coverage(fake_classes, real_classes, classes: int) -> dict:
+def class_coverage(real_classes, fake_classes, classes: int) -> dict:
     """How the predicted classes of the fakes cover those of the real images.
 
     Args:
-      fake_classes: (M,) integer class ids in [0, classes) of the fakes (a classifier's predictions).
-      real_classes: (N,) the same for real images.
+      real_classes: (N,) integer class ids in [0, classes) of real images (a classifier's predictions).
+      fake_classes: (M,) the same for the fakes.
       classes: how many classes there are.
 
     Returns:
@@ -191,8 +191,8 @@ def class_coverage(fake_classes, real_classes, classes: int) -> dict:
       a uniform histogram, 0 for one class).
     """
     classes = check_int("classes", classes)
-    fake = _histogram(fake_classes, "fake_classes", classes)
     real = _histogram(real_classes, "real_classes", classes)
+    fake = _histogram(fake_classes, "fake_classes", classes)
     present = real > 0
     covered = int((present & (fake > 0)).sum())
     kl = torch.where(fake > 0, fake * (fake.log() - real.log()), 0.0).sum()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from funcvae import checkpoint, data, nn, optim, schedules
+from funcvae._runtime import files
 from funcvae.model import paths_and_leaves
 from funcvae.rng import generator
 
@@ -135,7 +136,7 @@ def save(tree: dict, path: str | os.PathLike) -> str:
     """Write ``tree`` to ``path`` as safetensors (atomically: a crash leaves the old file or none); returns the
     SHA-256 of the file's bytes, hex."""
     path = Path(path)
-    checkpoint._write(path, dict(paths_and_leaves(tree)), {})
+    files.write(path, dict(paths_and_leaves(tree)), {})
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

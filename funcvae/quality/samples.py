@@ -18,9 +18,11 @@ from torch import Tensor
 
 from funcvae.codec import decode, encode
 from funcvae.model import Params, check_params, examples_of, some_leaf
-from funcvae.quality import metrics, network
+from funcvae._moved import renamed_keyword
+from funcvae.quality import metrics
+from funcvae.quality import network as networks
 from funcvae.rng import generator
-from funcvae.validate import check_int
+from funcvae.checks import check_int
 
 #: The sets ``sample_quality`` scores, in its table's order; "real" is the floor.
 SETS = ("prior samples", "reconstructions", "real")
@@ -45,29 +47,55 @@ class Embedded(NamedTuple):
     classes: Tensor | None
 
 
-def embed(x, *, network_name: str | Callable = "fashion-mnist") -> Embedded:
+@renamed_keyword("network_name", "network")
+def embed(x, *, network: str | Callable = "fashion-mnist") -> Embedded:
     """``x`` (N, 784), (N, 28, 28) or (N, 1, 28, 28) images in [0, 1] through the feature network: a name of
-    ``network.NETWORKS`` or a function of the images returning (N, d) features, or (features, logits)."""
+    ``quality.network.NETWORKS`` or a function of the images returning (N, d) features, or (features, logits)."""
     x = _images(x, "x")
-    if callable(network_name):
-        out = network_name(x)
-        feats, logits = out if isinstance(out, tuple) else (out, None)
+    if callable(network):
+        feats, logits = _returned(network(x), x.shape[0])
     else:
-        feats, logits = network.apply(network.load(network_name), x)
-    if not isinstance(feats, Tensor) or feats.ndim != 2 or feats.shape[0] != x.shape[0]:
-        raise ValueError(f"the feature function must return (N, d) features for N = {x.shape[0]} images, got "
-                         f"{getattr(feats, 'shape', type(feats).__name__)}")
+        feats, logits = networks.apply(networks.load(network), x)
     return Embedded(feats.detach().double(), None if logits is None else logits.argmax(-1))
 
 
-def features(x, *, network_name: str | Callable = "fashion-mnist") -> Tensor:
+def _returned(out, n: int) -> tuple[Tensor, Tensor | None]:
+    """A feature function's ``features`` or ``(features, logits)`` for ``n`` images, checked."""
+    if isinstance(out, tuple) and len(out) != 2:
+        raise ValueError(f"the feature function must return features, or (features, logits); got a tuple of "
+                         f"{len(out)}")
+    feats, logits = out if isinstance(out, tuple) else (out, None)
+    if not (isinstance(feats, Tensor) and feats.ndim == 2 and feats.shape[0] == n and feats.shape[1] >= 1
+            and feats.is_floating_point() and not feats.is_meta):
+        raise ValueError(f"the feature function must return (N, d) floating-point torch features with values for "
+                         f"N = {n} images, got {_what(feats)}")
+    if not bool(torch.isfinite(feats).all()):
+        raise ValueError("the feature function returned NaN or Inf features")
+    classes = networks.CLASSES
+    if logits is not None and not (isinstance(logits, Tensor) and logits.shape == (n, classes)
+                                   and logits.is_floating_point() and not logits.is_meta
+                                   and bool(torch.isfinite(logits).all())):
+        raise ValueError(f"the feature function's logits must be finite (N, {classes}) floats, one score per "
+                         f"class of the domain, for N = {n} images; got {_what(logits)}")
+    return feats, logits
+
+
+def _what(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype}, on {value.device}"
+    return f"a {type(value).__name__}" + (f" of shape {value.shape}" if hasattr(value, "shape") else "")
+
+
+@renamed_keyword("network_name", "network")
+def features(x, *, network: str | Callable = "fashion-mnist") -> Tensor:
     """The domain features of images ``x`` (see ``embed``): (N, d) float64."""
-    return embed(x, network_name=network_name).features
+    return embed(x, network=network).features
 
 
-def fid(x_a, x_b, *, network_name: str | Callable = "fashion-mnist") -> float:
+@renamed_keyword("network_name", "network")
+def fid(x_a, x_b, *, network: str | Callable = "fashion-mnist") -> float:
     """The Fréchet distance between two sets of images on the domain features (``metrics.fid``)."""
-    return metrics.fid(features(x_a, network_name=network_name), features(x_b, network_name=network_name))
+    return metrics.fid(features(x_a, network=network), features(x_b, network=network))
 
 
 def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
@@ -77,7 +105,7 @@ def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
     out = {"fid": metrics.fid(real.features, other.features), "kid": kid, "kid_std": kid_std,
            **metrics.prdc(real.features, other.features), "classes": None}
     if real.classes is not None and other.classes is not None:
-        out["classes"] = metrics.class_coverage(other.classes, real.classes, network.CLASSES)
+        out["classes"] = metrics.class_coverage(real.classes, other.classes, networks.CLASSES)
     return out
 
 
@@ -94,8 +122,9 @@ def reconstruction_images(params: Params, x: Tensor) -> Tensor:
     return params.model.likelihood.mean(decode(params, mean)).clamp(0.0, 1.0)
 
 
+@renamed_keyword("network_name", "network")
 def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 0, x_train=None,
-                   network_name: str | Callable = "fashion-mnist") -> dict:
+                   network: str | Callable = "fashion-mnist") -> dict:
     """Score a model's prior samples and reconstructions against held-out images, beside the floor.
 
     Args:
@@ -104,14 +133,15 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
       n: the size of each set (default: half the held-out images); at least 6.
       seed: names the prior draws and KID's subsets.
       x_train: the training images, for the memorisation check (None: no check).
-      network_name: the feature network (``network.NETWORKS``) or a function (see ``embed``).
+      network: the feature network (a name of ``quality.network.NETWORKS``) or a function (see ``embed``).
 
     Returns:
       ``{"n", "network", "sets": {set: scores}, "memorisation": dict or None, "findings": [...]}``; the
       sets are ``SETS`` (each ``scores``); the findings are ``verdicts``.
     """
     check_params(params)
-    x = examples_of(params, x_real, name="x_real")
+    x = _images(examples_of(params, x_real, name="x_real"), "x_real")
+    x_train = None if x_train is None else _images(examples_of(params, x_train, name="x_train"), "x_train")
     n = x.shape[0] // 2 if n is None else check_int("n", n, minimum=6)
     if n < 6 or 2 * n > x.shape[0]:
         raise ValueError(f"x_real has {x.shape[0]} images; sample_quality needs 2 n of them (n = {n} >= 6: the "
@@ -120,12 +150,12 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
     with torch.no_grad():
         made = {"prior samples": prior_images(params, n, seed=seed), "reconstructions": reconstruction_images(params, held),
                 "real": held}
-        embedded = {name: embed(images, network_name=network_name) for name, images in made.items()}
-        real = embed(reference, network_name=network_name)
-        result = {"n": n, "network": network_name if isinstance(network_name, str) else _name(network_name),
+        embedded = {name: embed(images, network=network) for name, images in made.items()}
+        real = embed(reference, network=network)
+        result = {"n": n, "network": network if isinstance(network, str) else _name(network),
                   "sets": {name: scores(real, embedded[name], seed=seed) for name in SETS}, "memorisation": None}
         if x_train is not None:
-            train = embed(examples_of(params, x_train, name="x_train"), network_name=network_name)
+            train = embed(x_train, network=network)
             result["memorisation"] = memorisation(embedded["prior samples"], embedded["real"], train)
     result["findings"] = verdicts(result)
     return result
@@ -210,8 +240,12 @@ def _collapsed(prior: dict, floor: dict) -> dict:
 def _images(x, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor of images, got {type(x).__name__}")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+    if x.is_meta or not x.is_floating_point() or not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must hold finite floating-point pixels in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} must hold pixels in [0, 1], got values in [{low:g}, {high:g}]"
+                         + (" (8-bit pixels: divide by 255)" if high > 1 and low >= 0 else ""))
     return x
 
 

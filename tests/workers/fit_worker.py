@@ -3,12 +3,14 @@ after every step, resuming whatever checkpoint it finds; writes the final params
 
     python tests/workers/fit_worker.py CHECKPOINT_DIR OUT [--every STEPS] [--pause FOLDER]
 
+``--seed-by-rank``: each process of a data-parallel run makes other params (refused before any work).
 ``--pause FOLDER``: after the first epoch, create FOLDER/paused and wait until FOLDER/go exists (a run
 caught while it holds its checkpoint folder). A run refused the folder exits with 3.
     python -m torch.distributed.run --nproc_per_node=2 tests/workers/fit_worker.py CHECKPOINT_DIR OUT
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,14 +42,16 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--pause", type=Path, default=None)
+    parser.add_argument("--seed-by-rank", action="store_true", help="each process makes its params from its rank")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the same arithmetic in every process, whatever else runs
     x, x_val = data()
-    params = funcvae.init(seed=0, hidden=(32,), latent=4)
+    seed = int(os.environ.get("RANK", "0")) if args.seed_by_rank else 0
+    params = funcvae.init(seed=seed, hidden=(32,), latent=4)
     try:
         params, _ = funcvae.fit(params, x, epochs=EPOCHS, batch_size=BATCH, val_data=x_val, seed=1, compile=False,
                                 checkpoint_dir=args.checkpoint_dir, resume=True, checkpoint_every=args.every,
-                                progress=False, callback=None if args.pause is None else pause(args.pause))
+                                progress=False, callbacks=() if args.pause is None else [pause(args.pause)])
     except funcvae.Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum

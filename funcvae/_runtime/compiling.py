@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import warnings
 from functools import partial
@@ -12,10 +13,11 @@ from typing import Callable
 
 import torch
 
-from funcvae.gemm import products_pass
+from funcvae._moved import module_getattr
+from funcvae._runtime.gemm import products_pass
 
 
-def make_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
+def compile_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,
               key=None, cuda_graphs: bool = True) -> Callable:
     """``step`` as it will run: compiled as one graph (``fullgraph=True``) or eager.
 
@@ -34,12 +36,43 @@ def make_step(step: Callable, device: torch.device, compile: bool | str | Callab
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
     if key is None or key not in _COMPILED:
-        compiled = _scalars_stay_tensors(torch.compile(_with_own_code(step), backend=backend, mode=mode, fullgraph=True,
-                                                       dynamic=False, options=_options(backend, device)))
+        compiled = _eager_if_untraceable(step, _scalars_stay_tensors(torch.compile(
+            _with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False,
+            options=_options(backend, device))))
         if key is None:
             return compiled
         _COMPILED[key] = compiled
     return _COMPILED[key]
+
+
+def _eager_if_untraceable(step: Callable, compiled: Callable) -> Callable:
+    """``compiled``, or from the first call that dynamo cannot trace as one graph (a ``print`` in a model's
+    function, say) on, ``step`` itself, with a RuntimeWarning naming the line. Dynamo refuses while tracing,
+    before the step runs, so nothing has happened twice."""
+    now = [compiled]
+
+    def call(*args):
+        try:
+            return now[0](*args)
+        except torch._dynamo.exc.Unsupported as e:
+            if now[0] is step:
+                raise
+            now[0] = step
+            warnings.warn(f"the step cannot be compiled as one graph ({_first_line(e)}{_user_line(e)}), so it runs "
+                          "eagerly; code that torch.compile can trace (no print, no Python side effects) compiles",
+                          RuntimeWarning, stacklevel=2)
+            return step(*args)
+    return call
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _user_line(e: Exception) -> str:
+    """Where in the user's code dynamo stopped, as its message tells: ``; at FILE, line N``."""
+    places = re.findall(r'File "([^"]+)", line (\d+)', str(e))
+    return f"; at {places[-1][0]}, line {places[-1][1]}" if places else ""
 
 
 def _with_own_code(step: Callable) -> Callable:
@@ -55,7 +88,7 @@ def _with_own_code(step: Callable) -> Callable:
 
 
 def _options(backend, device: torch.device) -> dict | None:
-    """Inductor's settings for the step: on a CPU, the matrix products' library (``funcvae.gemm``)."""
+    """Inductor's settings for the step: on a CPU, the matrix products' library (``funcvae._runtime.gemm``)."""
     products = products_pass(device) if backend == "inductor" else None
     return None if products is None else {"post_grad_custom_post_pass": products}
 
@@ -63,10 +96,9 @@ def _options(backend, device: torch.device) -> dict | None:
 def _scalars_stay_tensors(compiled: Callable) -> Callable:
     """``compiled`` called with AOT autograd's pass that turns Python float scalars into tensors switched off.
 
-    The step has no Python float inputs, but its 0-d float64 tensors (learning rate, KL weight) each get a
-    symbolic float for a ``.item()`` that nothing calls; that pass then finds symbols it did not convert
-    and restarts the whole trace, which cost 10 of 34 s of a cold compile on 2 cores. The switch is an
-    environment variable read while compiling, so it is set for the call and restored after it."""
+    The step has no Python float inputs, but that pass would restart the whole trace for its 0-d float64
+    numbers (docs/speed.md, "One trace per compile"). The switch is an environment variable read while
+    compiling, so it is set for the call and restored after it."""
     def call(*args):
         before = os.environ.get(_TENSORIFY)
         os.environ[_TENSORIFY] = "0"
@@ -113,7 +145,7 @@ def compile_mode(backend: str | Callable, device: torch.device) -> str | None:
 
 
 def compile_backend(compile: bool | str | Callable | None, device: torch.device) -> str | Callable | None:
-    """The ``torch.compile`` backend that ``make_step`` will use, or None for the eager step."""
+    """The ``torch.compile`` backend that ``compile_step`` will use, or None for the eager step."""
     if compile is False:
         return None
     if compile is None or compile is True:
@@ -129,3 +161,6 @@ def has_cpp_compiler() -> bool:
     """Whether inductor can build CPU kernels here (it calls $CXX, else g++ / clang++)."""
     names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
     return any(shutil.which(name) for name in names)
+
+
+__getattr__ = module_getattr(__name__, {"make_step": "funcvae._runtime.compiling:compile_step"})

@@ -11,15 +11,18 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".funcvae.lock"
 
-# Folders this process holds, and how many times: a run folder's command (the CLI) and the fit inside it
-# take the same lock, and a second flock on a new descriptor would refuse its own process.
-_held: dict[Path, int] = {}
+# Folders this process holds: the thread that holds each and how many times. A run folder's command (the
+# CLI) and the fit inside it take the same lock in one thread, and a second flock on a new descriptor would
+# refuse its own process; another thread of the process is another writer, and is refused.
+_held: dict[Path, list] = {}
+_guard = threading.Lock()
 
 
 class FolderLocked(RuntimeError):
@@ -27,7 +30,8 @@ class FolderLocked(RuntimeError):
     since when)."""
 
     def __init__(self, folder: Path, holder: dict):
-        who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "since", "command") if k in holder) or "unknown"
+        keys = ("pid", "thread", "host", "since", "command")
+        who = ", ".join(f"{k} {holder[k]}" for k in keys if k in holder) or "unknown"
         super().__init__(f"{folder} is in use by another run ({who}); wait for it to finish, or write elsewhere")
         self.folder = folder
         self.holder = holder
@@ -35,30 +39,49 @@ class FolderLocked(RuntimeError):
 
 @contextmanager
 def hold(folder: str | os.PathLike):
-    """Hold ``folder``'s lock while the block runs (the folder must exist); re-entrant within a process.
+    """Hold ``folder``'s lock while the block runs (the folder must exist); re-entrant within a thread.
 
     Raises:
-      FolderLocked: another process holds it (at once: this never waits).
+      FolderLocked: another process, or another thread of this one, holds it (at once: this never waits).
     """
-    key = Path(folder).resolve()
-    if key in _held:
-        _held[key] += 1
+    key, me = Path(folder).resolve(), threading.get_ident()
+    with _guard:
+        entry = _held.get(key)
+        if entry is not None and entry[0] != me:
+            raise FolderLocked(key, {**_holder_of(key), "thread": entry[0]})
+        if entry is not None:
+            entry[1] += 1
+    if entry is not None:
         try:
             yield
         finally:
-            _held[key] -= 1
+            with _guard:
+                entry[1] -= 1
         return
-    fd = _acquire(key / LOCK_FILE)
+    fd = _acquire(key / LOCK_FILE)  # another thread taking it at once is refused by flock itself
     try:
         _describe_holder(fd)
-        _held[key] = 1
+        with _guard:
+            _held[key] = [me, 1]
         try:
             yield
         finally:
-            del _held[key]
+            with _guard:
+                del _held[key]
             (key / LOCK_FILE).unlink(missing_ok=True)  # while still held: a run that opens it from now on retries (_acquire)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _holder_of(folder: Path) -> dict:
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        return _holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _acquire(path: Path) -> int:

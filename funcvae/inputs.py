@@ -1,19 +1,20 @@
-"""Boundary checks: turn what a user passes as data into a validated (N, features) float tensor (or, for a
-training set of 8-bit pixels, a uint8 one and its divisor), and a setting into the plain Python value it
-stands for.
+"""Data reading: what a user passes as data (tensor, array, Dataset, DataLoader, PIL images) as a validated
+(N, features) float tensor, or, for a training set of 8-bit pixels, a uint8 one and its scale.
 
 Every check runs before any work, so bad input fails at once with an error that names the problem.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from funcvae.checks import check_scale, exact, first_index
+from funcvae.pixels import level_values
 
 #: PIL image modes whose values are intensities (grey levels or RGB, with or without alpha); the others hold
 #: palette indices or another colour space, which would pass for pixels silently.
@@ -40,6 +41,7 @@ def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: 
     """
     scale = check_scale(scale)
     x, from_pil = _read(data, model, name)
+    _check_scaled(x, scale, name)
     return _as_float(x, model, scale, like, name, from_pil)
 
 
@@ -48,29 +50,46 @@ def as_levels(data, model, *, scale: float | None = None, like: Tensor,
     """``data`` as ``fit`` holds its training set: 8-bit data as uint8 levels, the rest as ``as_examples`` gives.
 
     Integer or bool data whose values all lie in [0, 255] become (N, features) uint8 on ``like``'s device,
-    returned with the divisor that makes them the values the model sees (``pixel_values`` of
-    ``level_values(divisor, like.dtype)``), equal bit for bit to ``as_examples``'s: ``scale``, or 1 without
+    returned with the scale that makes them the values the model sees (``pixel_values`` of
+    ``level_values(scale, like.dtype)``), equal bit for bit to ``as_examples``'s: ``scale``, or 1 without
     one (the values must then be 0 or 1, as ``as_examples`` requires). That is a quarter of float32's memory,
     and checking them makes no float copy: the likelihood's support is checked on the values of their levels
-    (``check_values``). Other data come back as ``as_examples``'s tensor with the divisor None. Arguments
+    (``check_values``). Other data come back as ``as_examples``'s tensor with the scale None. Arguments
     and errors as ``as_examples``'s.
     """
     scale = check_scale(scale)
     x, from_pil = _read(data, model, name)
+    _check_scaled(x, scale, name)
     if not x.is_floating_point():
         if scale is None and x.dtype != torch.bool:
             _check_unit_integers(x, name, from_pil)  # 0 or 1 from here on
         if scale is None or x.dtype in (torch.bool, torch.uint8) or _in_byte_range(x):
-            divisor = 1 if scale is None else scale
+            scale = 1 if scale is None else scale
             levels = x.to(torch.uint8).to(like.device)
-            check_values(levels, divisor, like.dtype, name, model.likelihood.check_support)
-            return levels, divisor
+            check_values(levels, scale, like.dtype, name, model.likelihood.check_support)
+            return levels, scale
     return _as_float(x, model, scale, like, name, from_pil), None
 
 
-def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, name: str, check) -> None:
+def _check_scaled(x: Tensor, scale, name: str) -> None:
+    """``scale`` divides pixel levels (integers, or floats holding integers, such as 0..255). Refused where
+    they are values already, which it would silently darken: bools, floats that are not whole numbers, and data
+    all within [0, 1] divided by a scale above 1."""
+    if scale is None or x.numel() == 0:
+        return
+    why = "bool" if x.dtype == torch.bool else None
+    if why is None and x.is_floating_point() and not bool((x == x.round()).all()):
+        why = "not whole numbers"
+    if why is None and scale > 1 and float(x.max() if x.is_floating_point() else _wide(x).max()) <= 1:
+        why = "all within [0, 1]"
+    if why is not None:
+        raise ValueError(f"scale divides 8-bit pixel levels (such as 0..255), but {name} are {why}: values "
+                         f"already, which dividing by {scale} would darken; leave scale unset")
+
+
+def check_values(x: Tensor, scale: int | float | None, dtype: torch.dtype, name: str, check) -> None:
     """``check(values, name)``, a support check (``distributions.check_support``'s), of the values ``x`` stands
-    for: ``x`` itself when ``divisor`` is None, else those of uint8 levels ``x`` (N, F) in ``dtype``
+    for: ``x`` itself when ``scale`` is None, else those of uint8 levels ``x`` (N, F) in ``dtype``
     (``pixel_values``), checked on the values of the levels 0..max rather than on a float copy of ``x``.
 
     Raises:
@@ -79,10 +98,10 @@ def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, nam
         binarisation's) are those from the first failing one up: masks of ``x`` find the count and the
         first index the message names.
     """
-    if divisor is None:
+    if scale is None:
         check(x, name)
         return
-    values = level_values(divisor, dtype)[:int(x.max()) + 1]
+    values = level_values(scale, dtype)[:int(x.max()) + 1]
     try:
         check(values, name)
     except ValueError:
@@ -98,21 +117,6 @@ def check_values(x: Tensor, divisor: int | float | None, dtype: torch.dtype, nam
             "likelihood; pass scale= (e.g. 255 for 8-bit pixels) or use likelihood='gaussian' (the first value "
             f"outside is {float(values[int(x[where])])!r}, at index {where})"
         ) from None
-
-
-def level_values(divisor: int | float, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
-    """(256,): the value each uint8 level stands for, ``(level.to(float64) / divisor).to(dtype)``. The divisions
-    are Python's, in IEEE double like torch's float64, so they are exact whatever runs the step: inductor
-    turns a division by a constant into a multiplication by its reciprocal on a GPU, which can differ."""
-    return torch.tensor([float(level) / divisor for level in range(256)], dtype=torch.float64,
-                        device=device).to(dtype)
-
-
-def pixel_values(x: Tensor, levels: Tensor) -> Tensor:
-    """The values of uint8 (or bool) levels ``x``, of its shape, read from ``levels = level_values(divisor,
-    dtype, x.device)``: exactly ``(x.to(float64) / divisor).to(dtype)``."""
-    index = x.reshape(-1).to(torch.int32)  # index_select with int32 indices is as fast as the division
-    return levels.index_select(0, index).view(x.shape)
 
 
 def read_examples(data, model, name: str = "data") -> Tensor:
@@ -274,70 +278,3 @@ def _in_byte_range(x: Tensor) -> bool:
 def _wide(x: Tensor) -> Tensor:
     """Integer ``x`` in a dtype torch can compare and reduce."""
     return x.to(_WIDER[x.dtype]) if x.dtype in _WIDER else x
-
-
-def first_index(mask: Tensor) -> tuple[int, ...]:
-    """The index of the first True of ``mask`` in row-major order (which holds one), without listing them all."""
-    flat = int(mask.reshape(-1).to(torch.uint8).argmax())  # argmax returns the first of equal maxima
-    return tuple(int(i) for i in np.unravel_index(flat, tuple(mask.shape)))
-
-
-def exact(value: float) -> str:
-    """``value`` written short (``%g``) where that reads back as the same number, else in full (its repr):
-    1.0000001192092896 must not print as 1 in a message that says it is above 1."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-
-
-def plain(value):
-    """A numpy scalar, or a 0-d numpy array or tensor, as the Python value it holds (so a setting prints,
-    compares and saves as JSON as one); anything else as it is, for the caller's check."""
-    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
-        return value.item()
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_meta:
-        return value.item()
-    return value
-
-
-def check_int(name: str, value, *, minimum: int = 1) -> int:
-    """``value`` as an int; ValueError unless it is an int or numpy integer (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_positive(name: str, value) -> int | float:
-    """``value`` as a Python number; ValueError unless it is a finite real number > 0."""
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return plain(value)
-
-
-def check_nonnegative(name: str, value) -> int | float:
-    """``value`` as a Python number; ValueError unless it is a finite real number >= 0."""
-    if not _is_real(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return plain(value)
-
-
-def check_bool(name: str, value) -> bool:
-    """``value`` as a bool; ValueError unless it is a bool or a numpy bool (or a 0-d array or tensor of one)."""
-    value = plain(value)
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def check_scale(scale) -> int | float | None:
-    """The ``scale`` integer pixels are divided by as a Python number (None: none); ValueError unless it is
-    a positive finite number (a numpy scalar, 0-d array or tensor of one included)."""
-    if scale is None:
-        return None
-    value = plain(scale)
-    if not _is_real(value) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return value
-
-
-def _is_real(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))

@@ -87,6 +87,22 @@ def leave(world: World) -> None:
         dist.destroy_process_group()
 
 
+def check_identical(tree, world: World) -> None:
+    """ValueError on every process unless all of them hold the same values in ``tree`` (the params a run
+    starts from): each process computes its own updates from them, so a difference would never heal."""
+    if world.size == 1:
+        return
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in optree.tree_leaves(tree)])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    gap = float((high - low).max())
+    if gap != 0:
+        raise ValueError(f"the {world.size} processes start from different params (by up to {gap:.3g}): each must "
+                         "build the same ones (the same seed, and an init that draws only from the generator it is "
+                         "given)")
+
+
 def all_reduce_sum(grads: dict, stats: Tensor, flag: float) -> tuple[dict, Tensor, float]:
     """Sum ``grads``, ``stats`` and ``flag`` over all processes in one collective call."""
     leaves, spec = optree.tree_flatten(grads)

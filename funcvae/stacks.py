@@ -3,14 +3,20 @@ so that ``vmap`` over that dimension trains all N in one step (``fit`` accepts a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import optree
 import torch
 
 from funcvae.model import Params, check_params, stack_size
 
 
-def stack(models: list[Params]) -> Params:
-    """One ``Params`` holding ``models`` (same model) along a new leading dimension of every leaf."""
+def stack(models: Iterable[Params]) -> Params:
+    """One ``Params`` holding ``models`` (any iterable of Params of one model) along a new leading dimension
+    of every leaf."""
+    if isinstance(models, Params) or not isinstance(models, Iterable):
+        raise TypeError(f"stack takes an iterable of Params (a list, a generator), got {type(models).__name__}")
+    models = list(models)
     if not models:
         raise ValueError("stack needs at least one model")
     for p in models:

@@ -1,16 +1,11 @@
-"""How many CPU threads fit's steps use on a machine that other processes share.
+"""How many CPU threads fit's steps use on a machine that other processes share: every ``INTERVAL_S``
+seconds of training, the cores other processes leave free (/proc/stat, less this process's own CPU time),
+at least one, never more than torch was set to use, restored when fit returns. A count is used only after
+the step gave the same bits on it. Why and what it buys: docs/speed.md ("A shared machine") and
+docs/training.md ("Same seed, same bits").
 
-PyTorch's CPU work runs on OpenMP threads that meet at a barrier after every parallel region; beside another
-busy process, one of fit's threads is often off its core while the others spin waiting for it. So fit looks
-at the machine about every ``INTERVAL_S`` seconds of training and runs its steps on the cores that other
-processes leave free (/proc/stat, less this process's own CPU time): at least one thread, never more than
-torch was set to use, restored when fit returns.
-
-A thread count may only change what cannot change a bit. Before fit first runs on a count, it computes the
-step it has just taken again on that count and compares every output bit for bit; a count that gives other
-bits is never used in that run (see docs/training.md, "Same seed, same bits"). A window in which this
-process may have compiled (before its first step; the step after a change or a check) is not judged:
-inductor compiles in worker processes, which would read as others.
+A window in which this process may have compiled (before its first step; the step after a change or a
+check) is not judged: inductor compiles in worker processes, which would read as others.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from torch import Tensor
 from funcvae import objectives
 from funcvae.model import Params, examples_of
 from funcvae.rng import generator
-from funcvae.validate import check_int, check_nonnegative
+from funcvae.checks import check_int, check_nonnegative
 
 TERMS = ("recon", "kl", "loss")
 
@@ -49,12 +49,12 @@ def evaluate(params: Params, x: Tensor, gen: torch.Generator, *, k: int = 1, bet
     # All noise is drawn first (N * k * latent numbers), so the chunking cannot change a single draw.
     eps = torch.randn(x.shape[0], k, params.model.latent, generator=gen, device=x.device, dtype=x.dtype)
     objective = objectives.elbo(beta, samples=k)
-    hyper = objective.schedule({name: v.to(x.device) for name, v in objective.init().items()}, None, x.dtype)
+    numbers = objective.schedule({name: v.to(x.device) for name, v in objective.init().items()}, None, x.dtype)
     chunks = {name: [] for name in TERMS}
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk_size):
             stop = start + chunk_size
-            terms = objectives.batch_terms(params, x[start:stop], eps[start:stop], hyper, objective)
+            terms = objectives.batch_terms(params, x[start:stop], eps[start:stop], numbers, objective)
             for name in TERMS:
                 chunks[name].append(terms[name])
     return {name: torch.cat(values) for name, values in chunks.items()}
