@@ -38,8 +38,10 @@ def describe(model: Model) -> dict:
     likelihood, prior, shapes and the names of its functions (to name a mismatch, not to rebuild it)."""
     if model.spec is not None:
         return {"spec": model.spec.to_dict()}
+    functions = (model.init_fn, model.encode, model.decode)
     return {"custom": {"encode": _name(model.encode), "decode": _name(model.decode), "init": _name(model.init_fn),
-                       **_facts(model), "code": code_digest(model)}}
+                       **_facts(model), "code": code_digest(model),
+                       "qualnames": [getattr(fn, "__qualname__", type(fn).__qualname__) for fn in functions]}}
 
 
 def code_digest(model: Model) -> str:
@@ -325,14 +327,16 @@ def _check_code(described: dict, model: Model, path: Path, accept_changed_code: 
 
 
 def code_changes(saved: dict, now: dict) -> list[str]:
-    """What differs between two descriptions (``describe``) of a user's model: its functions' names and its
-    code digest (a file written before digests were recorded is compared by names alone)."""
-    if "custom" not in saved or "custom" not in now:
+    """What differs between two descriptions (``describe``) of a user's model: its functions (by qualified
+    name, wherever their module was imported from: a script's ``__main__`` is the same code imported) and the
+    digest of their code. A file written before digests were recorded is not compared."""
+    if "custom" not in saved or "custom" not in now or "code" not in saved["custom"]:
         return []
     old, new = saved["custom"], now["custom"]
-    keys = ("init", "encode", "decode") + (("code",) if "code" in old else ())
-    return [f"{k}: file {old.get(k)!r}, now {new.get(k)!r}" if k != "code" else "the files defining its functions"
-            for k in keys if old.get(k) != new.get(k)]
+    changed = [f"{role}: file {a!r}, now {b!r}" for role, a, b in zip(("init", "encode", "decode"),
+                                                                        old.get("qualnames") or [None] * 3,
+                                                                        new["qualnames"]) if a != b]
+    return changed + (["the files defining its functions"] if old["code"] != new["code"] else [])
 
 
 def _built_in(spec, path: Path) -> Model:

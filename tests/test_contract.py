@@ -101,6 +101,19 @@ def test_an_init_that_draws_from_torchs_global_generator_is_refused():
     _refused(model, "other params for the same seed.*generator it is given")
 
 
+def _while_held(first, second, inside: threading.Event, release: threading.Event, wait: float) -> None:
+    """``first`` in a thread until it sets ``inside``; then ``second`` in another, to its end; then ``release``
+    lets ``first`` finish."""
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(wait)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(wait)
+    release.set()
+    a.join(wait)
+
+
 def test_another_thread_of_the_process_is_refused_a_held_folder(tmp_path):
     inside, release, got = threading.Event(), threading.Event(), []
 
@@ -116,14 +129,7 @@ def test_another_thread_of_the_process_is_refused_a_held_folder(tmp_path):
                 got.append("entered")
         except lock.FolderLocked as e:
             got.append(e)
-    a = threading.Thread(target=first)
-    a.start()
-    assert inside.wait(10)
-    b = threading.Thread(target=second)
-    b.start()
-    b.join(10)
-    release.set()
-    a.join(10)
+    _while_held(first, second, inside, release, 10)
     assert len(got) == 1 and isinstance(got[0], lock.FolderLocked) and "thread" in str(got[0])
     with lock.hold(tmp_path):  # free again once the first thread let go
         pass
@@ -148,14 +154,7 @@ def test_two_threads_fitting_into_one_folder_one_is_refused_before_any_work(tmp_
             results["second"] = "trained"
         except lock.FolderLocked as e:
             results["second"] = e
-    a = threading.Thread(target=first)
-    a.start()
-    assert started.wait(60)
-    b = threading.Thread(target=second)
-    b.start()
-    b.join(60)
-    release.set()
-    a.join(60)
+    _while_held(first, second, started, release, 60)
     assert isinstance(results["second"], lock.FolderLocked)
     _, history = results["first"]
     saved = funcvae.load(tmp_path / funcvae.CHECKPOINT_FILE, model=params.model)

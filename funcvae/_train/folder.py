@@ -77,7 +77,7 @@ def _besides_code(now: dict, saved) -> bool:
     """Whether two descriptions of a model differ in more than its functions' names and code."""
     if not (isinstance(saved, dict) and "custom" in saved and "custom" in now):
         return True
-    rest = [{k: v for k, v in d["custom"].items() if k not in ("init", "encode", "decode", "code")}
+    rest = [{k: v for k, v in d["custom"].items() if k not in ("init", "encode", "decode", "code", "qualnames")}
             for d in (now, saved)]
     return rest[0] != rest[1]
 
@@ -112,7 +112,8 @@ def start(fresh: Checkpoint, ckpt: Path | None, resume: bool, prints: dict | Non
     saved = state.config.get("model")
     if isinstance(saved, dict) and "code" not in saved.get("custom", {"code": None}):
         # written before code digests were recorded: its model is compared by names and facts alone
-        prints = {**prints, "model": {"custom": {k: v for k, v in prints["model"]["custom"].items() if k != "code"}}}
+        prints = {**prints, "model": {"custom": {k: v for k, v in prints["model"]["custom"].items()
+                                                 if k not in ("code", "qualnames")}}}
     mismatch = {k: (v, state.config.get(k)) for k, v in prints.items() if state.config.get(k) != v}
     if accept_changed_code and "model" in mismatch and not _besides_code(*mismatch["model"]):
         del mismatch["model"]
