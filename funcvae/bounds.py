@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from funcvae import objectives
-from funcvae.model import Params, examples_of
+from funcvae.model import Params
+from funcvae.contract import examples_of
 from funcvae.rng import generator
 from funcvae.checks import check_int, check_nonnegative
 

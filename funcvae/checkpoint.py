@@ -23,7 +23,8 @@ from torch import Tensor
 from funcvae import models
 from funcvae._runtime import records
 from funcvae._runtime.files import from_json, read, verify, write
-from funcvae.model import Model, Params, check_keys, check_params, leaves_by_path, paths_and_leaves, stack_size
+from funcvae.model import Model, Params, check_keys, leaves_by_path, paths_and_leaves
+from funcvae.contract import check_params, stack_size
 from funcvae.step import TrainState
 
 _MODEL_KEY = "funcvae_model"

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from funcvae.model import Params, check_params, examples_of, some_leaf
+from funcvae.model import Params, some_leaf
+from funcvae.contract import check_params, examples_of
 
 
 def encode(params: Params, x, *, scale: float | None = None) -> tuple[Tensor, Tensor]:

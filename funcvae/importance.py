@@ -25,7 +25,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from funcvae import distributions as D
-from funcvae.model import Params, examples_of
+from funcvae.model import Params
+from funcvae.contract import examples_of
 from funcvae.rng import derive_seed, generator
 from funcvae.checks import check_int
 

@@ -19,7 +19,8 @@ from torch.func import vmap
 
 from funcvae import distributions as D
 from funcvae import models
-from funcvae.model import Params, check_params
+from funcvae.model import Params
+from funcvae.contract import check_params
 from funcvae.rng import generator
 from funcvae.checks import check_int, check_positive
 

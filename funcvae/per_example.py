@@ -13,7 +13,8 @@ from torch.func import grad, vmap
 
 from funcvae import objectives
 from funcvae._runtime.compiling import compile_step
-from funcvae.model import Params, examples_of, with_matmul_dtype
+from funcvae.model import Params, with_matmul_dtype
+from funcvae.contract import examples_of
 from funcvae.rng import generator
 from funcvae.checks import check_int, check_nonnegative
 

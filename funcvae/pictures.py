@@ -18,7 +18,8 @@ from torchvision.utils import save_image
 
 from funcvae.codec import decode, encode
 from funcvae.diagnostics import active_units
-from funcvae.model import Params, check_params, examples_of, some_leaf
+from funcvae.model import Params, some_leaf
+from funcvae.contract import check_params, examples_of
 from funcvae.rng import generator
 from funcvae.checks import check_int, check_positive
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import optree
 import torch
 
-from funcvae.model import Params, check_params, stack_size
+from funcvae.model import Params
+from funcvae.contract import check_params, stack_size
 
 
 def stack(models: Iterable[Params]) -> Params:

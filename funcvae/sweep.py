@@ -20,7 +20,8 @@ from funcvae import quality
 from funcvae._moved import renamed_keyword
 from funcvae.diagnostics import active_units
 from funcvae.bounds import elbo
-from funcvae.model import Params, check_params, some_leaf
+from funcvae.model import Params, some_leaf
+from funcvae.contract import check_params
 from funcvae.pictures import figure
 from funcvae.stacks import stack, unstack
 from funcvae.train import fit

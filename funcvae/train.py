@@ -23,7 +23,8 @@ from funcvae.config import FitConfig, per_model, steps_per_epoch
 from funcvae.data import held_out
 from funcvae.distributions import check_support
 from funcvae._runtime.interrupt import Interrupted, deferred_signals
-from funcvae.model import Params, some_leaf, stack_size
+from funcvae.model import Params, some_leaf
+from funcvae.contract import stack_size
 from funcvae.step import TrainState, init_state, make_train_step
 from funcvae._runtime.threads import shared_cores
 from funcvae.inputs import as_examples, as_levels, check_values

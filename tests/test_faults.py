@@ -138,4 +138,4 @@ def test_damaged_checkpoints_load_or_fail_with_a_value_error(tmp_path_factory, c
     except ValueError as e:
         assert str(damaged) in str(e)
     else:
-        assert funcvae.model.stack_size(state.params) is None
+        assert funcvae.contract.stack_size(state.params) is None

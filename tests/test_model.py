@@ -9,7 +9,7 @@ import torch
 
 import funcvae
 from funcvae import nn
-from funcvae.model import check_params, structure
+from funcvae.contract import check_params, structure
 from funcvae.models import ModelSpec
 
 Z = 5.0

@@ -9,7 +9,7 @@ import funcvae
 def test_stack_and_unstack_round_trip():
     models = [funcvae.init(seed=s, hidden=(8,), latent=2) for s in range(3)]
     stacked = funcvae.stack(models)
-    assert funcvae.model.stack_size(stacked) == 3
+    assert funcvae.contract.stack_size(stacked) == 3
     for a, b in zip(models, funcvae.unstack(stacked)):
         assert all(torch.equal(a.tree["decoder"]["out"][k], b.tree["decoder"]["out"][k]) for k in ("kernel", "bias"))
 
@@ -28,7 +28,7 @@ def test_a_stack_of_a_users_model_with_a_vamp_prior_round_trips():
     model = funcvae.Model(init=init, encode=encode, decode=decode, latent=3, prior=funcvae.priors.vamp(4))
     models = [model.init(seed=s) for s in range(2)]
     stacked = funcvae.stack(models)
-    assert stacked.model is model and funcvae.model.stack_size(stacked) == 2
+    assert stacked.model is model and funcvae.contract.stack_size(stacked) == 2
     assert stacked.tree["prior"]["pseudo_inputs"].shape == (2, 4, 784)
     for a, b in zip(models, funcvae.unstack(stacked)):
         la, lb = funcvae.leaves_by_path(a), funcvae.leaves_by_path(b)

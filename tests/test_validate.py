@@ -679,7 +679,7 @@ def test_a_meta_leaf_is_refused_by_name(params, no_work, entry, path):
 
 def test_meta_params_are_refused_by_check_params_and_stack_size(params):
     meta = funcvae.Params(params.model, optree.tree_map(lambda t: t.to("meta"), params.tree))
-    for check in (funcvae.model.check_params, funcvae.model.stack_size):
+    for check in (funcvae.contract.check_params, funcvae.contract.stack_size):
         with pytest.raises(ValueError, match=r"^param \S+ is on the meta device \(no values\)"):
             check(meta)
 

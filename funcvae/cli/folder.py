@@ -12,7 +12,7 @@ import funcvae
 from funcvae._runtime import records
 from funcvae.cli.options import LEGACY_FIT
 from funcvae.shorthand import OBJECTIVES, OPTIMIZERS
-from funcvae.model import stack_size
+from funcvae.contract import stack_size
 
 CONFIG, HISTORY, PARAMS = "config.json", "history.jsonl", "params.safetensors"
 

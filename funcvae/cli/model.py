@@ -11,7 +11,7 @@ from pathlib import Path
 
 import funcvae
 from funcvae.cli.folder import RunError
-from funcvae.model import structure
+from funcvae.contract import structure
 
 #: The options that describe a built-in model (refused with --model, whose file says all that).
 BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "prior", "pseudo_inputs")

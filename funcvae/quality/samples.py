@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from funcvae.codec import decode, encode
-from funcvae.model import Params, check_params, examples_of, some_leaf
+from funcvae.model import Params, some_leaf
+from funcvae.contract import check_params, examples_of
 from funcvae._moved import renamed_keyword
 from funcvae.quality import metrics
 from funcvae.quality import network as networks
