@@ -301,8 +301,8 @@ def _model_of(described, model: Model | None, path: Path, reader: str = "load_pa
     if model is not None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a funcvae.Model, got {type(model).__name__}")
-        mine = json.loads(json.dumps(describe(model)))  # as it reads back (tuples become lists)
-        if "spec" in described and "spec" in mine and described["spec"] != mine["spec"]:
+        mine = None if model.spec is None else json.loads(json.dumps(model.spec.to_dict()))  # as it reads back
+        if "spec" in described and mine is not None and described["spec"] != mine:
             raise ValueError(f"{path} holds a {described['spec']} model, not {model}")
         saved, given = _described_facts(described, path), _facts(model)
         differ = {k: (saved[k], given[k]) for k in saved if saved[k] != given[k]}
@@ -331,13 +331,27 @@ def code_changes(saved: dict, now: dict) -> list[str]:
     """What differs between two descriptions (``describe``) of a user's model: its functions (by qualified
     name, wherever their module was imported from: a script's ``__main__`` is the same code imported) and the
     digest of their code. A file written before digests were recorded is not compared."""
-    if "custom" not in saved or "custom" not in now or "code" not in saved["custom"]:
+    if not (code_recorded(saved) and code_recorded(now)):
         return []
     old, new = saved["custom"], now["custom"]
     changed = [f"{role}: file {a!r}, now {b!r}" for role, a, b in zip(("init", "encode", "decode"),
                                                                         old.get("qualnames") or [None] * 3,
                                                                         new["qualnames"]) if a != b]
     return changed + (["the files defining its functions"] if old["code"] != new["code"] else [])
+
+
+def code_recorded(described) -> bool:
+    """Whether a model description (``describe``) records the digest of a user's model's code."""
+    return isinstance(described, dict) and "code" in described.get("custom", {})
+
+
+def without_code(described, names: bool = True):
+    """A model description (``describe``) without what identifies a user's model's code: the digest, and with
+    ``names`` its functions' names (``code_changes`` compares those); a built-in's as it is."""
+    if not (isinstance(described, dict) and isinstance(described.get("custom"), dict)):
+        return described
+    code = ("code", "qualnames") + (("init", "encode", "decode") if names else ())
+    return {**described, "custom": {k: v for k, v in described["custom"].items() if k not in code}}
 
 
 def _built_in(spec, path: Path) -> Model:

@@ -212,8 +212,9 @@ def test_keys_a_path_cannot_hold_are_refused_naming_them(key):
         funcvae.elbo(funcvae.Params(params.model, tree), torch.rand(2, 784), seed=0)
 
 
-def _module_model(folder, body: str) -> funcvae.Model:
-    """The model ``model`` of a model file written in ``folder`` with ``body`` as its encode's last line."""
+def _module_model(folder, body: str, module: str | None = None) -> funcvae.Model:
+    """The model ``model`` of a model file written in ``folder`` with ``body`` as its encode's last line,
+    imported as ``module``."""
     import importlib.util
     path = folder / "vae.py"
     path.write_text("import torch\nimport funcvae\n\n"
@@ -227,7 +228,7 @@ def _module_model(folder, body: str) -> funcvae.Model:
                     "    return z @ t['d']['w']\n\n"
                     "model = funcvae.Model(init=init, encode=encode, decode=decode, likelihood='bernoulli',\n"
                     "                      input_shape=(1, 28, 28), latent=2)\n")
-    spec = importlib.util.spec_from_file_location(f"vae_{abs(hash(body))}", path)
+    spec = importlib.util.spec_from_file_location(module or f"vae_{abs(hash(body))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.model
@@ -369,3 +370,15 @@ def test_a_step_that_cannot_be_one_graph_runs_eagerly_naming_the_line(capsys):
         compiled, _ = run("aot_eager")
     assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(compiled.tree),
                                                  torch.utils._pytree.tree_leaves(eager.tree)))
+
+
+def test_the_same_code_imported_under_another_name_resumes_and_loads(tmp_path):
+    # A script saves as __main__, a notebook imports it: the same code, another module name.
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+    written = _module_model(tmp_path, "return h[:2], h[2:]", module="written_as")
+    funcvae.fit(written.init(0), x, epochs=1, batch_size=32, compile=False, progress=False,
+                checkpoint_dir=tmp_path / "run")
+    again = _module_model(tmp_path, "return h[:2], h[2:]", module="read_as")
+    _, history = funcvae.fit(again.init(0), x, epochs=2, batch_size=32, compile=False, progress=False,
+                             checkpoint_dir=tmp_path / "run", resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]

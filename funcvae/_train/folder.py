@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from funcvae._runtime import distributed, lock
-from funcvae.checkpoint import Checkpoint, describe, load, restore, save
+from funcvae.checkpoint import Checkpoint, code_recorded, describe, load, restore, save, without_code
 from funcvae.config import FitConfig
 from funcvae.model import Model
 from funcvae.step import STATS
@@ -73,15 +73,6 @@ def fingerprint(model: Model, stack: int | None, seeds: list, config: FitConfig,
     return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
 
 
-def _besides_code(now: dict, saved) -> bool:
-    """Whether two descriptions of a model differ in more than its functions' names and code."""
-    if not (isinstance(saved, dict) and "custom" in saved and "custom" in now):
-        return True
-    rest = [{k: v for k, v in d["custom"].items() if k not in ("init", "encode", "decode", "code", "qualnames")}
-            for d in (now, saved)]
-    return rest[0] != rest[1]
-
-
 def data_fingerprint(x: Tensor, scale: int | float | None, dtype: torch.dtype) -> dict:
     """Shape, dtype and the SHA-256 of the bytes of the data as the model sees them (after conversion and
     scaling): any change to any value, or to the order of the examples, is another digest. uint8 levels are
@@ -109,14 +100,13 @@ def start(fresh: Checkpoint, ckpt: Path | None, resume: bool, prints: dict | Non
     if not (resume and ckpt.is_file()):
         return fresh
     state = load(ckpt, device=device, model=fresh.model, accept_changed_code=accept_changed_code)
-    saved = state.config.get("model")
-    if isinstance(saved, dict) and "code" not in saved.get("custom", {"code": None}):
-        # written before code digests were recorded: its model is compared by names and facts alone
-        prints = {**prints, "model": {"custom": {k: v for k, v in prints["model"]["custom"].items()
-                                                 if k not in ("code", "qualnames")}}}
-    mismatch = {k: (v, state.config.get(k)) for k, v in prints.items() if state.config.get(k) != v}
-    if accept_changed_code and "model" in mismatch and not _besides_code(*mismatch["model"]):
-        del mismatch["model"]
+    # load compared the code that wrote the checkpoint with this run's (or was told to accept other code):
+    # the model's description must agree in everything else. A checkpoint written before code digests were
+    # recorded is compared by its functions' names too.
+    names = accept_changed_code or code_recorded(state.config.get("model"))
+    recorded = {**state.config, "model": without_code(state.config.get("model"), names)}
+    prints = {**prints, "model": without_code(prints["model"], names)}
+    mismatch = {k: (v, recorded.get(k)) for k, v in prints.items() if recorded.get(k) != v}
     if mismatch:
         diffs = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in mismatch.items())
         raise ValueError(f"cannot resume from {ckpt}: it was made with other settings or data ({diffs})")
