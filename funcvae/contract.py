@@ -15,8 +15,7 @@ from torch import Tensor
 
 from funcvae import likelihoods
 from funcvae.inputs import as_examples
-from funcvae.model import (PARAM_DTYPES, Model, Params, check_keys, describe_value, leaves_by_path, paths_and_leaves,
-                           some_leaf)
+from funcvae.model import PARAM_DTYPES, Model, Params, check_keys, describe_value, leaves_by_path, some_leaf
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,31 +32,32 @@ def structure(model: Model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     if again.keys() != leaves.keys() or not all(torch.equal(again[p], t) for p, t in leaves.items()):
         raise ValueError("the model's init gave other params for the same seed: it must draw every random number "
                          "from the generator it is given (torch.randn(..., generator=gen)), not torch's global one")
+    dtype = some_leaf(params).dtype
     with torch.no_grad():
         x = torch.zeros(model.features)
-        _check_encoded(model, model.encode(params.tree, x))
-        _check_decoded(model, model.decode(params.tree, torch.zeros(model.latent)))
-        _check_batched(model, params)
+        _check_encoded(model, model.encode(params.tree, x), dtype)
+        _check_decoded(model, model.decode(params.tree, torch.zeros(model.latent)), dtype)
+        _check_batched(model, params.tree, leaves)
     return {path: (tuple(t.shape), t.dtype) for path, t in leaves.items()}
 
 
-def _check_encoded(model: Model, out) -> None:
+def _check_encoded(model: Model, out, dtype: torch.dtype) -> None:
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
         raise ValueError(f"the model's encode must return (mean, logvar), got {describe_value(out)}")
     for name, t in zip(("mean", "logvar"), out):
         if tuple(t.shape) != (model.latent,):
             raise ValueError(f"the model's encode returned a {name} of shape {tuple(t.shape)} for one example "
                              f"of shape ({model.features},); expected ({model.latent},) (latent={model.latent})")
-        _check_float("encode", name, t)
+        _check_float("encode", name, t, dtype)
 
 
-def _check_float(fn: str, name: str, t: Tensor, dtype: torch.dtype = torch.float32) -> None:
+def _check_float(fn: str, name: str, t: Tensor, dtype: torch.dtype) -> None:
     if t.dtype != dtype:
         raise TypeError(f"the model's {fn} returned a {name} of dtype {t.dtype} for params of dtype {dtype}; it must "
                         "return floating-point tensors in the params' dtype")
 
 
-def _check_decoded(model: Model, out) -> None:
+def _check_decoded(model: Model, out, dtype: torch.dtype) -> None:
     want = (model.features,)
     learned = isinstance(model.likelihood, likelihoods.Gaussian) and model.likelihood.std is None
     parts = out if learned and isinstance(out, (tuple, list)) and len(out) == 2 else (out,) if not learned else None
@@ -66,26 +66,26 @@ def _check_decoded(model: Model, out) -> None:
         raise ValueError(f"the model's decode must return {expected} for the {model.likelihood} likelihood, got "
                          f"{describe_value(out)}")
     for t in parts:
-        _check_float("decode", "tensor", t)
+        _check_float("decode", "tensor", t, dtype)
 
 
-def _check_batched(model: Model, params: "Params") -> None:
-    """``encode`` and ``decode`` on two examples under vmap, as a step runs them: no writes to the params or
-    the data, no random draws, twice the same values."""
+def _check_batched(model: Model, tree: dict, leaves: dict[str, Tensor]) -> None:
+    """``encode`` and ``decode`` on two examples under vmap, as a step runs them: no writes to the params
+    (``leaves``: ``tree``'s by path) or the data, no random draws, twice the same values."""
     gen = torch.Generator().manual_seed(0)
     x, z = torch.rand(2, model.features, generator=gen), torch.randn(2, model.latent, generator=gen)
-    kept = {path: t.clone() for path, t in paths_and_leaves(params.tree)}
+    kept = {path: t.clone() for path, t in leaves.items()}
     for name, fn, data in (("encode", model.encode, x), ("decode", model.decode, z)):
         before = data.clone()
-        outs = [_under_vmap(name, fn, params.tree, data)]
-        path = next((p for p, t in paths_and_leaves(params.tree) if not torch.equal(t, kept[p])), None)
+        outs = [_under_vmap(name, fn, tree, data)]
+        path = next((p for p, t in leaves.items() if not torch.equal(t, kept[p])), None)
         if path is not None:
             raise ValueError(f"the model's {name} wrote to param {path} in place; the functions must not change "
                              "their inputs (compute a new tensor instead)")
         if not torch.equal(before, data):
             raise ValueError(f"the model's {name} wrote to its input in place (x.clamp_(...), say), which would "
                              "change the caller's data; the functions must compute new tensors instead")
-        outs.append(_under_vmap(name, fn, params.tree, data))
+        outs.append(_under_vmap(name, fn, tree, data))
         if not all(torch.equal(a, b) for a, b in zip(*map(optree.tree_leaves, outs))):
             raise ValueError(f"the model's {name} gave other values for the same input: it must be a pure "
                              "function of the params and its input (the noise comes in as eps)")
