@@ -7,6 +7,7 @@ from the file: a damaged file is refused, naming the file and what is wrong.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -45,10 +46,12 @@ def describe(model: Model) -> dict:
                        "qualnames": [getattr(fn, "__qualname__", type(fn).__qualname__) for fn in functions]}}
 
 
+@functools.lru_cache(maxsize=None)
 def code_digest(model: Model) -> str:
     """SHA-256 of what identifies a user's model's code: the files that define its init, encode and decode
     (so an edit to a helper they call counts too), or where a function has no file (a REPL), its compiled
-    code. Recorded with params and checkpoints, so that other code reading them is refused by default."""
+    code. Recorded with params and checkpoints, so that other code reading them is refused by default. Read
+    once per model and process: the code that runs, not a file edited since, and no reads at every save."""
     digest = hashlib.sha256()
     for fn in (model.init_fn, model.encode, model.decode):
         digest.update(_code_of(fn))
