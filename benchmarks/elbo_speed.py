@@ -7,10 +7,11 @@ whose time is mostly compilation):
 
     python benchmarks/elbo_speed.py --json benchmarks/results/elbo_speed_cpu.json
 
-Options: ``--only step,per-example,stack,batch-sizes,gemm,epoch,contention,mkl-mode,cold-start,memory`` (any subset;
-batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data included),
-``--rounds``, ``--block-ms``, ``--warmup``, ``--child-rounds``, ``--quick``, ``--threads N`` (torch's and JAX's
-CPU threads; default: each library's own), ``--json PATH`` (every figure and sample, the settings and the machine).
+Options: ``--only step,per-example,stack,families,batch-sizes,gemm,epoch,contention,mkl-mode,cold-start,memory``
+(any subset; batch-sizes brings gemm along for its percentages), ``--device cuda`` (everything on the GPU, data
+included), ``--rounds``, ``--block-ms``, ``--warmup``, ``--child-rounds``, ``--quick``, ``--threads N`` (torch's and
+JAX's CPU threads; default: each library's own), ``--json PATH`` (every figure and sample, the settings and the
+machine).
 JAX is optional (``pip install jax``); without it the JAX rows say "jax not installed".
 
 Model: the MLP VAE 784-400-20, ReLU, Bernoulli decoder (logits l, log p = x l - softplus(l)), analytic KL,
@@ -40,6 +41,13 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                8 calls of the compiled single-model step (reference), which is what 8 separate fits pay per
                step (one model's chain called 8 times: no two live states share a compiled graph, which
                CUDA graphs would not allow).
+  families     one training step at batch 128 of two built-in families against their ``nn.Module`` twins
+               (``twins.py``, the same initial weights and inputs): ``models.ladder()`` (hidden 512-256, latents
+               64-32) and ``models.mlp(posterior="iaf")`` (784-400-20, 2 IAF steps, MADE width 400); per family
+               the twin's eager step (reference: forward loss, backward, ``torch.optim.Adam``), the same with the
+               twin's forward and backward through ``torch.compile``, and funcvae's step
+               (``make_train_step(model, objectives.elbo(), optim.adam(1e-3))``, no guard) eager and compiled as in
+               step. Ratios only, no target.
   batch-sizes  the compiled step (fp32 and with bf16 products) and the baseline at batch 32, 128, 512, 1024,
                4096; ratios per batch size, examples/s, GFLOP/s and GFLOP/s as a percentage of the peak GEMM
                rate of the row's product dtype.
@@ -117,14 +125,15 @@ import fit_speed  # noqa: E402
 import funcvae  # noqa: E402
 from baseline_vae import ClassicVAE, machine  # noqa: E402
 from funcvae import objectives  # noqa: E402
-from funcvae._runtime.compiling import compile_backend, compile_step  # noqa: E402
+from funcvae._runtime.compiling import compile_backend, compile_mode, compile_step  # noqa: E402
 from funcvae.config import steps_per_epoch  # noqa: E402
 from funcvae.optim import adam, apply_if_finite  # noqa: E402
 from funcvae.per_example import example_grads  # noqa: E402
 from funcvae.step import Batch, init_state, make_train_step, stacked  # noqa: E402
+from twins import IAFTwin, LadderTwin, load_tree  # noqa: E402
 
-SECTIONS = ("step", "per-example", "stack", "batch-sizes", "gemm", "epoch", "contention", "mkl-mode", "cold-start",
-            "memory")
+SECTIONS = ("step", "per-example", "stack", "families", "batch-sizes", "gemm", "epoch", "contention", "mkl-mode",
+            "cold-start", "memory")
 BATCH_SIZES = (32, 128, 512, 1024, 4096)
 LR, B1, B2, ADAM_EPS = 1e-3, 0.9, 0.999, 1e-8
 N_MODELS = 8
@@ -259,12 +268,13 @@ def syncer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def batch_data(batch: int, device: torch.device, models: int | None = None, seed: int = 0):
-    """A fixed batch: x uniform in [0, 1], eps standard normal (K = 1), beta 1, weights 1 (no padding)."""
+def batch_data(batch: int, device: torch.device, models: int | None = None, seed: int = 0, noise: int = LATENT):
+    """A fixed batch: x uniform in [0, 1], eps standard normal (K = 1, ``noise`` numbers), beta 1, weights 1 (no
+    padding)."""
     g = torch.Generator().manual_seed(seed)
     lead = (batch,) if models is None else (models, batch)
     x = torch.rand(*lead, 784, generator=g).to(device)
-    eps = torch.randn(*lead, 1, LATENT, generator=g).to(device)
+    eps = torch.randn(*lead, 1, noise, generator=g).to(device)
     beta = torch.ones(() if models is None else (models,), device=device)
     return x, eps, beta, torch.ones(batch, device=device)
 
@@ -331,6 +341,46 @@ def stacked_variant(device: torch.device) -> Variant:
     settle = chain.own_memory if device.type == "cuda" else (lambda: None)
     return Variant(f"stacked compiled step, {N_MODELS} models", chain, syncer(device), settle,
                    flops=N_MODELS * step_flops(128), examples=N_MODELS * 128, compiled=True, batch=128)
+
+
+def families() -> list[tuple[str, funcvae.Model, Callable[[], torch.nn.Module]]]:
+    """The built-in families timed against their ``nn.Module`` twins: (label, model, a maker of its twin of the
+    same sizes)."""
+    return [("ladder", funcvae.models.ladder(hidden=(512, 256), latents=(64, 32)),
+             partial(LadderTwin, hidden=(512, 256), latents=(64, 32))),
+            ("IAF", funcvae.models.mlp(posterior="iaf", hidden=(400,), latent=20, flow_steps=2),
+             partial(IAFTwin, width=400, latent=20, steps=2, made_hidden=400))]  # funcvae's MADE width: hidden[-1]
+
+
+def twin_variant(model: funcvae.Model, make_twin: Callable, batch: int, device: torch.device, compiled: bool,
+                 name: str) -> Variant:
+    """A twin's step from ``model``'s initial params: its forward loss (mean over the batch), backward,
+    ``torch.optim.Adam``; ``compiled``: the forward, and with it the backward, through ``torch.compile``."""
+    twin = load_tree(make_twin().to(device), model.init(0, device=device).tree)
+    opt = torch.optim.Adam(twin.parameters(), lr=LR)
+    x, eps, _, _ = batch_data(batch, device, noise=model.noise_size)
+    eps = model.split(eps[:, 0])
+    backend = compile_backend(True, device) if compiled else None
+    loss = twin if backend is None else torch.compile(twin, backend=backend, mode=compile_mode(backend, device),
+                                                      fullgraph=True, dynamic=False)
+
+    def call():
+        opt.zero_grad()
+        loss(x, eps).backward()
+        opt.step()
+    return Variant(name, call, syncer(device), examples=batch, compiled=backend is not None, batch=batch)
+
+
+def family_variant(model: funcvae.Model, batch: int, device: torch.device, compiled: bool, name: str) -> Variant:
+    """funcvae's step of ``model`` (ELBO, plain Adam), eager or through ``compile_step`` as in funcvae_variant."""
+    objective, optimizer = objectives.elbo(), adam(LR)
+    step = make_train_step(model, objective, optimizer)
+    run = compile_step(step, device, True, key=step.key) if compiled else step
+    x, eps, _, weights = batch_data(batch, device, noise=model.noise_size)
+    chain = Chain(run, (init_state(model.init(0, device=device), objective, optimizer),), (Batch(x, eps, weights),),
+                  keep=1)
+    settle = chain.own_memory if compiled and device.type == "cuda" else (lambda: None)
+    return Variant(name, chain, syncer(device), settle, examples=batch, compiled=compiled, batch=batch)
 
 
 def _one_loss(params: funcvae.Params, x: Tensor, eps: Tensor, beta: Tensor):
@@ -488,6 +538,23 @@ def run_stack(cfg: Settings, jax, why_no_jax: str | None) -> dict:
                    [f"sequential: the compiled single-model step called {N_MODELS} times (8 separate fits)"])
 
 
+def run_families(cfg: Settings, jax, why_no_jax: str | None) -> dict:
+    variants = []
+    for label, model, make_twin in families():
+        ref = twin_variant(model, make_twin, 128, cfg.device, False, f"{label} nn.Module eager")
+        others = [twin_variant(model, make_twin, 128, cfg.device, True, f"{label} nn.Module compiled"),
+                  family_variant(model, 128, cfg.device, False, f"{label} funcvae eager"),
+                  family_variant(model, 128, cfg.device, True, f"{label} funcvae compiled")]
+        for v in others:
+            v.ref = ref.name
+        variants += [ref, *others]
+    measure(variants, cfg)
+    return section("families: Ladder VAE (512-256, 64-32) and IAF MLP (784-400-20, 2 steps), batch 128, fp32, "
+                   "loss + gradients + Adam; ratio vs its nn.Module twin, eager", variants,
+                   ["nn.Module compiled: the twin's forward and backward through torch.compile, Adam eager; "
+                    "funcvae: plain Adam, no non-finite guard"])
+
+
 def run_batch_sizes(cfg: Settings, jax, why_no_jax: str | None) -> dict:
     variants = []
     for b in cfg.batch_sizes:
@@ -596,8 +663,8 @@ def run_memory(cfg: Settings, jax, why_no_jax: str | None) -> dict:
             "kind": "memory"}
 
 
-RUNNERS = {"step": run_step, "per-example": run_per_example, "stack": run_stack, "gemm": run_gemm,
-           "batch-sizes": run_batch_sizes,  # gemm before batch-sizes: its percentages need the peak
+RUNNERS = {"step": run_step, "per-example": run_per_example, "stack": run_stack, "families": run_families,
+           "gemm": run_gemm, "batch-sizes": run_batch_sizes,  # gemm before batch-sizes: its percentages need the peak
            "epoch": run_epoch, "contention": run_contention, "mkl-mode": run_mkl_mode, "cold-start": run_cold_start,
            "memory": run_memory}
 

@@ -6,7 +6,8 @@
     params, history = funcvae.fit(params, x_train, epochs=10, seed=0)
     terms = funcvae.elbo(params, x_train[:100], seed=1) # per-example recon, kl, loss in nats
 
-A model of your own is ``funcvae.Model(init=..., encode=..., decode=..., ...)``: see ``funcvae.model``.
+A model of your own is ``funcvae.Model(init=..., posterior=..., decode=..., prior=..., latent=...)`` (or
+``encode=`` for a diagonal Gaussian posterior): see ``funcvae.model`` and docs/models.md.
 """
 
 from funcvae._runtime.gemm import reproducible_mkl as _reproducible_mkl
@@ -18,6 +19,7 @@ from funcvae import _moved
 from funcvae.model import Model, Params, leaves_by_path
 from funcvae.models import ModelSpec, init
 from funcvae.codec import decode, encode
+from funcvae.sampling import sample
 # Bounds on log p(x), per example, in nats.
 from funcvae.bounds import elbo
 from funcvae.importance import iwae
@@ -34,12 +36,12 @@ from funcvae.per_example import gradient_snr, per_example_grads
 # Files.
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
 # The building blocks, by concern.
-from funcvae import (data, diagnostics, distributions, likelihoods, models, nn, objectives, optim, priors, quality,
-                     schedules, shorthand)
+from funcvae import (data, diagnostics, distributions, flows, ladder, likelihoods, models, nn, objectives, optim,
+                     priors, quality, schedules, shorthand)
 
 __all__ = [
     # a model
-    "Model", "Params", "ModelSpec", "init", "encode", "decode", "leaves_by_path",
+    "Model", "Params", "ModelSpec", "init", "encode", "decode", "sample", "leaves_by_path",
     # bounds
     "elbo", "iwae",
     # training
@@ -50,7 +52,8 @@ __all__ = [
     # files
     "save_params", "load_params", "save", "load", "Checkpoint",
     # building blocks
-    "nn", "models", "likelihoods", "priors", "distributions", "objectives", "optim", "schedules", "shorthand",
+    "nn", "models", "flows", "ladder", "likelihoods", "priors", "distributions", "objectives", "optim", "schedules",
+    "shorthand",
     "data", "diagnostics", "quality",
 ]
 __getattr__ = _moved.module_getattr(__name__, {old.removeprefix("funcvae."): new for old, new in _moved.MODULES.items()})

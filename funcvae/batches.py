@@ -10,12 +10,13 @@ from funcvae.pixels import level_values, pixel_values
 
 def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int, binarize: str | None, *,
                   samples: int = 1, start: int = 0, rng_state: Tensor | None = None, shard: tuple[int, int] = (0, 1),
-                  scale: int | float | None = None, dtype: torch.dtype | None = None):
-    """Yield one epoch's batches ``(x, eps, weights)`` of static shapes.
+                  scale: int | float | None = None, dtype: torch.dtype | None = None, context: Tensor | None = None):
+    """Yield one epoch's batches ``(x, eps, weights, context)`` of static shapes.
 
     The order is the generator's first draw; then, per batch, the binarisation (``binarize="dynamic"``)
-    and the noise eps (B, samples, latent). The last batch is zero-padded and its padding rows weighted 0, so no
-    example is dropped or counted twice.
+    and the noise eps (B, samples, latent), ``latent`` the model's noise size. The last batch is zero-padded
+    and its padding rows weighted 0, so no example is dropped or counted twice. ``context``: (N, K), a
+    conditional model's, batched with its examples (None: the batches' context is None).
 
     Args:
       x: (N, features) floats, or uint8 pixel levels (``inputs.as_levels``), which the batches keep (a
@@ -43,22 +44,24 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
             xb = torch.bernoulli(xb if levels is None else pixel_values(xb, levels), generator=gen)
         eps = torch.randn(idx.numel(), samples, latent, generator=gen, device=x.device, dtype=dtype)
         weights = full if idx.numel() == batch_size else pad_rows(full[:idx.numel()], batch_size)
-        yield pad_rows(xb, batch_size)[rows], pad_rows(eps, batch_size)[rows], weights[rows]
+        cb = None if context is None else pad_rows(context.index_select(0, idx), batch_size)[rows]
+        yield pad_rows(xb, batch_size)[rows], pad_rows(eps, batch_size)[rows], weights[rows], cb
 
 
 def model_batches(x: Tensor, batch_size: int, gens: list, latent: int, binarize: str | None, stacked: bool, *,
                   samples: int = 1, start: int = 0, rng_states: list | None = None, shard: tuple[int, int] = (0, 1),
-                  scale: int | float | None = None, dtype: torch.dtype | None = None):
+                  scale: int | float | None = None, dtype: torch.dtype | None = None, context: Tensor | None = None):
     """Each model's batches from its own generator; for a stack, stacked along a new leading dimension."""
     states = rng_states if rng_states is not None else [None] * len(gens)
     streams = [epoch_batches(x, batch_size, g, latent, binarize, samples=samples, start=start, rng_state=s, shard=shard,
-                             scale=scale, dtype=dtype) for g, s in zip(gens, states)]
+                             scale=scale, dtype=dtype, context=context) for g, s in zip(gens, states)]
     for per_model in zip(*streams):
         if not stacked:
             yield per_model[0]
         else:
-            xs, eps, weights = zip(*per_model)
-            yield torch.stack(xs), torch.stack(eps), torch.stack(weights)
+            xs, eps, weights, cs = zip(*per_model)
+            yield (torch.stack(xs), torch.stack(eps), torch.stack(weights),
+                   None if context is None else torch.stack(cs))
 
 
 def pad_rows(t: Tensor, rows: int) -> Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from funcvae import objectives
 from funcvae.model import Params
-from funcvae.contract import examples_of
+from funcvae.context import examples_and_context
 from funcvae.rng import generator
 from funcvae.checks import check_int, check_nonnegative
 
@@ -21,7 +21,7 @@ TERMS = ("recon", "kl", "loss")
 
 
 def elbo(params: Params, x, *, seed: int, k: int = 1, beta: float = 1.0, scale: float | None = None,
-         chunk_size: int = 1024) -> dict[str, Tensor]:
+         chunk_size: int = 1024, context=None) -> dict[str, Tensor]:
     """Per-example ELBO terms of ``x`` under ``params``.
 
     Args:
@@ -33,29 +33,35 @@ def elbo(params: Params, x, *, seed: int, k: int = 1, beta: float = 1.0, scale: 
       scale: divide integer pixel data by this (e.g. 255).
       chunk_size: examples evaluated at once; bounds the network's memory and changes the numbers by
         float rounding only (the noise is the same).
+      context: a conditional model's context, (N,) integer labels or (N, K) vectors (or the labels of a
+        labelled dataset ``x``): the terms are then those of log p(x | context).
 
     Returns:
-      ``{"recon", "kl", "loss"}``, each (N,) in nats per example; ``loss`` = -ELBO at beta = 1.
+      ``{"recon", "kl", "loss"}``, each (N,) in nats per example; ``loss`` = -ELBO at beta = 1. A model whose
+      densities come per latent group adds ``"kl_groups"``, (N, groups) in the order of ``model.groups``.
     """
     check_int("k", k)
     check_int("chunk_size", chunk_size)
     check_nonnegative("beta", beta)
-    x = examples_of(params, x, scale=scale, name="data")
-    return evaluate(params, x, generator(seed, "elbo", device=x.device), k=k, beta=beta, chunk_size=chunk_size)
+    x, c = examples_and_context(params, x, context, scale=scale, name="data")
+    return evaluate(params, x, generator(seed, "elbo", device=x.device), k=k, beta=beta, chunk_size=chunk_size, c=c)
 
 
 def evaluate(params: Params, x: Tensor, gen: torch.Generator, *, k: int = 1, beta: float = 1.0,
-             chunk_size: int = 1024) -> dict[str, Tensor]:
-    """``elbo`` on validated (N, F) data with noise from ``gen``, in chunks; no input checks."""
-    # All noise is drawn first (N * k * latent numbers), so the chunking cannot change a single draw.
-    eps = torch.randn(x.shape[0], k, params.model.latent, generator=gen, device=x.device, dtype=x.dtype)
+             chunk_size: int = 1024, c: Tensor | None = None) -> dict[str, Tensor]:
+    """``elbo`` on validated (N, F) data (context (N, K) or None) with noise from ``gen``, in chunks; no
+    input checks."""
+    # All noise is drawn first (N * k * noise_size numbers), so the chunking cannot change a single draw.
+    eps = torch.randn(x.shape[0], k, params.model.noise_size, generator=gen, device=x.device, dtype=x.dtype)
     objective = objectives.elbo(beta, samples=k)
     numbers = objective.schedule({name: v.to(x.device) for name, v in objective.init().items()}, None, x.dtype)
-    chunks = {name: [] for name in TERMS}
+    names = TERMS + (("kl_groups",) if objectives.kl_groups(params.model) else ())
+    chunks = {name: [] for name in names}
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk_size):
             stop = start + chunk_size
-            terms = objectives.batch_terms(params, x[start:stop], eps[start:stop], numbers, objective)
-            for name in TERMS:
+            terms = objectives.batch_terms(params, x[start:stop], eps[start:stop], numbers, objective,
+                                           None if c is None else c[start:stop])
+            for name in names:
                 chunks[name].append(terms[name])
     return {name: torch.cat(values) for name, values in chunks.items()}

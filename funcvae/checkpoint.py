@@ -32,28 +32,40 @@ _MODEL_KEY = "funcvae_model"
 _STATE_KEY = "funcvae_state"
 _FORMAT = "funcvae-checkpoint-3"
 _TREE_KEY = "funcvae_tree"  # the params tree's dicts, in order, empty ones included (leaves: null)
-_FACTS = ("likelihood", "prior", "input_shape", "latent")
+_FACTS = ("likelihood", "prior", "input_shape", "latent", "context")
+#: The roles of a user's model's functions, as its description names them (a model has encode or posterior).
+_ROLES = ("init", "encode", "posterior", "decode", "prior_log_prob", "prior_sample")
 
 
 def describe(model: Model) -> dict:
     """What a file records of its model: the built-in spec (enough to rebuild it), or for a user's model its
-    likelihood, prior, shapes and the names of its functions (to name a mismatch, not to rebuild it)."""
+    likelihood, prior, shapes, context and the names of its functions (to name a mismatch, not to rebuild it)."""
     if model.spec is not None:
         return {"spec": model.spec.to_dict()}
-    functions = (model.init_fn, model.encode, model.decode)
-    return {"custom": {"encode": _name(model.encode), "decode": _name(model.decode), "init": _name(model.init_fn),
-                       **_facts(model), "code": code_digest(model),
-                       "qualnames": [getattr(fn, "__qualname__", type(fn).__qualname__) for fn in functions]}}
+    functions = _functions(model)
+    facts = _facts(model)
+    if facts["context"] is None:  # an unconditional model is described as before conditional models were
+        del facts["context"]
+    return {"custom": {**{role: _name(fn) for role, fn in functions.items()}, **facts, "code": code_digest(model),
+                       "qualnames": [getattr(fn, "__qualname__", type(fn).__qualname__) for fn in functions.values()]}}
+
+
+def _functions(model: Model) -> dict:
+    """A user's model's functions by role (``_ROLES``), in that order."""
+    found = {"init": model.init_fn, "encode": model.encode, "posterior": model.posterior, "decode": model.decode,
+             "prior_log_prob": getattr(model.prior, "log_prob_fn", None),
+             "prior_sample": getattr(model.prior, "sample_fn", None)}
+    return {role: fn for role, fn in found.items() if fn is not None}
 
 
 @functools.lru_cache(maxsize=None)
 def code_digest(model: Model) -> str:
-    """SHA-256 of what identifies a user's model's code: the files that define its init, encode and decode
-    (so an edit to a helper they call counts too), or where a function has no file (a REPL), its compiled
-    code. Recorded with params and checkpoints, so that other code reading them is refused by default. Read
-    once per model and process: the code that runs, not a file edited since, and no reads at every save."""
+    """SHA-256 of what identifies a user's model's code: the files that define its functions (so an edit to a
+    helper they call counts too), or where a function has no file (a REPL), its compiled code. Recorded with
+    params and checkpoints, so that other code reading them is refused by default. Read once per model and
+    process: the code that runs, not a file edited since, and no reads at every save."""
     digest = hashlib.sha256()
-    for fn in (model.init_fn, model.encode, model.decode):
+    for fn in _functions(model).values():
         digest.update(_code_of(fn))
     return digest.hexdigest()
 
@@ -71,7 +83,7 @@ def _code_of(fn) -> bytes:
 def _facts(model: Model) -> dict:
     """What a model states besides its functions (``_FACTS``), as JSON values."""
     return {"likelihood": model.likelihood.to_dict(), "prior": model.prior.to_dict(),
-            "input_shape": list(model.input_shape), "latent": model.latent}
+            "input_shape": list(model.input_shape), "latent": model.latent, "context": model.context}
 
 
 def save_params(path: str | os.PathLike, params: Params) -> None:
@@ -204,7 +216,8 @@ def _state_fields(state, tensors: dict, path: Path) -> dict:
                                                 f"{records_!r:.80}")
         for e, record in enumerate(records_):
             if not isinstance(record, dict) or record.get("epoch") != e + 1 or not all(
-                    v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in record.values()):
+                    _number(v) or isinstance(v, dict) and all(_number(u) for u in v.values())
+                    for v in record.values()):  # a dict: a latent group's numbers (kl_groups)
                 raise _field(path, f"history[{m}][{e}]", f"must be epoch {e + 1}'s record of numbers, got "
                                                          f"{record!r:.80}")
     _tensor_field(path, tensors, "count", (torch.int64,))
@@ -296,6 +309,11 @@ def load_params(path: str | os.PathLike, *, model: Model | None = None, device: 
     return _to(device, params)
 
 
+def _number(value) -> bool:
+    """Whether a history value is a number or None."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def _model_of(described, model: Model | None, path: Path, reader: str = "load_params") -> Model:
     """The model a file describes: ``model`` when given (it must be of the same kind), else the built-in
     model its spec rebuilds."""
@@ -315,7 +333,8 @@ def _model_of(described, model: Model | None, path: Path, reader: str = "load_pa
         return model
     if "custom" in described:
         c = described["custom"]
-        raise ValueError(f"{path} holds a user's model (encode={c.get('encode')}, decode={c.get('decode')}); "
+        q = f"encode={c['encode']}" if "encode" in c else f"posterior={c.get('posterior')}"
+        raise ValueError(f"{path} holds a user's model ({q}, decode={c.get('decode')}); "
                          f"pass it: {reader}(path, model=model)")
     return _built_in(described["spec"], path)
 
@@ -337,9 +356,11 @@ def code_changes(saved: dict, now: dict) -> list[str]:
     if not (code_recorded(saved) and code_recorded(now)):
         return []
     old, new = saved["custom"], now["custom"]
-    changed = [f"{role}: file {a!r}, now {b!r}" for role, a, b in zip(("init", "encode", "decode"),
-                                                                        old.get("qualnames") or [None] * 3,
-                                                                        new["qualnames"]) if a != b]
+    roles = [r for r in _ROLES if r in new]
+    was = dict(zip([r for r in _ROLES if r in old], old.get("qualnames") or []))
+    changed = [f"{role}: file {was.get(role)!r}, now {b!r}" for role, b in zip(roles, new["qualnames"])
+               if was.get(role) != b]
+    changed += [f"{role}: file {was[role]!r}, now none" for role in was if role not in roles]
     return changed + (["the files defining its functions"] if old["code"] != new["code"] else [])
 
 
@@ -353,7 +374,7 @@ def without_code(described, names: bool = True):
     ``names`` its functions' names (``code_changes`` compares those); a built-in's as it is."""
     if not (isinstance(described, dict) and isinstance(described.get("custom"), dict)):
         return described
-    code = ("code", "qualnames") + (("init", "encode", "decode") if names else ())
+    code = ("code", "qualnames") + (_ROLES if names else ())
     return {**described, "custom": {k: v for k, v in described["custom"].items() if k not in code}}
 
 
@@ -368,7 +389,7 @@ def _described_facts(described: dict, path: Path) -> dict:
     """The facts (``_facts``) a file's description states: a user's model's as recorded, a built-in's from
     its spec."""
     if "custom" in described:
-        return {k: described["custom"].get(k) for k in _FACTS}
+        return {k: described["custom"].get(k) for k in _FACTS}  # a file of an unconditional model: context None
     return _facts(_built_in(described["spec"], path))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import optree
 import torch
@@ -15,17 +15,27 @@ from torch import Tensor
 
 from funcvae import likelihoods
 from funcvae.inputs import as_examples
-from funcvae.model import PARAM_DTYPES, Model, Params, check_keys, describe_value, leaves_by_path, some_leaf
+from funcvae.model import LOGVAR_RANGE, PARAM_DTYPES, Model, gaussian_log_density, Params, check_keys, describe_value, leaves_by_path, some_leaf
+
+
+class Structure(NamedTuple):
+    """What the model check found: ``leaves`` ``{path: (shape, dtype)}`` of a freshly initialised tree, and
+    ``per_group``: whether its posterior and prior both give log-densities per latent group (so its KL is
+    known per group)."""
+
+    leaves: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    per_group: bool
 
 
 @functools.lru_cache(maxsize=None)
-def structure(model: Model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """``{path: (shape, dtype)}`` of the model's freshly initialised tree, once the model has shown that it
-    keeps the contract, before any work: ``init`` gives the same tree twice for one seed; ``encode`` and
-    ``decode`` return the shapes the likelihood needs in the params' floating dtype for one example, and run
-    as every step runs them (under ``torch.func.vmap``, on two examples) to the same values twice, drawing no
-    random numbers and writing to none of their inputs. Raises ValueError (TypeError for a wrong dtype)
-    naming the broken rule; cached per model (one check per model and process)."""
+def structure(model: Model) -> Structure:
+    """The model's ``Structure``, once the model has shown that it keeps the contract, before any work:
+    ``init`` gives the same tree twice for one seed; the posterior (``encode`` or ``posterior``), the prior and
+    ``decode`` return the structures and shapes the latent, the likelihood and the context say, in the params'
+    floating dtype, for one example; and they run as every step runs them (under ``torch.func.vmap``, on two
+    examples) to the same values twice, drawing no random numbers and writing to none of their inputs. Raises
+    ValueError (TypeError for a wrong dtype) naming the broken rule; cached per model (one check per model and
+    process)."""
     params = model.init(0)
     leaves = leaves_by_path(params)
     again = leaves_by_path(model.init(0))
@@ -33,12 +43,22 @@ def structure(model: Model) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         raise ValueError("the model's init gave other params for the same seed: it must draw every random number "
                          "from the generator it is given (torch.randn(..., generator=gen)), not torch's global one")
     dtype = some_leaf(params).dtype
+    c = None if model.context is None else torch.zeros(model.context, dtype=dtype)
     with torch.no_grad():
-        x = torch.zeros(model.features)
-        _check_encoded(model, model.encode(params.tree, x), dtype)
-        _check_decoded(model, model.decode(params.tree, torch.zeros(model.latent)), dtype)
-        _check_batched(model, params.tree, leaves)
-    return {path: (tuple(t.shape), t.dtype) for path, t in leaves.items()}
+        x, eps = torch.zeros(model.features, dtype=dtype), torch.zeros(model.noise_size, dtype=dtype)
+        if model.gaussian:  # its draw is made from the checked encoding, without running encode again
+            mean, logvar = _check_encoded(model, model.encode(params.tree, x, *model._with(c)), dtype)
+            z, log_q = mean, gaussian_log_density(mean, logvar.clamp(*LOGVAR_RANGE), mean)
+        else:
+            z, log_q = _check_drawn(model, params.tree, x, eps, c, dtype)
+        log_p = _check_density(model, "prior's log_prob", model.log_prior(params.tree, z, c), dtype)
+        if model.prior.name == "custom":
+            _check_latent(model, "prior's sample", model.prior.sample_fn(params.tree, model.split(eps),
+                                                                          *model._with(c)), dtype)
+        _check_decoded(model, _decode(model, params.tree, z, c), dtype)
+        _check_batched(model, params.tree, leaves, dtype)
+    per_group = isinstance(log_q, dict) and isinstance(log_p, dict)
+    return Structure({path: (tuple(t.shape), t.dtype) for path, t in leaves.items()}, per_group)
 
 
 def _check_encoded(model: Model, out, dtype: torch.dtype) -> None:
@@ -49,6 +69,63 @@ def _check_encoded(model: Model, out, dtype: torch.dtype) -> None:
             raise ValueError(f"the model's encode returned a {name} of shape {tuple(t.shape)} for one example "
                              f"of shape ({model.features},); expected ({model.latent},) (latent={model.latent})")
         _check_float("encode", name, t, dtype)
+    return out
+
+
+def _check_drawn(model: Model, tree: dict, x: Tensor, eps: Tensor, c, dtype: torch.dtype):
+    """The posterior's draw (z, log_q) for one example, checked against ``latent``."""
+    out = model.posterior(tree, x, model.split(eps), *model._with(c))
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError(f"the model's posterior must return (z, log_q), got {describe_value(out)}")
+    z, log_q = out
+    _check_latent(model, "posterior's z", z, dtype)
+    _check_density(model, "posterior's log_q", log_q, dtype)
+    return z, log_q
+
+
+def _check_latent(model: Model, what: str, z, dtype: torch.dtype) -> None:
+    """``z`` has the structure of ``latent``: a (latent,) tensor, or a dict of (size,) tensors with its keys."""
+    if model.groups is None:
+        ok = isinstance(z, Tensor) and tuple(z.shape) == (model.latent,)
+        want = f"a tensor of shape ({model.latent},) (latent={model.latent})"
+    else:
+        ok = isinstance(z, dict) and list(z) == list(model.groups) and all(
+            isinstance(z[g], Tensor) and tuple(z[g].shape) == (n,) for g, n in model.latent.items())
+        want = f"a dict of 1-d tensors {model.latent} (latent's groups, in its order)"
+    if not ok:
+        got = f"a dict with keys {list(z)}: " + ", ".join(describe_value(v) for v in z.values()) if isinstance(
+            z, dict) else describe_value(z)
+        raise ValueError(f"the model's {what} for one example must be {want}, got {got}")
+    for t in (z.values() if isinstance(z, dict) else (z,)):
+        _check_float(what.split("'")[0], what.split(" ")[-1], t, dtype)
+
+
+def _check_density(model: Model, what: str, value, dtype: torch.dtype):
+    """A log-density for one example: a 0-d tensor, or a dict of them keyed like the latent's groups."""
+    if isinstance(value, dict):
+        ok = model.groups is not None and set(value) == set(model.groups) and all(
+            isinstance(v, Tensor) and v.ndim == 0 for v in value.values())
+    else:
+        ok = isinstance(value, Tensor) and value.ndim == 0
+    if not ok:
+        groups = "" if model.groups is None else f", or a dict of 0-d tensors keyed {list(model.groups)}"
+        got = f"a dict with keys {list(value)}" if isinstance(value, dict) else describe_value(value)
+        raise ValueError(f"the model's {what} for one example must be a 0-d tensor (nats){groups}, got {got}")
+    for v in (value.values() if isinstance(value, dict) else (value,)):
+        _check_float(what.split("'")[0], what.split(" ")[-1], v, dtype)
+    return value
+
+
+def _draw(model: Model, tree: dict, x: Tensor, eps: Tensor, c):
+    """The user's posterior (or encode, and its Gaussian's draw) called as it is, for the check."""
+    if not model.gaussian:
+        return model.posterior(tree, x, model.split(eps), *model._with(c))
+    mean, logvar = model.encode(tree, x, *model._with(c))
+    return mean + torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE)) * eps
+
+
+def _decode(model: Model, tree: dict, z, c):
+    return model.decode(tree, z, *model._with(c))
 
 
 def _check_float(fn: str, name: str, t: Tensor, dtype: torch.dtype) -> None:
@@ -69,23 +146,30 @@ def _check_decoded(model: Model, out, dtype: torch.dtype) -> None:
         _check_float("decode", "tensor", t, dtype)
 
 
-def _check_batched(model: Model, tree: dict, leaves: dict[str, Tensor]) -> None:
-    """``encode`` and ``decode`` on two examples under vmap, as a step runs them: no writes to the params
-    (``leaves``: ``tree``'s by path) or the data, no random draws, twice the same values."""
+def _check_batched(model: Model, tree: dict, leaves: dict[str, Tensor], dtype: torch.dtype) -> None:
+    """The posterior, the prior and ``decode`` on two examples under vmap, as a step runs them: no writes to
+    the params (``leaves``: ``tree``'s by path) or the data, no random draws, twice the same values."""
     gen = torch.Generator().manual_seed(0)
-    x, z = torch.rand(2, model.features, generator=gen), torch.randn(2, model.latent, generator=gen)
+    x = torch.rand(2, model.features, generator=gen).to(dtype)
+    eps = torch.randn(2, model.noise_size, generator=gen).to(dtype)
+    c = None if model.context is None else torch.rand(2, model.context, generator=gen).to(dtype)
     kept = {path: t.clone() for path, t in leaves.items()}
-    for name, fn, data in (("encode", model.encode, x), ("decode", model.decode, z)):
-        before = data.clone()
-        outs = [_under_vmap(name, fn, tree, data)]
+    z = model.split(eps)
+    name = "encode" if model.gaussian else "posterior"
+    checks = [(name, (lambda t, a, e, ci: _draw(model, t, a, e, ci)), (x, eps)),
+              ("decode", (lambda t, zi, ci: _decode(model, t, zi, ci)), (z,)),
+              ("prior's log_prob", (lambda t, zi, ci: model.log_prior(t, zi, ci)), (z,))]
+    for name, fn, data in checks:
+        before = [d.clone() for d in optree.tree_leaves(data)]
+        outs = [_under_vmap(name, fn, tree, data, c)]
         path = next((p for p, t in leaves.items() if not torch.equal(t, kept[p])), None)
         if path is not None:
             raise ValueError(f"the model's {name} wrote to param {path} in place; the functions must not change "
                              "their inputs (compute a new tensor instead)")
-        if not torch.equal(before, data):
+        if not all(torch.equal(a, b) for a, b in zip(before, optree.tree_leaves(data))):
             raise ValueError(f"the model's {name} wrote to its input in place (x.clamp_(...), say), which would "
                              "change the caller's data; the functions must compute new tensors instead")
-        outs.append(_under_vmap(name, fn, tree, data))
+        outs.append(_under_vmap(name, fn, tree, data, c))
         if not all(torch.equal(a, b) for a, b in zip(*map(optree.tree_leaves, outs))):
             raise ValueError(f"the model's {name} gave other values for the same input: it must be a pure "
                              "function of the params and its input (the noise comes in as eps)")
@@ -99,9 +183,10 @@ _RULES = (("data-dependent control flow", "it branches on a tensor's value (if x
           ("inplace", "it writes in place to a tensor it was given; compute a new tensor instead"))
 
 
-def _under_vmap(name: str, fn: Callable, tree: dict, data: Tensor):
+def _under_vmap(name: str, fn: Callable, tree: dict, data: tuple, c):
     try:
-        return torch.func.vmap(fn, in_dims=(None, 0), randomness="error")(tree, data)
+        in_dims = (None, *[0] * len(data), None if c is None else 0)
+        return torch.func.vmap(fn, in_dims=in_dims, randomness="error")(tree, *data, c)
     except RuntimeError as e:
         rule = next((rule for key, rule in _RULES if key in str(e)), None)
         if rule is None:
@@ -123,7 +208,7 @@ def stack_size(params: Params) -> int | None:
     if not isinstance(params, Params):
         raise TypeError(f"expected funcvae Params (as returned by model.init or funcvae.init), got "
                         f"{type(params).__name__}")
-    expected = structure(params.model)
+    expected = structure(params.model).leaves
     if isinstance(params.tree, dict):
         check_keys(params.tree, "the params tree")
     got = leaves_by_path(params)

@@ -67,6 +67,16 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, binarize:
     return images.to(torch.uint8) if pixels == "uint8" else images
 
 
+def labels(name: str, split: str, root: str | os.PathLike | None = None) -> Tensor:
+    """The class labels of ``load(name, split, root)``'s images, in their order: (N,) int64 in [0, 10) (the
+    context of a conditional model, ``fit(..., context=labels)``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {tuple(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return torch.as_tensor(_dataset(name, split == "train", root).targets, dtype=torch.int64)
+
+
 def held_out(x: Tensor, seed: int, binarize: str | None) -> Tensor:
     """The held-out set a run scores itself on: ``x`` itself, or under ``binarize="dynamic"`` (fit's option)
     one fixed Bernoulli draw of it for ``seed``, the same every epoch (what ``fit`` and ``eval`` use)."""

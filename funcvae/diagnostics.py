@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from funcvae import distributions as D
-from funcvae.codec import encode
+from funcvae.codec import MOMENT_SAMPLES, encode
 from funcvae.model import Params
 from funcvae.rng import derive_seed, generator
 from funcvae.checks import check_int
@@ -51,7 +51,7 @@ class ActiveUnits(NamedTuple):
     variance: Tensor
 
 
-def kl_per_dim(params: Params, x, *, scale: float | None = None) -> Tensor:
+def kl_per_dim(params: Params, x, *, scale: float | None = None, context=None) -> Tensor:
     """KL(q(z_i | x) || p(z_i)) of each latent dimension, analytic, averaged over the examples. Defined for a
     prior that factorises over the dimensions (N(0, I)); a mixture prior such as the VampPrior does not, and
     raises ValueError (its total KL is ``funcvae.elbo(...)["kl"]``; active units and MI work for any prior).
@@ -64,7 +64,11 @@ def kl_per_dim(params: Params, x, *, scale: float | None = None) -> Tensor:
     Returns:
       (d,) nats per example; sums to the mean of the ELBO's ``kl`` term. A dim with ~0 carries nothing.
     """
-    mean, logvar = encode(params, x, scale=scale)
+    if not params.model.gaussian:
+        raise ValueError(f"{params.model}'s posterior is given as a draw, so it has no analytic KL per dimension; "
+                         "its total KL is funcvae.elbo(...)['kl'] (and per latent group, elbo(...)['kl_groups'], where "
+                         "the model gives its densities per group)")
+    mean, logvar = encode(params, x, scale=scale, context=context)
     kl = params.model.prior.kl_dims(params.tree, params.model, mean, logvar)
     if kl is None:
         raise ValueError(f"the {params.model.prior} does not factorise over latent dimensions, so a KL per dimension "
@@ -73,24 +77,43 @@ def kl_per_dim(params: Params, x, *, scale: float | None = None) -> Tensor:
     return kl.mean(0)
 
 
-def active_units(params: Params, x, threshold: float = ACTIVE_VARIANCE, *, scale: float | None = None) -> ActiveUnits:
+def active_units(params: Params, x, threshold: float = ACTIVE_VARIANCE, *, scale: float | None = None,
+                 context=None, seed: int = 0, samples: int = MOMENT_SAMPLES) -> ActiveUnits:
     """Active latent units (Burda et al. 2016): dim i is active when Var_x(E_q[z_i | x]) > ``threshold``.
+
+    For a posterior given as a draw, E_q[z | x] is a Monte Carlo mean of ``samples`` draws named by ``seed``
+    (``funcvae.encode``); its noise adds E_x Var_q(z_i | x) / samples to the variance over x, which is
+    subtracted (an unbiased correction), so the count does not depend on the number of draws.
 
     Args:
       params: the model.
       x: examples (use held-out data), as for ``funcvae.encode``.
       threshold: variance of the posterior mean above which a dim counts as active.
       scale: divide integer pixel data by this.
+      context, seed, samples: as for ``funcvae.encode``.
 
     Returns:
-      ``ActiveUnits(count, variance)``, variance (d,) over the N examples (population variance).
+      ``ActiveUnits(count, variance)``, variance (noise_size,) over the N examples (population variance);
+      latent groups side by side in ``model.groups``' order.
     """
-    mean, _ = encode(params, x, scale=scale)
+    mean, logvar = encode(params, x, scale=scale, context=context, seed=seed, samples=samples)
     variance = mean.var(0, correction=0)
+    if not params.model.gaussian:
+        variance = variance - torch.exp(logvar).mean(0) / samples
     return ActiveUnits(int((variance > threshold).sum()), variance)
 
 
-def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, scale: float | None = None) -> Tensor:
+def active_by_group(params: Params, active: ActiveUnits, threshold: float = ACTIVE_VARIANCE) -> dict[str, int] | None:
+    """``active``'s count within each latent group (None for a model without groups)."""
+    model = params.model
+    if model.groups is None:
+        return None
+    parts = model.split(active.variance > threshold)
+    return {g: int(parts[g].sum()) for g in model.groups}
+
+
+def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, scale: float | None = None,
+                       context=None) -> Tensor:
     """I(x; z) under the encoder, estimated as He et al. (2019): MI = E_x E_q(z|x)[log q(z|x)] - E_z[log q(z)].
 
     One z_i ~ q(z | x_i) per example; the aggregate posterior q(z) = (1/N) sum_j q(z | x_j) is estimated on
@@ -112,7 +135,11 @@ def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, s
     """
     check_int("chunk_size", chunk_size)
     derive_seed(seed)
-    mean, logvar = encode(params, x, scale=scale)
+    if not params.model.gaussian:
+        raise ValueError(f"{params.model}'s posterior is given as a draw: it gives log q(z | x) at its own draw, not "
+                         "at another example's z, which the aggregate posterior q(z) needs; I(x; z) is at most the "
+                         "mean KL, funcvae.elbo(...)['kl'] (an upper bound)")
+    mean, logvar = encode(params, x, scale=scale, context=context)
     n = mean.shape[0]
     eps = torch.randn(mean.shape, generator=generator(seed, "mi", device=mean.device), dtype=mean.dtype,
                       device=mean.device)
@@ -132,19 +159,19 @@ def mutual_information(params: Params, x, *, seed: int, chunk_size: int = 256, s
 MI_SATURATION_NATS = 1.0
 
 
-def latent_information(params: Params, x, *, seed: int, kl: float) -> dict:
+def latent_information(params: Params, x, *, seed: int, kl: float, context=None) -> dict:
     """The encoder's information, stated with its bounds: I(x; z) (``mutual_information``, a lower bound; its
     ceiling log N; whether it is saturated) and the gap between the aggregate posterior and the prior,
     KL(q(z) || p(z)) = E_x KL(q(z|x) || p(z)) - I(x; z), which is then an UPPER bound (nats).
 
     Args:
-      params, x, seed: as for ``mutual_information`` (N = the examples of ``x``).
+      params, x, seed, context: as for ``mutual_information`` (N = the examples of ``x``).
       kl: E_x KL(q(z|x) || p(z)) on ``x`` in nats (the mean ``kl`` term of ``funcvae.elbo``).
 
     Returns:
       ``{"mutual_information", "mi_ceiling", "mi_saturated", "aggregate_kl"}``.
     """
-    mi = float(mutual_information(params, x, seed=seed))
+    mi = float(mutual_information(params, x, seed=seed, context=context))
     ceiling = math.log(len(x))
     return {"mutual_information": mi, "mi_ceiling": ceiling, "mi_saturated": ceiling - mi < MI_SATURATION_NATS,
             "aggregate_kl": kl - mi}
@@ -189,6 +216,9 @@ def _collapse(history: list[dict], kl_dims: Tensor | None, active: ActiveUnits |
     kl, which = _last_kl(history)
     evidence = {which: kl, "epoch": history[-1]["epoch"]}
     collapsed = math.isfinite(kl) and kl < COLLAPSE_KL
+    groups = _last_groups(history)
+    if groups is not None and not collapsed:
+        return _group_collapse(history, groups, which, kl)
     if kl_dims is not None:
         evidence.update(kl_total=float(kl_dims.sum()), kl_per_dim=[round(float(v), 4) for v in kl_dims])
         collapsed = collapsed or float(kl_dims.sum()) < COLLAPSE_KL
@@ -205,6 +235,27 @@ def _collapse(history: list[dict], kl_dims: Tensor | None, active: ActiveUnits |
         f"(fit(..., kl_warmup=10)), {free_bits}or a weaker decoder (fewer or smaller layers). Do NOT raise the KL "
         "weight beta: a larger beta pulls q(z|x) harder onto the prior and makes the collapse worse (a beta below "
         "1 is the direction that helps)."))
+
+
+def _last_groups(history: list[dict]) -> dict | None:
+    """The final epoch's KL per latent group, held-out when available (None for a model without groups)."""
+    last = history[-1]
+    return last.get("val_kl_groups") or last.get("kl_groups")
+
+
+def _group_collapse(history: list[dict], groups: dict, which: str, kl: float) -> dict | None:
+    """A hierarchy whose code is used, but not by every group: the groups below ``COLLAPSE_KL`` named."""
+    dead = [g for g, v in groups.items() if math.isfinite(v) and v < COLLAPSE_KL]
+    if not dead:
+        return None
+    named = ", ".join(f"{g}: KL {groups[g]:.2g} nats, collapsed" for g in dead)
+    evidence = {which: kl, "epoch": history[-1]["epoch"], "collapsed_groups": dead,
+                "kl_groups": {g: round(v, 4) for g, v in groups.items()}}
+    return _finding("posterior collapse", "warning", evidence, (
+        f"{named}. The other groups carry the code, so the model works, but these layers add nothing. Try KL "
+        "warm-up (fit(..., kl_warmup=10)) or free bits per group (fit(..., free_bits=0.5): a floor on each "
+        "group's KL, as the Ladder VAE paper does), or fewer groups. Do NOT raise the KL weight beta: it pulls "
+        "q(z|x) harder onto the prior."))
 
 
 def _overfitting(history: list[dict]) -> dict | None:

@@ -18,15 +18,13 @@ numbers). The noise of example i depends on its index i in ``x``, not on the oth
 from __future__ import annotations
 
 import math
-from functools import partial
-
 import torch
 from torch import Tensor
 from torch.func import vmap
 
-from funcvae import distributions as D
+from funcvae import objectives
+from funcvae.context import examples_and_context
 from funcvae.model import Params
-from funcvae.contract import examples_of
 from funcvae.rng import derive_seed, generator
 from funcvae.checks import check_int
 
@@ -35,25 +33,20 @@ from funcvae.checks import check_int
 BLOCK = 128
 
 
-def log_weight(params: Params, x: Tensor, mean: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
-    """log p(x | z) + log p(z) - log q(z | x) at z = mean + exp(logvar / 2) * eps, for ONE example and ONE
-    sample: x (features,), mean, logvar, eps (latent,) -> 0-d tensor in nats."""
-    model, tree = params.model, params.tree
-    z = D.reparameterize(mean, logvar, eps)
-    log_px_z = model.likelihood.log_prob(model.decode_one(tree, z), x)
-    return log_px_z + model.prior.log_prob(tree, model, z) - D.gaussian_log_prob(mean, logvar, z).sum(-1)
+def example_log_weights(params: Params, x: Tensor, eps: Tensor, c: Tensor | None = None) -> Tensor:
+    """The log-weights log p(x | z_j) + log p(z_j) - log q(z_j | x) of ONE example: x (features,), eps
+    (K, noise_size), c (K_context,) or None -> (K,) in nats. Work that depends on x alone (a Gaussian
+    model's encoding, any posterior's bottom-up pass) is done once, not once per sample: under ``vmap`` over
+    the samples it is unbatched."""
+    d = objectives.draws(params, x, eps, c)
+    return d.log_px_z - objectives.log_ratios(params, d, c)[0]
 
 
-def example_log_weights(params: Params, x: Tensor, eps: Tensor) -> Tensor:
-    """The log-weights of ONE example: x (features,), eps (K, latent) -> (K,) in nats (encodes x once)."""
-    mean, logvar = params.model.encode_one(params.tree, x)
-    return vmap(partial(log_weight, params, x, mean, logvar))(eps)
-
-
-def batch_log_weights(params: Params, x: Tensor, eps: Tensor) -> Tensor:
-    """``example_log_weights`` over a batch: x (B, features), eps (B, K, latent) -> (B, K); pure, so it
-    can be differentiated (``funcvae.objectives.iwae`` is the training objective built on the same maths)."""
-    return vmap(example_log_weights, in_dims=(None, 0, 0))(params, x, eps)
+def batch_log_weights(params: Params, x: Tensor, eps: Tensor, c: Tensor | None = None) -> Tensor:
+    """``example_log_weights`` over a batch: x (B, features), eps (B, K, noise_size), c (B, K_context) or None
+    -> (B, K); pure, so it can be differentiated (``funcvae.objectives.iwae`` is the training objective built on
+    the same maths)."""
+    return vmap(example_log_weights, in_dims=(None, 0, 0, None if c is None else 0))(params, x, eps, c)
 
 
 def noise(seed: int, rows: range, start: int, stop: int, latent: int, *, like: Tensor) -> Tensor:
@@ -69,7 +62,7 @@ def noise(seed: int, rows: range, start: int, stop: int, latent: int, *, like: T
 
 
 def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * BLOCK, batch_size: int = 16,
-         scale: float | None = None) -> Tensor:
+         scale: float | None = None, context=None) -> Tensor:
     """Per-example importance-weighted bound IWAE_k of ``x`` under ``params``.
 
     Args:
@@ -80,6 +73,8 @@ def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * B
       chunk_size: samples per example evaluated at once.
       batch_size: examples evaluated at once; one step holds batch_size * chunk_size decoder outputs.
       scale: divide integer pixel data by this (e.g. 255).
+      context: a conditional model's context: (N,) integer labels or (N, K) vectors (or the labels of a
+        labelled dataset ``x``); the bound is then on log p(x | context).
 
     Returns:
       (N,) IWAE_k in nats per example: a lower bound on log p(x) (in expectation), >= the ELBO.
@@ -90,29 +85,31 @@ def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * B
     for name, value in (("k", k), ("chunk_size", chunk_size), ("batch_size", batch_size)):
         check_int(name, value)
     derive_seed(seed)  # a bad seed fails here, before any work
-    x = examples_of(params, x, scale=scale, name="data")
+    x, c = examples_and_context(params, x, context, scale=scale, name="data")
     with torch.no_grad():
-        return torch.cat([_stream(params, x, range(a, min(a + batch_size, x.shape[0])),
+        return torch.cat([_stream(params, x, c, range(a, min(a + batch_size, x.shape[0])),
                                   seed=seed, k=k, chunk_size=chunk_size)
                           for a in range(0, x.shape[0], batch_size)])
 
 
-def _stream(params: Params, x: Tensor, rows: range, *, seed: int, k: int, chunk_size: int) -> Tensor:
-    """IWAE_k of the examples ``rows`` of validated (N, F) ``x``, one chunk of samples at a time: (len(rows),)."""
-    xb = x[rows.start:rows.stop]
+def _stream(params: Params, x: Tensor, c: Tensor | None, rows: range, *, seed: int, k: int,
+            chunk_size: int) -> Tensor:
+    """IWAE_k of the examples ``rows`` of validated (N, F) ``x`` (context ``c``), one chunk of samples at a
+    time: (len(rows),)."""
+    xb, cb = x[rows.start:rows.stop], None if c is None else c[rows.start:rows.stop]
     total = xb.new_full((len(rows),), -math.inf)  # running log sum_j w_j
     for start in range(0, k, chunk_size):
-        eps = noise(seed, rows, start, min(start + chunk_size, k), params.model.latent, like=x)
-        total = torch.logaddexp(total, torch.logsumexp(batch_log_weights(params, xb, eps), dim=-1))
+        eps = noise(seed, rows, start, min(start + chunk_size, k), params.model.noise_size, like=x)
+        total = torch.logaddexp(total, torch.logsumexp(batch_log_weights(params, xb, eps, cb), dim=-1))
     return total - math.log(k)
 
 
-def log_weights(params: Params, x, *, k: int, seed: int, scale: float | None = None) -> Tensor:
+def log_weights(params: Params, x, *, k: int, seed: int, scale: float | None = None, context=None) -> Tensor:
     """All log-weights behind ``iwae`` (the same noise for the same seed), for diagnostics such as the
     effective sample size; holds N * k numbers at once.
 
     Args:
-      params, x, seed, scale: as for ``iwae``.
+      params, x, seed, scale, context: as for ``iwae``.
       k: samples per example.
 
     Returns:
@@ -120,7 +117,7 @@ def log_weights(params: Params, x, *, k: int, seed: int, scale: float | None = N
     """
     check_int("k", k)
     derive_seed(seed)
-    x = examples_of(params, x, scale=scale, name="data")
+    x, c = examples_and_context(params, x, context, scale=scale, name="data")
     with torch.no_grad():
-        eps = noise(seed, range(x.shape[0]), 0, k, params.model.latent, like=x)
-        return batch_log_weights(params, x, eps)
+        eps = noise(seed, range(x.shape[0]), 0, k, params.model.noise_size, like=x)
+        return batch_log_weights(params, x, eps, c)

@@ -125,9 +125,19 @@ def read_examples(data, model, name: str = "data") -> Tensor:
     return _read(data, model, name)[0]
 
 
-def _read(data, model, name: str) -> tuple[Tensor, bool]:
-    """``data`` as (N, features) of its own dtype, and whether it came from PIL images."""
-    x, from_pil = _to_tensor(data, name)
+def read_labelled(data, model, name: str = "data") -> tuple[Tensor, list | None]:
+    """``data`` read once into (N, features) of its own values and dtype, and the labels of its items where
+    they are ``(example, label)`` pairs (a list of N, else None), read together so a shuffling DataLoader keeps
+    each label with its example."""
+    found: list = []
+    x, _ = _read(data, model, name, found)
+    return x, (found if found and len(found) == x.shape[0] else None)
+
+
+def _read(data, model, name: str, labels: list | None = None) -> tuple[Tensor, bool]:
+    """``data`` as (N, features) of its own dtype, and whether it came from PIL images; the labels of
+    labelled items are appended to ``labels`` when it is given."""
+    x, from_pil = _to_tensor(data, name, labels)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     x = _to_flat(x, model, name)
@@ -147,20 +157,21 @@ def _as_float(x: Tensor, model, scale, like: Tensor, name: str, from_pil: bool) 
     return x
 
 
-def _to_tensor(data, name: str) -> tuple[Tensor, bool]:
-    """``data`` as one tensor of examples, and whether they came from PIL images."""
+def _to_tensor(data, name: str, labels: list | None = None) -> tuple[Tensor, bool]:
+    """``data`` as one tensor of examples, and whether they came from PIL images (labels appended to
+    ``labels``)."""
     if isinstance(data, Tensor):
         return _values(data.detach(), name), False
     if isinstance(data, np.ndarray):
         return _from_numpy(data, name), False
     if isinstance(data, DataLoader):
-        parts = [_example(batch, f"{name}'s batch {i}") for i, batch in enumerate(data)]
+        parts = [_example(batch, f"{name}'s batch {i}", labels, batched=True) for i, batch in enumerate(data)]
         return _joined(parts, name, "DataLoader", "batch")
     if isinstance(data, IterableDataset):  # no length: read once, like a DataLoader
-        parts = [_example(item, f"{name}'s item {i}") for i, item in enumerate(data)]
+        parts = [_example(item, f"{name}'s item {i}", labels) for i, item in enumerate(data)]
         return _joined(parts, name, "IterableDataset", "item")
     if isinstance(data, Dataset):
-        parts = [_example(data[i], f"{name}'s item {i}") for i in range(len(data))]
+        parts = [_example(data[i], f"{name}'s item {i}", labels) for i in range(len(data))]
         return _joined(parts, name, "Dataset", "item")
     hint = " (stack the examples into a tensor or array, or wrap them in a Dataset)" if isinstance(
         data, (list, tuple)) else ""
@@ -190,12 +201,14 @@ def _from_numpy(data: np.ndarray, name: str) -> Tensor:
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def _example(item, where: str) -> tuple[Tensor, bool]:
+def _example(item, where: str, labels: list | None = None, batched: bool = False) -> tuple[Tensor, bool]:
     """The example of a Dataset's item or a DataLoader's batch (labelled ones yield (example, label)) as a
-    tensor, and whether it was a PIL image."""
+    tensor, and whether it was a PIL image; the label (a batch's labels, one by one) goes to ``labels``."""
     if isinstance(item, (tuple, list)):
         if not item:
             raise TypeError(f"{where} is an empty {type(item).__name__}; expected an example or (example, label)")
+        if labels is not None and len(item) >= 2:
+            labels.extend(list(item[1]) if batched else [item[1]])
         item = item[0]
     if isinstance(item, Tensor):
         return _values(item.detach(), where), False

@@ -22,6 +22,7 @@ a model and its params against this before any work.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import optree
@@ -42,36 +43,60 @@ PRIOR_KEY = "prior"
 
 class Model:
     """A VAE as pure functions of ONE example and static facts; frozen and hashable (compiled steps are cached
-    per model, so a model made once is compiled once).
+    per model, so a model made once is compiled once). The contract in full: docs/models.md.
 
     Args:
       init: ``init(generator) -> tree``, nested dicts of floating-point tensors.
-      encode: ``encode(tree, x) -> (mean, logvar)``, x (features,) flattened, each output (latent,).
-      decode: ``decode(tree, z) -> out``, z (latent,), ``out`` the likelihood's parameters.
+      posterior: ``posterior(tree, x, eps) -> (z, log_q)``: ONE reparameterised draw of q(z | x) from standard
+        normal noise ``eps`` (shaped as ``latent`` says) and log q(z | x) in nats, a 0-d tensor or a dict of
+        0-d tensors keyed like ``latent`` (one per group).
+      encode: instead of ``posterior``, the diagonal Gaussian case: ``encode(tree, x) -> (mean, logvar)``, each
+        (latent,); the KL is then analytic where the prior has one. Give exactly one of the two.
+      decode: ``decode(tree, z) -> out``, ``out`` the likelihood's parameters.
       likelihood: "bernoulli", "gaussian" (decode returns ``(mean, logvar)``) or an object from
         ``funcvae.likelihoods`` (e.g. ``gaussian(std=0.1)``).
-      input_shape: (channels, height, width) of one example; ``features`` is their product.
-      latent: the latent dimension.
-      prior: "normal" (default), "vamp" or an object from ``funcvae.priors``.
+      input_shape: (channels, height, width) of one example; ``features`` is their product; x is (features,).
+      latent: the noise one draw takes: an int, or a dict of ints (latent groups, such as the layers of a
+        hierarchy); ``z`` and ``eps`` have its structure (a (latent,) tensor, or a dict of (size,) tensors).
+      prior: "normal" (default), "vamp" or an object from ``funcvae.priors`` (``priors.custom(log_prob,
+        sample)`` for a prior of the model's own, such as a hierarchy's top-down one).
+      context: the size K of a context vector (a conditional VAE), or None. Every function then takes it
+        LAST: ``encode(tree, x, c)``, ``posterior(tree, x, eps, c)``, ``decode(tree, z, c)``, and a custom
+        prior's ``log_prob(tree, z, c)`` and ``sample(tree, eps, c)``; c is (K,) in the params' dtype.
       spec: set by the built-in models (``funcvae.models``): the description they rebuild themselves from
         when a file is loaded. A model without one needs ``load_params(path, model=...)``.
     """
 
-    __slots__ = ("init_fn", "encode", "decode", "likelihood", "input_shape", "latent", "prior", "spec")
+    __slots__ = ("init_fn", "encode", "posterior", "decode", "likelihood", "input_shape", "layout", "prior",
+                 "context", "spec")
 
-    def __init__(self, *, init: Callable, encode: Callable, decode: Callable, likelihood="bernoulli",
-                 input_shape=(1, 28, 28), latent: int, prior="normal", spec=None):
-        for name, fn in (("init", init), ("encode", encode), ("decode", decode)):
+    def __init__(self, *, init: Callable, decode: Callable, encode: Callable | None = None,
+                 posterior: Callable | None = None, likelihood="bernoulli", input_shape=(1, 28, 28), latent,
+                 prior="normal", context: int | None = None, spec=None):
+        if (encode is None) == (posterior is None):
+            raise TypeError("a Model takes exactly one of encode= (a diagonal Gaussian posterior, (mean, logvar)) "
+                            "and posterior= (a draw z and its log q(z | x)); got "
+                            + ("both" if encode is not None else "neither"))
+        for name, fn in (("init", init), ("encode", encode or posterior), ("decode", decode)):
             if not callable(fn):
+                name = name if encode is not None or name != "encode" else "posterior"
                 raise TypeError(f"Model's {name} must be a function, got {type(fn).__name__}")
+        if posterior is not None and not callable(posterior):
+            raise TypeError(f"Model's posterior must be a function, got {type(posterior).__name__}")
         shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
         if shape is None or len(shape) != 3 or not all(_is_count(v) for v in shape):
             raise ValueError(f"input_shape must be (channels, height, width) of ints >= 1, got {input_shape!r}")
-        if not _is_count(latent):
-            raise ValueError(f"latent must be an int >= 1, got {latent!r}")
-        values = dict(init_fn=init, encode=encode, decode=decode, likelihood=likelihoods.get(likelihood),
-                      input_shape=tuple(int(v) for v in shape), latent=int(latent), prior=priors.get(prior),
-                      spec=spec)
+        layout = _layout(latent)
+        if encode is not None and not isinstance(layout, int):
+            raise ValueError("encode= gives one (mean, logvar) pair, so its latent is an int; latent groups (a dict) "
+                             "need posterior=")
+        if context is not None and not _is_count(context):
+            raise ValueError(f"context must be None or the size of the context vector, an int >= 1, got {context!r}")
+        prior = priors.get(prior)
+        priors.check(prior, layout, gaussian=encode is not None, context=context)
+        values = dict(init_fn=init, encode=encode, posterior=posterior, decode=decode,
+                      likelihood=likelihoods.get(likelihood), input_shape=tuple(int(v) for v in shape), layout=layout,
+                      prior=prior, context=context, spec=spec)
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -90,24 +115,63 @@ class Model:
     def __repr__(self) -> str:
         if self.spec is not None:
             return f"Model({self.spec})"
-        return (f"Model(encode={_name(self.encode)}, decode={_name(self.decode)}, likelihood={self.likelihood}, "
-                f"prior={self.prior}, input_shape={self.input_shape}, latent={self.latent})")
+        q = f"encode={_name(self.encode)}" if self.gaussian else f"posterior={_name(self.posterior)}"
+        c = f", context={self.context}" if self.context is not None else ""
+        return (f"Model({q}, decode={_name(self.decode)}, likelihood={self.likelihood}, prior={self.prior}, "
+                f"input_shape={self.input_shape}, latent={self.latent}{c})")
 
     def replace(self, **changes) -> "Model":
         """A new model with ``changes`` (e.g. ``prior=funcvae.priors.vamp(500)``); a built-in model's
         ``spec`` no longer describes the result, so it is dropped."""
-        fields = {"init": self.init_fn, "encode": self.encode, "decode": self.decode, "likelihood": self.likelihood,
-                  "input_shape": self.input_shape, "latent": self.latent, "prior": self.prior}
+        fields = {"init": self.init_fn, "encode": self.encode, "posterior": self.posterior, "decode": self.decode,
+                  "likelihood": self.likelihood, "input_shape": self.input_shape, "latent": self.latent,
+                  "prior": self.prior, "context": self.context}
         unknown = set(changes) - fields.keys()
         if unknown:
             raise TypeError(f"Model has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        if "posterior" in changes and "encode" not in changes:
+            fields["encode"] = None
+        if "encode" in changes and "posterior" not in changes:
+            fields["posterior"] = None
         return Model(**{**fields, **changes})
+
+    @property
+    def gaussian(self) -> bool:
+        """Whether the posterior is given by ``encode`` (a diagonal Gaussian with a known mean and variance)."""
+        return self.encode is not None
+
+    @property
+    def latent(self) -> int | dict[str, int]:
+        """The noise of one draw: an int, or a dict of group sizes (a fresh copy)."""
+        return self.layout if isinstance(self.layout, int) else dict(self.layout)
+
+    @property
+    def groups(self) -> tuple[str, ...] | None:
+        """The latent groups' names in order, or None for one group (an int ``latent``)."""
+        return None if isinstance(self.layout, int) else tuple(name for name, _ in self.layout)
+
+    @property
+    def noise_size(self) -> int:
+        """Numbers in one draw's noise: ``latent``, or the sum of its groups' sizes. Tools draw eps flat,
+        (..., noise_size), and ``split`` gives it the model's structure."""
+        return self.layout if isinstance(self.layout, int) else sum(n for _, n in self.layout)
 
     @property
     def features(self) -> int:
         """Numbers in one flattened example (784 for 1x28x28)."""
         c, h, w = self.input_shape
         return c * h * w
+
+    def split(self, flat: Tensor):
+        """Flat noise or latents (..., noise_size) in the structure of ``latent``: itself, or a dict of
+        (..., size) slices in the groups' order."""
+        if isinstance(self.layout, int):
+            return flat
+        return dict(zip(self.groups, flat.split([n for _, n in self.layout], dim=-1)))
+
+    def join(self, z) -> Tensor:
+        """``split``'s inverse: latents in the model's structure as one (..., noise_size) tensor."""
+        return z if isinstance(self.layout, int) else torch.cat([z[name] for name in self.groups], dim=-1)
 
     def init(self, seed: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
              ) -> "Params":
@@ -124,13 +188,48 @@ class Model:
         tree = optree.tree_map(lambda t: t.to(dtype=dtype, device=device), tree)
         return Params(self, tree)
 
-    def encode_one(self, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The user's ``encode`` with its log-variance kept within ``LOGVAR_RANGE``."""
-        mean, logvar = self.encode(tree, x)
+    def _with(self, c) -> tuple:
+        return () if self.context is None else (c,)
+
+    def encode_one(self, tree: dict, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The user's ``encode`` (a Gaussian model's) with its log-variance kept within ``LOGVAR_RANGE``."""
+        mean, logvar = self.encode(tree, x, *self._with(c))
         return mean, torch.clamp(logvar, *LOGVAR_RANGE)
 
-    def decode_one(self, tree: dict, z: Tensor):
-        return self.decode(tree, z)
+    def draw(self, tree: dict, x: Tensor, eps: Tensor, c: Tensor | None = None):
+        """ONE draw of q(z | x) from flat noise eps (noise_size,): ``(z, log_q)``, z in the model's structure,
+        log_q nats (0-d, or a dict per group)."""
+        if self.gaussian:
+            mean, logvar = self.encode_one(tree, x, c)
+            z = mean + torch.exp(0.5 * logvar) * eps
+            return z, gaussian_log_density(mean, logvar, z)
+        return self.posterior(tree, x, self.split(eps), *self._with(c))
+
+    def log_prior(self, tree: dict, z, c: Tensor | None = None):
+        """log p(z) in nats for ONE z in the model's structure: 0-d, or a dict per group."""
+        return self.prior.log_prob(tree, self, z, c)
+
+    def decode_one(self, tree: dict, z, c: Tensor | None = None):
+        return self.decode(tree, z, *self._with(c))
+
+
+def gaussian_log_density(mean: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """log N(z | mean, diag(exp(logvar))) summed over the last axis: (..., d) -> (...) nats."""
+    return -0.5 * (math.log(2.0 * math.pi) + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def _layout(latent) -> int | tuple[tuple[str, int], ...]:
+    """``latent`` as the model keeps it (hashable): an int, or (name, size) pairs in the dict's order."""
+    if _is_count(latent):
+        return int(latent)
+    if isinstance(latent, dict) and latent:
+        for name, size in latent.items():
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(f"latent's group names must be non-empty strings without '/', got {name!r}")
+            if not _is_count(size):
+                raise ValueError(f"latent group {name!r} must have a size that is an int >= 1, got {size!r}")
+        return tuple((name, int(size)) for name, size in latent.items())
+    raise ValueError(f"latent must be an int >= 1 or a non-empty dict of them (latent groups), got {latent!r}")
 
 
 class Params:

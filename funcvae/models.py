@@ -1,8 +1,9 @@
-"""The built-in models, made through the same public ``Model`` as any user's: an MLP and a strided conv net.
+"""The built-in models, made through the same public ``Model`` as any user's: an MLP, a strided conv net and a
+Ladder VAE; the MLP and the conv net with a diagonal, full-covariance or IAF posterior, conditional or not.
 
-``mlp(...)`` and ``conv(...)`` return a ``Model`` whose ``spec`` (a ``ModelSpec``) says how to rebuild it, so
-their files load without the model being passed. The same spec always gives the same ``Model`` object (so
-its compiled step is reused).
+``mlp(...)``, ``conv(...)`` and ``ladder(...)`` return a ``Model`` whose ``spec`` (a ``ModelSpec``) says how to
+rebuild it, so their files load without the model being passed. The same spec always gives the same ``Model``
+object (so its compiled step is reused). The families and their measured likelihoods: docs/models.md.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from funcvae import likelihoods, nn, priors
+from funcvae import flows, ladder as ladders, likelihoods, nn, priors
 from funcvae.model import Model, Params
 
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "ladder")
 LIKELIHOODS = ("bernoulli", "gaussian")
 PRIORS = ("normal", "vamp")
+POSTERIORS = ("diagonal", "full", "iaf")
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,18 @@ class ModelSpec:
     """What a built-in VAE is.
 
     Attributes:
-      arch: "mlp" (dense layers) or "conv" (strided convolutions, then dense layers).
+      arch: "mlp" (dense layers), "conv" (strided convolutions, then dense layers) or "ladder" (a Ladder VAE,
+        ``funcvae.ladder``: one stochastic layer per ``hidden`` size, of ``latents`` sizes).
       input_shape: (channels, height, width) of one example.
-      hidden: dense hidden sizes of the encoder; the decoder mirrors them.
-      latent: latent dimension.
+      hidden: dense hidden sizes of the encoder; the decoder mirrors them. For "ladder", the deterministic width
+        of each stochastic layer, bottom to top.
+      latent: latent dimension (mlp, conv).
+      latents: "ladder" only: each latent group's size, bottom (z1) to top, one per ``hidden`` size.
+      posterior: mlp and conv: "diagonal" (a Gaussian ``encode``), "full" (a full-covariance Gaussian,
+        Cholesky factor) or "iaf" (inverse autoregressive flow steps on a diagonal Gaussian, ``funcvae.flows``).
+      flow_steps: "iaf" only: its number of MADE steps.
+      context: mlp and conv: the size of a context vector (a conditional VAE: the encoder reads (x, c), the
+        decoder (z, c)), or None.
       activation: a key of ``funcvae.nn.ACTIVATIONS``.
       channels: conv only, channels of each stride-2 convolution (each halves height and width).
       likelihood: "bernoulli" (decoder gives logits) or "gaussian" (decoder gives the mean).
@@ -51,11 +61,31 @@ class ModelSpec:
     obs_std: float | None = None
     prior: str = "normal"
     pseudo_inputs: int = 500
+    latents: tuple[int, ...] = ()
+    posterior: str = "diagonal"
+    flow_steps: int = 2
+    context: int | None = None
 
     def __post_init__(self):
-        for name in ("input_shape", "hidden", "channels"):
+        for name in ("input_shape", "hidden", "channels", "latents"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         _require(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
+        _require(self.posterior in POSTERIORS, f"posterior must be one of {POSTERIORS}, got {self.posterior!r}")
+        _require(isinstance(self.flow_steps, int) and self.flow_steps >= 1,
+                 f"flow_steps must be an int >= 1, got {self.flow_steps!r}")
+        _require(self.context is None or isinstance(self.context, int) and not isinstance(self.context, bool)
+                 and self.context >= 1, f"context must be None or an int >= 1, got {self.context!r}")
+        if self.arch == "ladder":
+            _require(len(self.latents) >= 1 and len(self.latents) == len(self.hidden) and min(self.latents) >= 1,
+                     f"a ladder needs one latent size >= 1 per hidden size, got hidden={self.hidden} and "
+                     f"latents={self.latents}")
+            _require(self.posterior == "diagonal" and self.context is None and self.likelihood == "bernoulli"
+                     and self.prior == "normal", "the ladder is built with its own top-down prior, a Bernoulli "
+                     "likelihood, no context and its merged Gaussian posterior (leave posterior, prior, likelihood "
+                     "and context at their defaults)")
+        else:
+            _require(not self.latents, "latents (sizes of latent groups) is for arch='ladder'; mlp and conv take "
+                     "latent")
         _require(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         _require(self.prior in PRIORS, f"prior must be one of {PRIORS}, got {self.prior!r}")
         _require(self.activation in nn.ACTIVATIONS,
@@ -91,20 +121,37 @@ class ModelSpec:
 @functools.lru_cache(maxsize=None)
 def from_spec(spec: ModelSpec) -> Model:
     """The built-in ``Model`` a spec describes (one object per spec)."""
+    if spec.arch == "ladder":
+        sizes = dict(hidden=spec.hidden, latents=spec.latents, activation=spec.activation)
+        return Model(init=partial(ladders.init, features=spec.features, **sizes),
+                     posterior=partial(ladders.posterior, **sizes), decode=partial(ladders.decode, **sizes),
+                     prior=priors.custom(partial(ladders.log_prior, **sizes), partial(ladders.sample_prior, **sizes)),
+                     likelihood=likelihoods.bernoulli(), input_shape=spec.input_shape,
+                     latent=ladders.groups(spec.latents), spec=spec)
     likelihood = likelihoods.bernoulli() if spec.likelihood == "bernoulli" else likelihoods.gaussian(spec.obs_std)
     prior = priors.standard_normal() if spec.prior == "normal" else priors.vamp(spec.pseudo_inputs)
-    return Model(init=partial(_init, spec), encode=partial(_encode, spec), decode=partial(_decode, spec),
-                 likelihood=likelihood, input_shape=spec.input_shape, latent=spec.latent, prior=prior, spec=spec)
+    q = {"encode": partial(_encode, spec)} if spec.posterior == "diagonal" else {"posterior": partial(_posterior, spec)}
+    return Model(init=partial(_init, spec), decode=partial(_decode, spec), likelihood=likelihood,
+                 input_shape=spec.input_shape, latent=spec.latent, prior=prior, context=spec.context, spec=spec, **q)
 
 
 def mlp(**fields) -> Model:
-    """An MLP VAE: ``ModelSpec`` fields with ``arch="mlp"`` (default 784-400-20, ReLU, Bernoulli)."""
+    """An MLP VAE: ``ModelSpec`` fields with ``arch="mlp"`` (default 784-400-20, ReLU, Bernoulli, diagonal
+    Gaussian posterior); ``posterior="iaf"`` or ``"full"`` for a richer one, ``context=10`` for a conditional one."""
     return from_spec(ModelSpec(arch="mlp", **fields))
 
 
 def conv(**fields) -> Model:
     """A conv VAE: ``ModelSpec`` fields with ``arch="conv"`` (4x4 stride-2 convolutions, then dense layers)."""
     return from_spec(ModelSpec(arch="conv", **fields))
+
+
+def ladder(*, hidden: tuple[int, ...] = (512, 256), latents: tuple[int, ...] = (64, 32), **fields) -> Model:
+    """A Ladder VAE (Sønderby et al. 2016; ``funcvae.ladder``): ``len(latents)`` stochastic layers, z1 (next to
+    x) to the top, with the paper's precision-weighted merge of bottom-up and top-down terms and its
+    top-down prior; Bernoulli likelihood. Train it as the paper does, with KL warm-up and free bits per group
+    (``fit(..., kl_warmup=..., free_bits=...)``)."""
+    return from_spec(ModelSpec(arch="ladder", hidden=hidden, latents=latents, **fields))
 
 
 def _init(spec: ModelSpec, gen: torch.Generator) -> dict:
@@ -116,13 +163,19 @@ def _init(spec: ModelSpec, gen: torch.Generator) -> dict:
             encoder[f"conv_{i}"] = nn.conv_init(gen, c_in, c_out, 4)
             c_in = c_out
         width = c_in * (size[0] >> len(spec.channels)) * (size[1] >> len(spec.channels))
+    width += spec.context or 0  # a conditional encoder reads (features, c)
     for i, h in enumerate(spec.hidden):
         encoder[f"hidden_{i}"] = nn.dense_init(gen, width, h)
         width = h
-    encoder["mean"] = nn.dense_init(gen, width, spec.latent)
-    encoder["logvar"] = nn.dense_init(gen, width, spec.latent)
+    if spec.posterior == "diagonal":
+        encoder["mean"] = nn.dense_init(gen, width, spec.latent)
+        encoder["logvar"] = nn.dense_init(gen, width, spec.latent)
+    elif spec.posterior == "full":
+        encoder["full"] = flows.full_init(gen, width, spec.latent)
+    else:
+        encoder["iaf"] = flows.iaf_init(gen, width, spec.latent, spec.flow_steps, _made_hidden(spec))
 
-    width = spec.latent
+    width = spec.latent + (spec.context or 0)  # a conditional decoder reads (z, c)
     for i, h in enumerate(reversed(spec.hidden)):
         decoder[f"hidden_{i}"] = nn.dense_init(gen, width, h)
         width = h
@@ -145,7 +198,13 @@ def _conv_bottleneck(spec: ModelSpec) -> int:
     return spec.channels[-1] * (spec.input_shape[1] >> n) * (spec.input_shape[2] >> n)
 
 
-def _encode(spec: ModelSpec, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
+def _made_hidden(spec: ModelSpec) -> int:
+    """The IAF's MADE width: the encoder's last hidden size (its context vector's size too)."""
+    return spec.hidden[-1] if spec.hidden else max(2 * spec.latent, 16)
+
+
+def _hidden(spec: ModelSpec, tree: dict, x: Tensor, c: Tensor | None) -> Tensor:
+    """The encoder's last hidden vector of ONE example (and its context)."""
     act = nn.ACTIVATIONS[spec.activation]
     enc = tree["encoder"]
     h = x
@@ -154,15 +213,30 @@ def _encode(spec: ModelSpec, tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
         for i in range(len(spec.channels)):
             h = act(nn.conv(enc[f"conv_{i}"], h, stride=2, padding=1))
         h = h.reshape(-1)
+    if c is not None:
+        h = torch.cat([h, c])
     for i in range(len(spec.hidden)):
         h = act(nn.dense(enc[f"hidden_{i}"], h))
+    return h
+
+
+def _encode(spec: ModelSpec, tree: dict, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    h = _hidden(spec, tree, x, c)
+    enc = tree["encoder"]
     return nn.dense(enc["mean"], h), nn.dense(enc["logvar"], h)
 
 
-def _decode(spec: ModelSpec, tree: dict, z: Tensor):
+def _posterior(spec: ModelSpec, tree: dict, x: Tensor, eps: Tensor, c: Tensor | None = None):
+    h = _hidden(spec, tree, x, c)
+    if spec.posterior == "full":
+        return flows.full_sample(tree["encoder"]["full"], h, eps)
+    return flows.iaf_sample(tree["encoder"]["iaf"], h, eps)
+
+
+def _decode(spec: ModelSpec, tree: dict, z: Tensor, c: Tensor | None = None):
     act = nn.ACTIVATIONS[spec.activation]
     dec = tree["decoder"]
-    h = z
+    h = z if c is None else torch.cat([z, c])
     for i in range(len(spec.hidden)):
         h = act(nn.dense(dec[f"hidden_{i}"], h))
     if spec.arch == "mlp":

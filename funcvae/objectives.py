@@ -2,9 +2,11 @@
 
 An ``Objective`` has
 
-- ``terms(params, x, eps, numbers) -> dict``: for ONE example x (features,) and noise eps (samples, latent),
-  the named terms in nats: ``loss`` (what is minimised), ``recon`` = -E_q[log p(x | z)] and ``kl`` (an
-  estimate of KL(q(z | x) || p(z))), and ``kl_dims`` (latent,) where the KL is analytic per dimension;
+- ``terms(params, x, eps, numbers, c) -> dict``: for ONE example x (features,), noise eps (samples,
+  noise_size) and its context c (K,) (None for an unconditional model), the named terms in nats: ``loss``
+  (what is minimised), ``recon`` = -E_q[log p(x | z)] and ``kl`` (an estimate of KL(q(z | x) || p(z))),
+  ``kl_dims`` (latent,) where the KL is analytic per dimension, and ``kl_groups`` (groups,) where the
+  model's densities come per latent group;
 - ``reduce(terms, weights, total, numbers) -> 0-d``: the batch's loss from its terms (B,), padding rows
   weighted 0, divided by ``total`` real rows (the mean, unless a wrapper such as ``free_bits`` says otherwise);
 - ``init() -> state``: its numbers (the KL weight beta, the free-bits floor) as 0-d float64 tensors, so that
@@ -78,17 +80,17 @@ def free_bits(objective: Objective, floor: float) -> Objective:
     """``objective`` with a floor on each latent dimension's batch-mean KL (Kingma et al. 2016): it optimises
     ``recon + beta * sum_d max(floor, KL_d)``, so a dimension below the floor feels no pull towards the prior
     and the encoder can start using it. The reported terms stay the true ones. Needs an ELBO with an analytic
-    per-dimension KL (a factorised prior)."""
+    per-dimension KL (a Gaussian ``encode`` and a factorised prior), or a model whose densities come per latent
+    group: the floor is then on each group's KL, as the Ladder VAE and IAF papers do."""
     if isinstance(objective, Objective) and objective.reduce is _floored_loss:
         raise ValueError(f"{objective.name} has free bits already; give one floor: free_bits(objective, floor) of "
                          "the objective without them")
-    if not isinstance(objective, Objective) or not objective.kl_dims:
-        raise ValueError("free bits floor the KL of each latent dimension: they need an ELBO with an analytic "
-                         "per-dimension KL (objectives.elbo with kl='analytic' or 'auto' and a factorised prior)")
+    if not isinstance(objective, Objective) or objective.terms not in {_elbo_terms(m) for m in KL_MODES}:
+        raise ValueError("free bits floor the KL of each latent dimension or group: they need an ELBO "
+                         "(objectives.elbo), not the IWAE bound")
     floor = check_nonnegative("floor", floor)
     return objective._replace(name=f"free_bits({objective.name}, {floor})",
-                              init=partial(_with_floor, objective.init, floor), reduce=_floored_loss,
-                              closed_form=True)
+                              init=partial(_with_floor, objective.init, floor), reduce=_floored_loss)
 
 
 def check(objective: Objective, model) -> None:
@@ -97,23 +99,46 @@ def check(objective: Objective, model) -> None:
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a funcvae.objectives.Objective (elbo, iwae, free_bits), got "
                         f"{type(objective).__name__}")
-    if objective.closed_form and not model.prior.factorised:
-        raise ValueError(f"{objective.name} needs a closed-form KL per latent dimension, which the {model.prior} "
-                         "does not have (a mixture); use objectives.elbo(kl='mc') or 'auto', without free bits")
+    floors = objective.reduce is _floored_loss
+    closed = model.gaussian and model.prior.factorised
+    if (objective.closed_form or floors and model.gaussian and objective.kl_dims) and not closed:
+        raise ValueError(f"{objective.name} needs a closed-form KL per latent dimension, which "
+                         + (f"the {model.prior} does not have (a mixture)" if model.gaussian else
+                            "a posterior given as a draw does not have")
+                         + "; use objectives.elbo(kl='mc') or 'auto'" + (", without free bits" if model.gaussian else
+                                                                          ""))
+    if floors and model.gaussian and not objective.kl_dims:
+        raise ValueError(f"{objective.name} floors the KL of each latent dimension, which needs the analytic KL; "
+                         "its KL is a Monte Carlo estimate (kl='mc'): use kl='auto'")
+    if floors and not model.gaussian and kl_groups(model) is None:
+        raise ValueError(f"{objective.name} floors the KL of each latent group, but {model} gives no KL per group: "
+                         "its posterior and prior must both return dicts of log-densities keyed like its latent groups")
 
 
-def batch_terms(params, x: Tensor, eps: Tensor, numbers: dict, objective: Objective) -> dict:
-    """``objective.terms`` over a batch: x (B, features), eps (B, samples, latent) -> terms with a leading B."""
-    return vmap(objective.terms, in_dims=(None, 0, 0, None))(params, x, eps, numbers)
+def kl_groups(model) -> tuple[str, ...] | None:
+    """The latent groups whose KL ``model``'s terms report (``kl_groups``): its groups when its posterior and
+    prior both give log-densities per group (as the model check found), else None."""
+    from funcvae.contract import structure  # the check runs the model once; objectives are below it
+
+    return model.groups if structure(model).per_group else None
 
 
-def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = None, *, count: int = 0):
+def batch_terms(params, x: Tensor, eps: Tensor, numbers: dict, objective: Objective,
+                c: Tensor | None = None) -> dict:
+    """``objective.terms`` over a batch: x (B, features), eps (B, samples, noise_size), c (B, K) or None ->
+    terms with a leading B."""
+    return vmap(objective.terms, in_dims=(None, 0, 0, None, None if c is None else 0))(params, x, eps, numbers, c)
+
+
+def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = None, *, count: int = 0,
+                  context: Tensor | None = None):
     """Gradients of ``objective``'s batch-mean loss (default: the ELBO) at step ``count``, for a loop of your own.
 
     Args:
       params: ``Params`` (from ``model.init``).
       x: (B, features) or (B, C, H, W) examples, already in the likelihood's support (no checks: this runs
-        every step); eps: (B, objective.samples, latent) standard normal noise.
+        every step); eps: (B, objective.samples, noise_size) standard normal noise; context: (B, K) floats
+        for a conditional model.
 
     Returns:
       ``(grads, (loss, terms))``: grads a ``Params`` like ``params``; loss 0-d; terms (B,) each, nats.
@@ -124,7 +149,7 @@ def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = 
     weights = x.new_ones(x.shape[0])
 
     def loss(p):
-        terms = batch_terms(p, x, eps, numbers, objective)
+        terms = batch_terms(p, x, eps, numbers, objective, context)
         return objective.reduce(terms, weights, weights.sum(), numbers), terms
 
     return grad_and_value(loss, has_aux=True)(params)
@@ -160,34 +185,63 @@ def _no_schedule(state: dict, count: Tensor, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) for k, v in state.items()}
 
 
-def _posterior_samples(params, x: Tensor, eps: Tensor):
-    """Encode ONE example, draw its samples, decode them: (mean, logvar, z (K, latent), log p(x | z) (K,))."""
-    model, tree = params.model, params.tree
-    mean, logvar = model.encode_one(tree, x)
-    z = D.reparameterize(mean, logvar, eps)
-    out = vmap(partial(model.decode_one, tree))(z)
-    return mean, logvar, z, model.likelihood.log_prob(out, x)
+class Draws(NamedTuple):
+    """K draws of q(z | x) for ONE example: ``gauss`` the posterior's (mean, logvar) for a model given by
+    ``encode`` (else None); ``z`` (K, ...) in the model's structure; ``log_q`` (K,) or a dict of (K,) per
+    group; ``log_px_z`` (K,), all nats."""
+
+    gauss: tuple | None
+    z: object
+    log_q: object
+    log_px_z: Tensor
 
 
-def _log_q_minus_log_p(params, mean: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
-    """log q(z | x) - log p(z) at each sample z (K, latent) -> (K,)."""
+def draws(params, x: Tensor, eps: Tensor, c: Tensor | None = None) -> Draws:
+    """Encode ONE example x (features,), draw its samples from eps (K, noise_size), decode them."""
     model, tree = params.model, params.tree
-    log_p = vmap(partial(model.prior.log_prob, tree, model))(z)
-    return D.gaussian_log_prob(mean, logvar, z).sum(-1) - log_p
+    if model.gaussian:  # one encoding for the K draws, and its moments kept for an analytic KL
+        mean, logvar = model.encode_one(tree, x, c)
+        z = D.reparameterize(mean, logvar, eps)
+        gauss, log_q = (mean, logvar), D.gaussian_log_prob(mean, logvar, z).sum(-1)
+    else:
+        gauss = None
+        z, log_q = vmap(model.draw, in_dims=(None, None, 0, None))(tree, x, eps, c)
+    out = vmap(model.decode_one, in_dims=(None, 0, None))(tree, z, c)
+    return Draws(gauss, z, log_q, model.likelihood.log_prob(out, x))
+
+
+def log_ratios(params, d: Draws, c: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """log q(z | x) - log p(z) at each draw, (K,), and per latent group, (K, groups), where both densities
+    come per group (else None)."""
+    model = params.model
+    log_p = vmap(model.log_prior, in_dims=(None, 0, None))(params.tree, d.z, c)
+    if isinstance(d.log_q, dict) and isinstance(log_p, dict):
+        groups = torch.stack([d.log_q[g] - log_p[g] for g in model.groups], dim=-1)
+        return groups.sum(-1), groups
+    return _total(d.log_q) - _total(log_p), None
+
+
+def _total(log_density) -> Tensor:
+    return sum(log_density.values()) if isinstance(log_density, dict) else log_density
 
 
 @functools.lru_cache(maxsize=None)
 def _elbo_terms(kl_mode: str) -> Callable:
-    def terms(params, x: Tensor, eps: Tensor, numbers: dict) -> dict:
-        mean, logvar, z, log_px_z = _posterior_samples(params, x, eps)
-        recon = -log_px_z.mean()
+    def terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None = None) -> dict:
+        d = draws(params, x, eps, c)
+        recon = -d.log_px_z.mean()
         model = params.model
-        kl_dims = None if kl_mode == "mc" else model.prior.kl_dims(params.tree, model, mean, logvar)
+        kl_dims = None
+        if kl_mode != "mc" and d.gauss is not None:
+            kl_dims = model.prior.kl_dims(params.tree, model, *d.gauss)
         if kl_dims is None and kl_mode == "analytic":
             raise ValueError(f"the {model.prior} has no closed-form KL; use kl='mc' or 'auto'")
         out = {"recon": recon}
         if kl_dims is None:
-            out["kl"] = _log_q_minus_log_p(params, mean, logvar, z).mean()
+            ratio, groups = log_ratios(params, d, c)
+            out["kl"] = ratio.mean()
+            if groups is not None:
+                out["kl_groups"] = groups.mean(0)
         else:
             out["kl"], out["kl_dims"] = kl_dims.sum(), kl_dims
         out["loss"] = recon + numbers["beta"] * out["kl"]
@@ -196,12 +250,15 @@ def _elbo_terms(kl_mode: str) -> Callable:
     return terms
 
 
-def _iwae_terms(params, x: Tensor, eps: Tensor, numbers: dict) -> dict:
-    mean, logvar, z, log_px_z = _posterior_samples(params, x, eps)
-    log_q_over_p = _log_q_minus_log_p(params, mean, logvar, z)
-    log_w = log_px_z - log_q_over_p
+def _iwae_terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None = None) -> dict:
+    d = draws(params, x, eps, c)
+    log_q_over_p, groups = log_ratios(params, d, c)
+    log_w = d.log_px_z - log_q_over_p
     bound = torch.logsumexp(log_w, dim=-1) - math.log(eps.shape[0])
-    return {"recon": -log_px_z.mean(), "kl": log_q_over_p.mean(), "loss": -bound}
+    out = {"recon": -d.log_px_z.mean(), "kl": log_q_over_p.mean(), "loss": -bound}
+    if groups is not None:
+        out["kl_groups"] = groups.mean(0)
+    return out
 
 
 def mean_loss(terms: dict, weights: Tensor, total: Tensor, numbers: dict) -> Tensor:
@@ -209,6 +266,7 @@ def mean_loss(terms: dict, weights: Tensor, total: Tensor, numbers: dict) -> Ten
 
 
 def _floored_loss(terms: dict, weights: Tensor, total: Tensor, numbers: dict) -> Tensor:
-    kl_dims = (terms["kl_dims"] * weights.unsqueeze(-1)).sum(0) / total
-    floored = torch.clamp(kl_dims, min=numbers["free_bits"]).sum()
+    parts = terms["kl_groups"] if "kl_groups" in terms else terms["kl_dims"]  # a model has one or the other
+    kl_parts = (parts * weights.unsqueeze(-1)).sum(0) / total
+    floored = torch.clamp(kl_parts, min=numbers["free_bits"]).sum()
     return (terms["recon"] * weights).sum() / total + numbers["beta"] * floored

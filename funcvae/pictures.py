@@ -19,8 +19,11 @@ from torchvision.utils import save_image
 from funcvae.codec import decode, encode
 from funcvae.diagnostics import active_units
 from funcvae.model import Params, some_leaf
+from funcvae.context import examples_and_context
 from funcvae.contract import check_params, examples_of
 from funcvae.rng import generator
+from funcvae.sampling import balanced_context, prior_draws
+from funcvae.sampling import mean_images as sampled_images
 from funcvae.checks import check_int, check_positive
 
 PADDING = 2
@@ -32,7 +35,8 @@ def mean_images(params: Params, out) -> Tensor:
     return model.likelihood.mean(out).clamp(0.0, 1.0).reshape(-1, *model.input_shape)
 
 
-def _save(images: Tensor, path, nrow: int) -> Path:
+def save_grid(images: Tensor, path, nrow: int) -> Path:
+    """Images (N, C, H, W) in [0, 1] as a PNG grid of ``nrow`` per row (the module's border); ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.detach().float().cpu(), path, nrow=nrow, padding=PADDING, pad_value=1.0)
@@ -43,21 +47,23 @@ def _examples(params: Params, x, name: str) -> Tensor:
     return examples_of(params, x, name=name)
 
 
-def reconstructions(params: Params, x, path: str | os.PathLike) -> Path:
+def reconstructions(params: Params, x, path: str | os.PathLike, *, context=None, seed: int = 0) -> Path:
     """Inputs (top row) above their reconstructions from the posterior mean code (bottom row).
 
     Args:
       params: the model.
       x: (N, ...) examples, as for ``funcvae.encode``; one column each.
       path: the PNG to write.
+      context, seed: as for ``funcvae.encode`` (a conditional model's context; the draws behind a Monte Carlo
+        posterior mean).
 
     Returns:
       ``path``: a 2 x N grid.
     """
-    x = _examples(params, x, "x")
-    mean, _ = encode(params, x)
+    x, c = examples_and_context(params, x, context)
+    mean, _ = encode(params, x, context=c, seed=seed)
     shown = x.clamp(0.0, 1.0).reshape(-1, *params.model.input_shape)
-    return _save(torch.cat([shown, mean_images(params, decode(params, mean))]), path, nrow=x.shape[0])
+    return save_grid(torch.cat([shown, mean_images(params, decode(params, mean, context=c))]), path, nrow=x.shape[0])
 
 
 def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow: int = 8, seed: int) -> Path:
@@ -71,15 +77,16 @@ def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow:
       seed: names the draw of z; the same seed gives the same picture.
 
     Returns:
-      ``path``: ceil(n / nrow) rows of ``nrow`` images.
+      ``path``: ceil(n / nrow) rows of ``nrow`` images; a conditional model's rows cycle through its classes
+      (sample i has label i mod K).
     """
     check_int("n", n)
     check_int("nrow", nrow)
     check_params(params)
-    like, model = some_leaf(params), params.model
-    with torch.no_grad():
-        z = model.prior.sample(params.tree, model, n, generator(seed, "pictures", "prior", device=like.device), like)
-    return _save(mean_images(params, decode(params, z)), path, nrow=nrow)
+    like = some_leaf(params)
+    c = balanced_context(params, n)
+    z = prior_draws(params, n, generator(seed, "pictures", "prior", device=like.device), c)
+    return save_grid(sampled_images(params, z, c), path, nrow=nrow)
 
 
 def nearest_training_images(params: Params, samples: Tensor, neighbours: Tensor, path: str | os.PathLike) -> Path:
@@ -96,10 +103,10 @@ def nearest_training_images(params: Params, samples: Tensor, neighbours: Tensor,
     """
     shape = params.model.input_shape
     rows = [t.detach().clamp(0.0, 1.0).reshape(-1, *shape) for t in (samples, neighbours)]
-    return _save(torch.cat(rows), path, nrow=samples.shape[0])
+    return save_grid(torch.cat(rows), path, nrow=samples.shape[0])
 
 
-def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, steps: int = 10) -> Path:
+def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, steps: int = 10, seed: int = 0) -> Path:
     """Straight lines in latent space between the posterior mean codes of pairs of inputs, decoded.
 
     Args:
@@ -107,23 +114,30 @@ def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, ste
       x_from, x_to: (M, ...) examples; row m goes from x_from[m] (left) to x_to[m] (right).
       path: the PNG to write.
       steps: images per row, both ends included (>= 2).
+      seed: names the draws behind a Monte Carlo posterior mean (a posterior given as a draw).
 
     Returns:
       ``path``: M rows of ``steps`` images.
     """
     check_int("steps", steps, minimum=2)
-    a, _ = encode(params, _examples(params, x_from, "x_from"))
-    b, _ = encode(params, _examples(params, x_to, "x_to"))
+    if params.model.context is not None:
+        raise ValueError("interpolations are drawn for unconditional models; a conditional model's images also "
+                         "depend on the context, which a line between two codes does not say")
+    a, _ = encode(params, _examples(params, x_from, "x_from"), seed=seed)
+    b, _ = encode(params, _examples(params, x_to, "x_to"), seed=seed)
     if a.shape != b.shape:
         raise ValueError(f"x_from and x_to must hold as many examples, got {a.shape[0]} and {b.shape[0]}")
     t = torch.linspace(0.0, 1.0, steps, dtype=a.dtype, device=a.device)[None, :, None]  # (1, steps, 1)
     z = (a[:, None] + t * (b - a)[:, None]).reshape(-1, a.shape[1])  # row-major: pair, then step
-    return _save(mean_images(params, decode(params, z)), path, nrow=steps)
+    return save_grid(mean_images(params, decode(params, z)), path, nrow=steps)
 
 
-def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, steps: int = 9, span: float = 3.0) -> Path:
+def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, steps: int = 9, span: float = 3.0,
+              context=None, seed: int = 0) -> Path:
     """A latent traversal grid: row i sets latent dim i to each of ``steps`` values in [-span, span] (prior
-    standard deviations), the other dims held at the mean code of ``x``.
+    standard deviations), the other dims held at the mean code of ``x``. For models whose latent is an int
+    (a hierarchy's upper groups are not standard normal given the lower ones, so their traversal means
+    nothing); a conditional model's images all take the context of x's first example.
 
     Args:
       params: the model.
@@ -132,6 +146,7 @@ def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, step
       dims: how many dims to show, those whose posterior mean varies most over ``x`` first.
       steps: values per dim.
       span: the values run from -span to span.
+      context, seed: as for ``funcvae.encode``.
 
     Returns:
       ``path``: min(dims, latent) rows of ``steps`` images.
@@ -139,13 +154,18 @@ def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, step
     check_int("dims", dims)
     check_int("steps", steps)
     check_positive("span", span)
-    x = _examples(params, x, "x")
-    mean, _ = encode(params, x)
-    ranked = torch.argsort(active_units(params, x).variance, descending=True)[:dims]
+    if params.model.groups is not None:
+        raise ValueError(f"a traversal sets one latent dimension against the prior's N(0, 1); {params.model} has "
+                         f"latent groups {list(params.model.groups)}, whose upper groups shape the lower ones' prior")
+    x, c = examples_and_context(params, x, context)
+    mean, _ = encode(params, x, context=c, seed=seed)
+    ranked = torch.argsort(active_units(params, x, context=c, seed=seed).variance, descending=True)[:dims]
     values = torch.linspace(-span, span, steps, dtype=mean.dtype, device=mean.device)
     z = mean.mean(0).repeat(len(ranked), steps, 1)  # (rows, steps, latent)
     z[torch.arange(len(ranked))[:, None], torch.arange(steps)[None, :], ranked[:, None]] = values
-    return _save(mean_images(params, decode(params, z.reshape(-1, mean.shape[1]))), path, nrow=steps)
+    z = z.reshape(-1, mean.shape[1])
+    held = None if c is None else c[:1].expand(z.shape[0], -1)
+    return save_grid(mean_images(params, decode(params, z, context=held)), path, nrow=steps)
 
 
 def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100) -> Path:

@@ -26,9 +26,17 @@ from funcvae.checks import check_scale
 from funcvae.pixels import level_values, pixel_values
 
 #: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
-#: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it).
+#: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it); then, for a model
+#: whose KL comes per latent group, the batch sum of each group's KL (``stat_names``).
 STATS = ("recon", "kl", "loss", "rows", "ok")
 TERMS = STATS[:3]
+OK = STATS.index("ok")
+
+
+def stat_names(model: Model) -> tuple[str, ...]:
+    """The columns of ``model``'s step metrics: ``STATS``, then ``kl_<group>`` for each latent group whose KL
+    the model gives (``objectives.kl_groups``)."""
+    return STATS + tuple(f"kl_{g}" for g in (O.kl_groups(model) or ()))
 
 
 class TrainState(NamedTuple):
@@ -51,16 +59,18 @@ class TrainState(NamedTuple):
 
 class Batch(NamedTuple):
     """``x`` (B, features), floats in the params' dtype or uint8 pixel levels (the step divides them by its
-    ``scale``); ``eps`` (B, samples, latent) standard normal noise; ``weights`` (B,) 1 for real rows
+    ``scale``); ``eps`` (B, samples, noise_size) standard normal noise; ``weights`` (B,) 1 for real rows
     and 0 for padding; ``total``: the real rows of the whole batch (the sum of ``weights`` unless a
     data-parallel shard holds part of it); ``noise``: standard normal draws shaped like the params, for
-    an optimiser that adds noise (DP-SGD), else None."""
+    an optimiser that adds noise (DP-SGD), else None; ``context``: (B, K), a conditional model's context in
+    the params' dtype, else None."""
 
     x: Tensor
     eps: Tensor
     weights: Tensor
     total: Tensor | None = None
     noise: Any = None
+    context: Tensor | None = None
 
 
 def init_state(params: Params, objective: O.Objective, optimizer: GradientTransformation) -> TrainState:
@@ -100,26 +110,31 @@ class TrainStep:
 
     def gradients(self, state: TrainState, batch: Batch) -> tuple[dict, Tensor]:
         """Gradients of the batch's loss w.r.t. ``state.tree`` (per example, leaves (B, ...), for a per-example
-        optimiser) and the batch's stats: sums of recon, kl, loss and the real rows, (4,)."""
+        optimiser) and the batch's stats: sums of recon, kl, loss, the real rows and each latent group's KL
+        (``stat_names`` without ok)."""
         batch = batch._replace(x=self._values(batch.x, batch.eps.dtype))
         numbers = self.objective.schedule(state.objective_state, state.count, batch.x.dtype)
         total = batch.weights.sum() if batch.total is None else batch.total
         if self.optimizer.per_example:
-            grads, terms = vmap(grad(self._example_loss, has_aux=True), in_dims=(None, 0, 0, None))(
-                state.tree, batch.x, batch.eps, numbers)
+            c_dim = None if batch.context is None else 0
+            grads, terms = vmap(grad(self._example_loss, has_aux=True), in_dims=(None, 0, 0, None, c_dim))(
+                state.tree, batch.x, batch.eps, numbers, batch.context)
         else:
             grads, (_, terms) = grad_and_value(self._batch_loss, has_aux=True)(state.tree, batch, numbers, total)
         w = batch.weights
-        return grads, torch.stack([(terms[k] * w).sum() for k in TERMS] + [w.sum()]).detach()
+        stats = torch.stack([(terms[k] * w).sum() for k in TERMS] + [w.sum()])
+        if "kl_groups" in terms:
+            stats = torch.cat([stats, (terms["kl_groups"] * w.unsqueeze(-1)).sum(0)])
+        return grads, stats.detach()
 
     def apply(self, state: TrainState, grads: dict, stats: Tensor, batch: Batch) -> tuple[TrainState, Tensor]:
-        """The optimiser's update applied: the new state and the metrics (``STATS``, (5,))."""
+        """The optimiser's update applied: the new state and the metrics (``stat_names``)."""
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.tree, value=stats[:3],
                                                    weights=batch.weights, noise=batch.noise)
         ok = applied(opt_state)
         ok = stats.new_ones(()) if ok is None else ok.to(stats.dtype)
         new = TrainState(apply_updates(state.tree, updates), opt_state, state.objective_state, state.count + 1)
-        return new, torch.cat([stats, ok.unsqueeze(0)]).detach()
+        return new, torch.cat([stats[:OK], ok.unsqueeze(0), stats[OK:]]).detach()
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Tensor]:
         grads, stats = self.gradients(state, batch)
@@ -138,11 +153,11 @@ class TrainStep:
         return Params(self.model, with_matmul_dtype(tree, self.matmul_dtype))
 
     def _batch_loss(self, tree: dict, batch: Batch, numbers: dict, total: Tensor):
-        terms = O.batch_terms(self._params(tree), batch.x, batch.eps, numbers, self.objective)
+        terms = O.batch_terms(self._params(tree), batch.x, batch.eps, numbers, self.objective, batch.context)
         return self.objective.reduce(terms, batch.weights, total, numbers), terms
 
-    def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, numbers: dict):
-        terms = self.objective.terms(self._params(tree), x, eps, numbers)
+    def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None):
+        terms = self.objective.terms(self._params(tree), x, eps, numbers, c)
         return terms["loss"], terms
 
 
@@ -157,12 +172,12 @@ def make_train_step(model: Model, objective: O.Objective, optimizer: GradientTra
     Example:
       >>> step = make_train_step(model, objectives.elbo(), optim.adam(1e-3))
       >>> state = init_state(params, objectives.elbo(), optim.adam(1e-3))
-      >>> state, metrics = step(state, Batch(x, eps, weights))
+      >>> state, metrics = step(state, Batch(x, eps, weights))   # + context=(B, K) for a conditional model
     """
     return TrainStep(model, objective, optimizer, matmul_dtype, scale)
 
 
 def stacked(step: TrainStep):
-    """The step of a stack of models: ``vmap(step)`` over states and batches (x, eps, weights) with a leading
-    model dimension."""
-    return vmap(step, in_dims=(0, Batch(0, 0, 0, None, None)))
+    """The step of a stack of models: ``vmap(step)`` over states and batches (x, eps, weights and a
+    conditional model's context) with a leading model dimension."""
+    return vmap(step, in_dims=(0, Batch(0, 0, 0, None, None, None if step.model.context is None else 0)))

@@ -27,13 +27,14 @@ from funcvae.model import Params, some_leaf
 from funcvae.contract import stack_size
 from funcvae.step import TrainState, init_state, make_train_step
 from funcvae._runtime.threads import shared_cores
-from funcvae.inputs import as_examples, as_levels, check_values
+from funcvae.context import as_context
+from funcvae.inputs import as_examples, as_levels, check_values, read_labelled
 
 __all__ = ["CHECKPOINT_FILE", "NonFiniteError", "fit"]
 
 
 def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConfig | None = None, val_data=None,
-        callbacks: Sequence[Callable[[dict], None]] = (), **settings):
+        callbacks: Sequence[Callable[[dict], None]] = (), context=None, val_context=None, **settings):
     """Train ``params`` on ``data``; returns new params and the per-epoch history (inputs are not modified).
     The run, checkpoints, resume, signals, stacks and data parallelism: docs/training.md.
 
@@ -51,6 +52,9 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
       val_data: held-out examples, scored by the ELBO after each epoch (the same noise every epoch).
       callbacks: each called with each epoch's history record as soon as it is complete (rank 0 only;
         ``callback=``, one function, is the old spelling, kept for one release).
+      context, val_context: a conditional model's context (``Model(..., context=K)``) for ``data`` and
+        ``val_data``: (N,) integer labels in [0, K) (one-hot) or (N, K) float vectors; without them, the labels
+        of a labelled dataset ((example, label) items). Refused for an unconditional model.
       **settings: ``FitConfig``'s fields as keywords instead of ``config`` (``fit(params, x, epochs=10)``),
         and the shorthand ``lr``, ``beta``, ``kl_warmup``, ``free_bits``, ``clip_norm``,
         ``noise_multiplier`` for the default objective and optimiser (``funcvae.shorthand.build``).
@@ -59,7 +63,8 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
       ``(params, history)``: ``history`` has one dict per epoch: ``epoch``; ``recon``, ``kl``, ``loss``
       (training averages, nats per example); ``val_recon``, ``val_kl``, ``val_loss`` (None without
       ``val_data``); ``beta`` (the KL weight in force at the epoch's end, or None); ``skipped`` (steps not
-      applied); ``seconds``. For a stack: the stacked params and a list of N such histories.
+      applied); ``seconds``; for a model whose KL comes per latent group, ``kl_groups`` and ``val_kl_groups``
+      (``{group: nats}``). For a stack: the stacked params and a list of N such histories.
 
     Raises:
       ValueError: bad data, settings or objects, a ``checkpoint_dir`` that cannot be used, or a checkpoint
@@ -78,8 +83,11 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
     n_models = stack_size(params)
     seeds = per_model(n_models, "seed", config.seed)
     like = some_leaf(params)
-    x, scale = _training_set(data, params, config, like)
-    x_val = None if val_data is None else _examples(val_data, params, config, like, "val_data")
+    x, scale, c = _training_set(data, params, config, like, context)
+    x_val, c_val = (None, None) if val_data is None else _examples(val_data, params, config, like, "val_data",
+                                                                   val_context)
+    if val_data is None and val_context is not None:
+        raise ValueError("val_context was given without val_data")
     x_vals = None if x_val is None else [held_out(x_val, s, config.binarize) for s in seeds]
     if config.batch_size > x.shape[0]:
         raise ValueError(f"batch_size {config.batch_size} is larger than the data ({x.shape[0]} examples)")
@@ -101,10 +109,11 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
                                  n_examples=x.shape[0], batch_size=config.batch_size, like=like)
             run = Run(config=config, model=params.model, stack=n_models is not None, x=x, scale=scale,
                       dtype=like.dtype, x_vals=x_vals, seeds=seeds, objective=objs[0],
-                      per_example=opts[0].per_example, world=world, checkpoint=ckpt, callbacks=callbacks)
+                      per_example=opts[0].per_example, world=world, checkpoint=ckpt, callbacks=callbacks, c=c,
+                      c_val=c_val)
             description = {"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]}
             prints = None if ckpt is None else folder.fingerprint(params.model, n_models, seeds, config, description,
-                                                                  (x, scale, like.dtype), x_val)
+                                                                  (x, scale, like.dtype), x_val, (c, c_val))
             train = _fresh_state(params, n_models, objs, opts)._replace(tree=params.tree)
             fresh = Checkpoint(params.model, train, 0, 0, prints or {}, [[] for _ in seeds])
             state = folder.start(fresh, ckpt, config.resume, prints, epochs=config.epochs, steps=spe,
@@ -145,19 +154,38 @@ def _fresh_state(params: Params, n_models: int | None, objs: list, opts: list) -
     return optree.tree_map(lambda *leaves: torch.stack(leaves), *states, namespace="funcvae")
 
 
-def _training_set(data, params: Params, config: FitConfig, like: Tensor) -> tuple[Tensor, int | float | None]:
-    """The training set as fit holds it and its scale (``inputs.as_levels``), checked as ``_examples``."""
+def _training_set(data, params: Params, config: FitConfig, like: Tensor,
+                  context) -> tuple[Tensor, int | float | None, Tensor | None]:
+    """The training set as fit holds it and its scale (``inputs.as_levels``), checked as ``_examples``, and a
+    conditional model's context (``funcvae.context``)."""
+    data, labels = _with_labels(data, params, context, "data")
     x, scale = as_levels(data, params.model, scale=config.scale, like=like, name="data")
     if config.binarize == "dynamic":
         check_values(x, scale, like.dtype, "data", _probabilities)
-    return x, scale
+    return x, scale, _context(params, context, labels, x, like, "data")
 
 
-def _examples(data, params: Params, config: FitConfig, like: Tensor, name: str) -> Tensor:
+def _examples(data, params: Params, config: FitConfig, like: Tensor, name: str,
+              context) -> tuple[Tensor, Tensor | None]:
+    data, labels = _with_labels(data, params, context, name)
     x = as_examples(data, params.model, scale=config.scale, like=like, name=name)
     if config.binarize == "dynamic":
         _probabilities(x, name)
-    return x
+    return x, _context(params, context, labels, x, like, name)
+
+
+def _with_labels(data, params: Params, context, name: str):
+    """``data`` and its labels, read once together for a conditional model without an explicit context."""
+    if params.model.context is None or context is not None:
+        return data, None
+    return read_labelled(data, params.model, name)
+
+
+def _context(params: Params, context, labels, x: Tensor, like: Tensor, name: str) -> Tensor | None:
+    if context is not None:
+        return as_context(params.model, context, x.shape[0], like=like,
+                          name="context" if name == "data" else "val_context")
+    return as_context(params.model, labels, x.shape[0], like=like, name=f"{name}'s labels")
 
 
 def _probabilities(x: Tensor, name: str) -> None:

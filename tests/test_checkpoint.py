@@ -179,7 +179,7 @@ BAD_FILES = [
     ("spec-unknown-field", write_tensors(metadata=spec_metadata(json.dumps({"arch": "mlp", "depth": 3}))),
      r"spec metadata does not describe a funcvae model .*depth"),
     ("spec-bad-value", write_tensors(metadata=spec_metadata(json.dumps({"arch": "transformer"}))),
-     r"arch must be one of \('mlp', 'conv'\), got 'transformer'"),
+     r"arch must be one of \('mlp', 'conv', 'ladder'\), got 'transformer'"),
     ("no-checksums", write_tensors(checksums=False), r"carries no checksums"),
     ("checksum-of-other-bytes", write_tensors(lambda t: t.update({"decoder/out/bias": t["decoder/out/bias"] + 1}),
                                               checksums=False), r"carries no checksums"),

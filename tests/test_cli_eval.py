@@ -229,7 +229,7 @@ def test_sample_writes_the_same_picture_for_the_same_seed(run_dir):
     path = run_dir / "samples-seed4.png"
     assert lines[-1] == f"wrote {path}, {run_dir / 'samples.json'}"
     assert size(path) == grid(2, 8)  # 8 per row
-    assert json.loads((run_dir / "samples.json").read_text()) == {"n": 10, "seed": 4, "path": str(path)}
+    assert json.loads((run_dir / "samples.json").read_text()) == {"n": 10, "seed": 4, "context": None, "path": str(path)}
     first = path.read_bytes()
     assert cli("sample", run_dir, "--n", "10", "--seed", "4")[0] == 0
     assert path.read_bytes() == first

@@ -22,11 +22,11 @@ def poisoned_batches(bad_batch: int, value: float, at: tuple = (0, 0)):
     real = LOOP.model_batches
 
     def batches(*args, **kwargs):
-        for b, (x, eps, w) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
+        for b, (x, eps, w, c) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
             if b == bad_batch:
                 x = x.clone()
                 x[at] = value
-            yield x, eps, w
+            yield x, eps, w, c
     return batches
 
 

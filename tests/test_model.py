@@ -348,8 +348,8 @@ def test_a_user_prior_entry_clashes_with_the_vamp_prior():
     (dict(encode="encoder"), TypeError, "Model's encode must be a function, got str"),
     (dict(input_shape=(28, 28)), ValueError, r"input_shape must be \(channels, height, width\)"),
     (dict(input_shape=(1, 0, 28)), ValueError, r"input_shape must be \(channels, height, width\) of ints >= 1"),
-    (dict(latent=0), ValueError, "latent must be an int >= 1, got 0"),
-    (dict(latent=2.0), ValueError, "latent must be an int >= 1, got 2.0"),
+    (dict(latent=0), ValueError, "latent must be an int >= 1 or a non-empty dict of them .latent groups., got 0"),
+    (dict(latent=2.0), ValueError, "latent must be an int >= 1 or a non-empty dict of them .latent groups., got 2.0"),
     (dict(likelihood="poisson"), ValueError, "likelihood must be 'bernoulli', 'gaussian'"),
     (dict(prior="laplace"), ValueError, "prior must be 'normal', 'vamp'"),
 ])

@@ -183,11 +183,11 @@ def poisoned(monkeypatch, bad: set):
     real = LOOP.model_batches
 
     def batches(*args, **kwargs):
-        for b, (x, eps, w) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
+        for b, (x, eps, w, c) in enumerate(real(*args, **kwargs), start=kwargs.get("start", 0)):
             if b in bad:
                 x = x.clone()
                 x[0, 0] = math.nan
-            yield x, eps, w
+            yield x, eps, w, c
     monkeypatch.setattr(LOOP, "model_batches", batches)
 
 

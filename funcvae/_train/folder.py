@@ -18,7 +18,7 @@ from funcvae._runtime import distributed, lock
 from funcvae.checkpoint import Checkpoint, code_recorded, describe, load, restore, save, without_code
 from funcvae.config import FitConfig
 from funcvae.model import Model
-from funcvae.step import STATS
+from funcvae.step import stat_names
 from funcvae.pixels import level_values, pixel_values
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -61,15 +61,19 @@ def held(config: FitConfig, world: distributed.World):
 
 
 def fingerprint(model: Model, stack: int | None, seeds: list, config: FitConfig, description: dict,
-                data: tuple[Tensor, int | float | None, torch.dtype], x_val: Tensor | None) -> dict:
+                data: tuple[Tensor, int | float | None, torch.dtype], x_val: Tensor | None,
+                contexts: tuple[Tensor | None, Tensor | None] = (None, None)) -> dict:
     """The settings a resumed run must share, with digests of its data as fit sees it (JSON values, as they
-    read back from a checkpoint). ``data``: the training set, its scale and the params' dtype."""
+    read back from a checkpoint). ``data``: the training set, its scale and the params' dtype; ``contexts``:
+    a conditional model's training and held-out contexts (digested too: other labels are other data)."""
     dtype = data[2]
     out = {"model": describe(model), "stack": stack, "seed": seeds,
            "batch_size": config.batch_size, "binarize": config.binarize, **description,
            "matmul_dtype": None if config.matmul_dtype is None else str(config.matmul_dtype).removeprefix("torch."),
            "data": data_fingerprint(*data),
            "val_data": None if x_val is None else data_fingerprint(x_val, None, dtype)}
+    if model.context is not None:
+        out["context"] = [None if c is None else data_fingerprint(c, None, dtype) for c in contexts]
     return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
 
 
@@ -130,9 +134,10 @@ def _check_resumable(state: Checkpoint, ckpt: Path, epochs: int, steps: int, rng
     if state.rng.shape != rng.shape:
         raise ValueError(f"{where}: field 'rng' has shape {tuple(state.rng.shape)}; this run's generators need "
                          f"{tuple(rng.shape)}")
-    if state.sums.shape != (models, len(STATS)):
+    width = len(stat_names(state.model))
+    if state.sums.shape != (models, width):
         raise ValueError(f"{where}: field 'sums' has shape {tuple(state.sums.shape)}, not "
-                         f"{(models, len(STATS))}")
+                         f"{(models, width)}")
 
 
 def write(ckpt: Path | None, world: distributed.World, state: Checkpoint) -> None:

@@ -27,7 +27,7 @@ from funcvae.bounds import evaluate
 from funcvae._runtime.interrupt import Interrupted
 from funcvae.model import Model, Params
 from funcvae.rng import generator
-from funcvae.step import STATS, Batch, TrainState
+from funcvae.step import STATS, Batch, TrainState, stat_names
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Run:
     """What stays fixed through a run. ``x``: the training set, (N, features) in ``dtype`` (the params'), or
     uint8 levels whose values are ``pixel_values(x, level_values(scale, dtype))`` (``scale`` None
     otherwise); ``x_vals``: each model's held-out set (None without one); ``stack``: whether the params are a
-    stack of models."""
+    stack of models; ``c`` and ``c_val``: a conditional model's context of the training and held-out sets,
+    (N, K) in ``dtype``, else None."""
 
     config: FitConfig
     model: Model
@@ -50,6 +51,8 @@ class Run:
     world: distributed.World
     checkpoint: Path | None
     callbacks: tuple
+    c: Tensor | None = None
+    c_val: Tensor | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -73,20 +76,21 @@ def run_epoch(run: Run, runner: Runner, state: Checkpoint, received: list, look:
     device = run.x.device
     gens = generators(run.seeds, epoch, device)
     # float64: an epoch's sums of finite float32 step sums cannot overflow.
-    acc = state.sums.to(device, torch.float64) if start else torch.zeros(len(run.seeds), len(STATS),
+    width = len(stat_names(run.model))
+    acc = state.sums.to(device, torch.float64) if start else torch.zeros(len(run.seeds), width,
                                                                           dtype=torch.float64, device=device)
     rng_states = list(state.rng) if start else None
-    batches = model_batches(run.x, run.config.batch_size, gens, run.model.latent, run.config.binarize,
+    batches = model_batches(run.x, run.config.batch_size, gens, run.model.noise_size, run.config.binarize,
                             run.stack, samples=run.objective.samples, start=start, rng_states=rng_states,
-                            shard=(run.world.rank, run.world.size), scale=run.scale, dtype=run.dtype)
+                            shard=(run.world.rank, run.world.size), scale=run.scale, dtype=run.dtype, context=run.c)
     train, steps = state.train, run.steps_per_epoch
     stop, watch, trusted = False, W.start(acc, start), False
     with ExitStack() as trust:
-        for b, (xb, eps, weights) in enumerate(tqdm(batches, total=steps - start, leave=False,
+        for b, (xb, eps, weights, cb) in enumerate(tqdm(batches, total=steps - start, leave=False,
                                                       desc=f"epoch {epoch}/{run.config.epochs}", disable=not show,
                                                       file=sys.stderr), start=start):
             noise = _noise(train.tree, gens[0]) if run.per_example else None
-            inputs = (train, Batch(xb, eps, weights, None, noise), acc, watch)
+            inputs = (train, Batch(xb, eps, weights, None, noise, cb), acc, watch)
             train, acc, watch, stop = runner.call(*inputs, b, received)
             if runner.compiled and not trusted and b > start:
                 # From an epoch's second step on, the step's inputs are its own outputs and batches alike in
@@ -149,8 +153,9 @@ def _noise(tree: dict, gen: torch.Generator) -> dict:
 def _close_epoch(run: Run, epoch: int, acc: Tensor, train: TrainState, began: float) -> list[dict]:
     """Each model's history record for the epoch; evaluation on held-out data; callbacks on rank 0."""
     sums = acc.tolist()  # one device read per epoch
+    groups = run.model.groups if len(sums[0]) > len(STATS) else None
     records = []
-    for m, (recon, kl, loss, rows, skipped) in enumerate(sums):
+    for m, (recon, kl, loss, rows, skipped, *group_kls) in enumerate(sums):
         numbers = train.objective_state
         numbers = numbers if not run.stack else {k: v[m] for k, v in numbers.items()}
         target = float(numbers["beta"]) if "beta" in numbers else None
@@ -158,11 +163,16 @@ def _close_epoch(run: Run, epoch: int, acc: Tensor, train: TrainState, began: fl
         record = {"epoch": epoch, "recon": recon, "kl": kl, "loss": loss if target is None else recon + target * kl,
                   "val_recon": None, "val_kl": None, "val_loss": None, "beta": _beta_in_force(run, numbers, train, m),
                   "skipped": int(skipped)}
+        if groups:
+            record["kl_groups"] = {g: v / rows if rows else math.nan for g, v in zip(groups, group_kls)}
+            record["val_kl_groups"] = None
         if run.x_vals is not None:
             one = train.tree if not run.stack else optree.tree_map(lambda t: t[m], train.tree)
-            val = evaluate(Params(run.model, one), run.x_vals[m],
-                           generator(run.seeds[m], "val", device=run.x.device), beta=1.0 if target is None else target)
-            record.update({f"val_{k}": float(v.mean()) for k, v in val.items()})
+            val = evaluate(Params(run.model, one), run.x_vals[m], generator(run.seeds[m], "val", device=run.x.device),
+                           beta=1.0 if target is None else target, c=run.c_val)
+            record.update({f"val_{k}": float(v.mean()) for k, v in val.items() if k != "kl_groups"})
+            if groups:
+                record["val_kl_groups"] = dict(zip(groups, val["kl_groups"].mean(0).tolist()))
         record["seconds"] = time.perf_counter() - began
         W.warn_if_nonfinite(record, m if run.stack else None, run.steps_per_epoch)
         records.append(record)

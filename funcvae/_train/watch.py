@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from funcvae.step import STATS
+from funcvae.step import OK
 
 
 class NonFiniteError(FloatingPointError):
@@ -31,9 +31,10 @@ class Watch(NamedTuple):
 
 
 def start(like: Tensor, first: int) -> Watch:
-    """The watch of an epoch that begins at batch ``first``, on ``like``'s device, stats shaped like it."""
+    """The watch of an epoch that begins at batch ``first``, on ``like``'s device, stats shaped like it
+    (models, stats)."""
     return Watch(torch.ones((), dtype=torch.bool, device=like.device),
-                 torch.zeros(like.numel(), dtype=like.dtype, device=like.device),
+                 torch.zeros_like(like),
                  torch.zeros((), dtype=torch.int64, device=like.device),
                  torch.full((), first, dtype=torch.int64, device=like.device))
 
@@ -45,15 +46,17 @@ def after_step(acc: Tensor, watch: Watch, stats: Tensor, watching: bool) -> tupl
 
 
 def accumulate(acc: Tensor, stats: Tensor) -> Tensor:
-    """The epoch's sums (models, ``STATS``) after a step: its stats if it was applied, else only a count of 1
-    skipped."""
-    applied = stats[..., -1:]
-    return acc + torch.cat([torch.where(applied > 0, stats[..., :-1], 0.0), 1.0 - applied], -1)
+    """The epoch's sums (models, ``stat_names``) after a step: its stats if it was applied, else only a count
+    of 1 skipped (in the ok column)."""
+    applied = stats[..., OK:OK + 1]
+    kept = torch.where(applied > 0, stats, 0.0)
+    return acc + torch.cat([kept[..., :OK], 1.0 - applied, kept[..., OK + 1:]], -1)
 
 
 def watched(watch: Watch, stats: Tensor) -> Watch:
     """``watch`` after the step of batch ``watch.next`` reported ``stats``; device work only."""
-    return Watch(watch.live & (stats[..., -1] > 0).all(), torch.where(watch.live, stats.reshape(-1), watch.stats),
+    return Watch(watch.live & (stats[..., OK] > 0).all(), torch.where(watch.live, stats.view_as(watch.stats),
+                                                                        watch.stats),
                  torch.where(watch.live, watch.next, watch.batch), watch.next + 1)
 
 
@@ -62,8 +65,8 @@ def raise_if_frozen(watch: Watch, epoch: int, steps: int, stacked: bool, checkpo
     one device read."""
     if bool(watch.live):
         return
-    rows = watch.stats.view(-1, len(STATS))
-    m = int((rows[:, -1] == 0).nonzero()[0])
+    rows = watch.stats
+    m = int((rows[:, OK] == 0).nonzero()[0])
     term = "recon" if not torch.isfinite(rows[m, 0]) else "kl" if not torch.isfinite(rows[m, 1]) else "gradient"
     model = f" of model {m}" if stacked else ""
     kept = f"; the last checkpoint, {checkpoint}, is untouched" if checkpoint else ""

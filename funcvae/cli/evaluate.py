@@ -9,6 +9,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 import funcvae
 import funcvae.sweep
 from funcvae import diagnostics, pictures, quality
@@ -38,6 +40,8 @@ def add_sample(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("sample", parents=[common], help="decode draws from the prior of a trained run")
     p.add_argument("run_dir", metavar="RUN", help="a run folder written by train")
     p.add_argument("--n", default=64, type=at_least(1), help="samples, 8 per row (default: 64)")
+    p.add_argument("--context", default=None, type=at_least(0), metavar="LABEL",
+                   help="a conditional run: samples of this label (default: every label in turn)")
     p.add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
     p.set_defaults(run=run_sample, parser=p)
 
@@ -48,23 +52,31 @@ def run_eval(args) -> int:
     if not history:
         raise RunError(f"{run_dir}: history.jsonl holds no epoch; nothing to diagnose")
     x = _held_out(args, config)
+    c = None if params.model.context is None else funcvae.data.labels(config["dataset"], "test",
+                                                                       root=args.data_root)[:x.shape[0]]
     print(f"run folder: {run_dir}")
     print(f"{params}; the first {x.shape[0]} held-out {config['dataset']} examples"
           f"{'' if config['binarize'] is None else ', binarised (' + config['binarize'] + ')'}; nats per example")
     print(f"IWAE_{args.k} on {x.shape[0]} examples ({args.k * x.shape[0]:,} decoder passes) ...", flush=True)
     result = {"run": str(run_dir), "dataset": config["dataset"], "split": "test", "binarize": config["binarize"],
-              "n": int(x.shape[0]), "seed": args.seed, **_scores(params, x, history, k=args.k, seed=args.seed)}
+              "n": int(x.shape[0]), "seed": args.seed,
+              **_scores(params, x, history, k=args.k, seed=args.seed, context=c)}
     print(f"IWAE_{args.k} took {result['iwae_seconds']:.1f} s")
     print(format_eval_table(result))
     diverged = not all(math.isfinite(result[k]) for k in ("recon", "kl", "loss", "iwae"))
     x_train = None if diverged else _training_images(args, config)
-    result["samples"] = None if diverged else _samples(params, x, x_train, config, seed=args.seed)
+    result["samples"] = None if diverged else _samples(params, x, x_train, config, seed=args.seed, context=c)
     if result["samples"] is not None:
         print(format_samples_table(result["samples"]))
         result["findings"] += result["samples"]["findings"]
+    result["conditional"] = None if diverged or c is None else quality.samples.conditional_quality(
+        params, x, c, seed=args.seed, network=config["dataset"])
+    if result["conditional"] is not None:
+        print(format_conditional(result["conditional"]))
     print(diagnostics.format_report(result["findings"], history))
     result["files"] = _eval_pictures(params, x, history, run_dir, seed=args.seed, diverged=diverged,
-                                     nearest=None if result["samples"] is None else (x_train, result["samples"]))
+                                     nearest=None if result["samples"] is None else (x_train, result["samples"]),
+                                     context=c)
     (run_dir / "eval.json").write_text(records.dumps(result, indent=2) + "\n")
     print(f"wrote {run_dir / 'eval.json'}, " + ", ".join(filter(None, result["files"].values())))
     return 0
@@ -90,56 +102,75 @@ def _training_images(args, config: dict):
     return x.reshape(x.shape[0], -1)
 
 
-def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int) -> dict | None:
+def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int, context=None) -> dict | None:
     """``quality.sample_quality`` on the held-out examples with the dataset's own feature network (None, said
     why, for held-out sets too small to split)."""
     if x.shape[0] < 12:
         print(f"samples: not scored, {x.shape[0]} held-out examples are too few to split into two sets of 6")
         return None
     began = time.perf_counter()
-    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network=config["dataset"])
+    out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network=config["dataset"], context=context)
     out["seconds"] = time.perf_counter() - began
     return out
 
 
-def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int) -> dict:
+def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int, context=None) -> dict:
     """eval's numbers, nats per example: ELBO terms and IWAE_k (means, standard errors), diagnostics, verdicts.
-    The KL of each latent dim is None for a prior that does not factorise over them (the VampPrior)."""
-    terms = funcvae.elbo(params, x, seed=seed)
+    The KL of each latent dim is None where it has no closed form (a prior that does not factorise, a posterior
+    given as a draw); the KL of each latent group is None for a model without groups; the mutual information
+    is None for a posterior given as a draw (its density at another example's z is not known)."""
+    model = params.model
+    terms = funcvae.elbo(params, x, seed=seed, context=context)
     began = time.perf_counter()
-    bound = funcvae.iwae(params, x, k=k, seed=seed)
+    bound = funcvae.iwae(params, x, k=k, seed=seed, context=context)
     seconds = time.perf_counter() - began
-    prior = params.model.prior
-    kl_dims = diagnostics.kl_per_dim(params, x) if prior.factorised else None
-    active = diagnostics.active_units(params, x)
+    kl_dims = diagnostics.kl_per_dim(params, x, context=context) if model.gaussian and model.prior.factorised else None
+    active = diagnostics.active_units(params, x, context=context, seed=seed)
     out = {}
     for name, values in (("recon", terms["recon"]), ("kl", terms["kl"]), ("loss", terms["loss"]), ("iwae", bound),
                          ("gap", bound + terms["loss"])):  # gap: IWAE_k - ELBO, paired over the examples
         out[name], out[f"{name}_se"] = funcvae.sweep.mean_se(values)
-    out.update(elbo=-out["loss"], iwae_k=k, nll=-out["iwae"], iwae_seconds=seconds, prior=type(prior).__name__,
-               kl_per_dim=None if kl_dims is None else kl_dims.tolist(), active_units=active.count,
-               latent=params.model.latent, active_variance=active.variance.tolist(),
-               **diagnostics.latent_information(params, x, seed=seed, kl=out["kl"]),
-               findings=diagnostics.diagnose(history, kl_per_dim=kl_dims, active=active,
-                                               factorised_prior=params.model.prior.factorised))
-    out["bits_per_dim"] = {k: out[k] / (params.model.features * math.log(2)) for k in ("recon", "kl", "loss", "nll")}
+    groups = None if "kl_groups" not in terms else dict(zip(model.groups, terms["kl_groups"].mean(0).tolist()))
+    information = (diagnostics.latent_information(params, x, seed=seed, kl=out["kl"], context=context) if model.gaussian
+                   else {"mutual_information": None, "mi_ceiling": math.log(x.shape[0]), "mi_saturated": False,
+                         "aggregate_kl": None})
+    out.update(elbo=-out["loss"], iwae_k=k, nll=-out["iwae"], iwae_seconds=seconds, prior=type(model.prior).__name__,
+               kl_per_dim=None if kl_dims is None else kl_dims.tolist(), kl_groups=groups, active_units=active.count,
+               active_by_group=diagnostics.active_by_group(params, active), latent=model.noise_size,
+               active_variance=active.variance.tolist(), **information,
+               findings=diagnostics.diagnose(_with_groups(history, groups), kl_per_dim=kl_dims, active=active,
+                                             factorised_prior=model.prior.factorised or groups is not None))
+    out["bits_per_dim"] = {k: out[k] / (model.features * math.log(2)) for k in ("recon", "kl", "loss", "nll")}
     return out
 
 
+def _with_groups(history: list[dict], groups: dict | None) -> list[dict]:
+    """The history with its last record's held-out KL per group replaced by eval's (on eval's examples)."""
+    if groups is None:
+        return history
+    return [*history[:-1], {**history[-1], "val_kl_groups": groups}]
+
+
 def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path, *, seed: int,
-                   diverged: bool, nearest: tuple | None) -> dict[str, str | None]:
+                   diverged: bool, nearest: tuple | None, context=None) -> dict[str, str | None]:
     """The pictures of ``PICTURES`` written into the run folder, by name; the nearest training images need
     ``nearest`` (the training images and the ``samples`` result), else are None. A ``diverged`` run's model
     (scores not finite) may map data to non-finite latents, which the pictures refuse (ValueError): such a
-    picture is None, and why is printed, so that eval.json still records the run."""
+    picture is None, and why is printed, so that eval.json still records the run. A conditional model has no
+    interpolations and a model with latent groups no traversal (None, said why)."""
     pairs = min(x.shape[0] // 2, 5)
-    draws = {"reconstructions": lambda: pictures.reconstructions(params, x[:10], run_dir / "reconstructions.png"),
+    model = params.model
+    c10 = None if context is None else context[:10]
+    draws = {"reconstructions": lambda: pictures.reconstructions(params, x[:10], run_dir / "reconstructions.png",
+                                                                 context=c10, seed=seed),
              "samples": lambda: pictures.prior_samples(params, run_dir / "samples.png", n=64, seed=seed),
              "nearest_training_images": lambda: None if nearest is None else _nearest_picture(
                  params, *nearest, run_dir / "nearest_training_images.png", seed=seed),
-             "interpolations": lambda: pictures.interpolations(params, x[:pairs], x[pairs:2 * pairs],
-                                                               run_dir / "interpolations.png"),
-             "traversal": lambda: pictures.traversal(params, x, run_dir / "traversal.png"),
+             "interpolations": lambda: None if model.context is not None else pictures.interpolations(
+                 params, x[:pairs], x[pairs:2 * pairs], run_dir / "interpolations.png", seed=seed),
+             "traversal": lambda: None if model.groups is not None else pictures.traversal(
+                 params, x[:1000], run_dir / "traversal.png", context=None if context is None else context[:1000],
+                 seed=seed),
              "loss_curves": lambda: pictures.loss_curves(history, run_dir / "loss_curves.png")}
     files = {}
     for name in PICTURES:
@@ -198,12 +229,7 @@ def format_eval_table(result: dict) -> str:
             (f"-IWAE_{k} (NLL estimate)", f"{result['nll']:.2f}", result["iwae_se"], bits["nll"],
              "an upper bound on -log p(x), tighter"),
             (f"IWAE_{k} - ELBO", f"{result['gap']:.2f}", result["gap_se"], None, ""),
-            ("mutual information I(x;z)", f">= {result['mutual_information']:.2f}", None, None,
-             f"a lower bound; at most log N = {result['mi_ceiling']:.2f}" + (
-                 ", which it has reached: the true I(x;z) may be far larger" if saturated else "")),
-            ("KL(q(z) || p(z)), prior gap", f"<= {result['aggregate_kl']:.2f}", None, None,
-             "E KL(q(z|x) || p(z)) - I(x;z): an upper bound" + (", loose while I(x;z) is saturated" if saturated
-                                                              else ""))]
+            *_information_rows(result, saturated)]
     width = max(len(label) for label, *_ in rows)
     lines = [f"{'nats per example'.ljust(width)} | {'value':>9} | std err | bits/dim"]
     lines += [f"{label.ljust(width)} | {value:>9} | {'-' if se is None else f'{se:.2f}':>7} | "
@@ -211,18 +237,59 @@ def format_eval_table(result: dict) -> str:
               for label, value, se, b, note in rows]
     lines.append(f"{'active units'.ljust(width)} | {str(result['active_units']) + '/' + str(result['latent']):>9} | "
                  f"{'-':>7} | {'-':>8}")
+    groups, active = result.get("kl_groups"), result.get("active_by_group")
+    if groups is not None:
+        lines.append("KL per latent group: " + ", ".join(
+            f"{g} {v:.2f} ({active[g]} active)" + (" collapsed" if v < diagnostics.COLLAPSE_KL else "")
+            for g, v in groups.items()))
     per_dim = result["kl_per_dim"]
-    lines.append("KL per latent dim: " + (f"n/a (the {result['prior']} does not factorise)" if per_dim is None
-                                          else " ".join(f"{v:.2f}" for v in per_dim)))
+    why = (f"the {result['prior']} does not factorise" if result.get("kl_groups") is None and result["prior"] !=
+           "StandardNormal" else "the posterior has no closed-form KL")
+    lines.append("KL per latent dim: " + (f"n/a ({why})" if per_dim is None else " ".join(f"{v:.2f}" for v in per_dim)))
     return "\n".join(lines)
 
 
+def format_conditional(result: dict) -> str:
+    """eval's conditional section: how often the domain classifier labels a sample as its condition, and each
+    class's FID."""
+    fids = ", ".join(f"{c}: {v:.1f}" for c, v in enumerate(result["fid_per_class"]))
+    return (f"conditional samples: {result['n_per_class']} per class; the classifier labels "
+            f"{result['accuracy']:.1%} ± {result['accuracy_se']:.1%} as their condition (real held-out images: "
+            f"{result['real_accuracy']:.1%}); FID per class {fids}")
+
+
+def _information_rows(result: dict, saturated: bool) -> list[tuple]:
+    """The table's rows on I(x; z): a lower bound and the prior gap it implies, or for a posterior given as a
+    draw (no density at another example's z) only the KL's upper bound."""
+    if result["mutual_information"] is None:
+        return [("mutual information I(x;z)", f"<= {result['kl']:.2f}", None, None,
+                 "at most the KL; the posterior, given as a draw, has no density at another example's z")]
+    return [("mutual information I(x;z)", f">= {result['mutual_information']:.2f}", None, None,
+             f"a lower bound; at most log N = {result['mi_ceiling']:.2f}" + (
+                 ", which it has reached: the true I(x;z) may be far larger" if saturated else "")),
+            ("KL(q(z) || p(z)), prior gap", f"<= {result['aggregate_kl']:.2f}", None, None,
+             "E KL(q(z|x) || p(z)) - I(x;z): an upper bound" + (", loose while I(x;z) is saturated" if saturated
+                                                              else ""))]
+
+
 def run_sample(args) -> int:
-    """``sample``: draw ``--n`` decoded samples from the run's prior into a picture, and samples.json."""
+    """``sample``: draw ``--n`` decoded samples from the run's prior into a picture, and samples.json; for a
+    conditional run, of the label ``--context`` (without it, every label in turn)."""
     run_dir, _, params, _ = open_run(args)
-    path = pictures.prior_samples(params, run_dir / f"samples-seed{args.seed}.png", n=args.n, seed=args.seed)
-    (run_dir / "samples.json").write_text(json.dumps({"n": args.n, "seed": args.seed, "path": str(path)}, indent=2)
-                                          + "\n")
-    print(f"{args.n} prior samples of {params}, seed {args.seed}")
+    k = params.model.context
+    if args.context is not None and k is None:
+        args.parser.error(f"--context {args.context}: {run_dir} is an unconditional model")
+    if args.context is not None and args.context >= k:
+        args.parser.error(f"--context {args.context}: the model's labels are 0 to {k - 1}")
+    name = f"samples-seed{args.seed}" + ("" if args.context is None else f"-context{args.context}")
+    if args.context is None:
+        path = pictures.prior_samples(params, run_dir / f"{name}.png", n=args.n, seed=args.seed)
+    else:
+        images = funcvae.sample(params, args.n, seed=args.seed, context=torch.full((args.n,), args.context))
+        path = pictures.save_grid(images, run_dir / f"{name}.png", nrow=8)
+    (run_dir / "samples.json").write_text(json.dumps({"n": args.n, "seed": args.seed, "context": args.context,
+                                                      "path": str(path)}, indent=2) + "\n")
+    label = "" if args.context is None else f" of label {args.context}"
+    print(f"{args.n} prior samples{label} of {params}, seed {args.seed}")
     print(f"wrote {path}, {run_dir / 'samples.json'}")
     return 0

@@ -14,7 +14,8 @@ from funcvae.cli.folder import RunError
 from funcvae.contract import structure
 
 #: The options that describe a built-in model (refused with --model, whose file says all that).
-BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "prior", "pseudo_inputs")
+BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "prior", "pseudo_inputs", "latents",
+            "posterior", "flow_steps", "context")
 
 
 def model_of(args) -> tuple[funcvae.Model, dict]:
@@ -29,6 +30,11 @@ def model_of(args) -> tuple[funcvae.Model, dict]:
     fields = {name: getattr(args, name) for name in BUILT_IN if getattr(args, name) is not None}
     if "pseudo_inputs" in fields and fields.get("prior") != "vamp":
         args.parser.error("--pseudo-inputs applies to --prior vamp only")
+    if "flow_steps" in fields and fields.get("posterior") != "iaf":
+        args.parser.error("--flow-steps applies to --posterior iaf only")
+    if fields.get("arch") == "ladder":
+        fields.setdefault("hidden", (512, 256))
+        fields.setdefault("latents", (64, 32))
     try:
         spec = funcvae.ModelSpec(**fields)
     except ValueError as e:

@@ -13,7 +13,7 @@ import math
 
 import funcvae
 from funcvae import objectives, shorthand
-from funcvae.models import ARCHS, LIKELIHOODS, PRIORS
+from funcvae.models import ARCHS, LIKELIHOODS, POSTERIORS, PRIORS
 from funcvae.shorthand import DEFAULTS, OPTIMIZERS
 #: What a run made before the objective and optimiser options existed has instead of those settings: the
 #: beta-ELBO and Adam.
@@ -37,6 +37,14 @@ def model_options() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: bernoulli")
     p.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
     p.add_argument("--prior", default=None, choices=PRIORS, help="normal (default): N(0, I); vamp: the VampPrior")
+    p.add_argument("--latents", default=None, type=at_least(1), nargs="+",
+                   help="--arch ladder: each latent group's size, bottom to top, one per --hidden size (default: 64 32 "
+                        "with --hidden 512 256)")
+    p.add_argument("--posterior", default=None, choices=POSTERIORS,
+                   help="mlp, conv: diagonal (default), full (full-covariance Gaussian) or iaf (flow steps)")
+    p.add_argument("--flow-steps", default=None, type=at_least(1), help="--posterior iaf: MADE steps (default: 2)")
+    p.add_argument("--context", default=None, type=at_least(1), metavar="K",
+                   help="a conditional model on the dataset's labels: a context of K (10 for its classes)")
     p.add_argument("--pseudo-inputs", default=None, type=at_least(1),
                    help="vamp only: its pseudo-inputs (default: 500)")
     p.add_argument("--free-bits", default=None, type=float, metavar="NATS",

@@ -76,6 +76,10 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
     x_train, x_test = (funcvae.data.load(config["dataset"], split, root=args.data_root, binarize=static,
                                          seed=settings["seed"], pixels="uint8") for split in ("train", "test"))
     check_data(args, model, x_train, settings["batch_size"])
+    contexts = {}
+    if model.context is not None:  # a conditional model reads the dataset's labels
+        contexts = {key: funcvae.data.labels(config["dataset"], split, root=args.data_root)
+                    for key, split in (("context", "train"), ("val_context", "test"))}
     params = model.init(settings["seed"])
     (objective,), (optimizer,) = shorthand.build(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
     if run_dir is None:
@@ -95,7 +99,7 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
                                        resume=True, progress=False if args.quiet else None,
                                        accept_changed_code=args.accept_changed_code)
         return _fit(run_dir, done, params, x_train, val_data=x_test, objective=objective, optimizer=optimizer,
-                    config=fit_config)
+                    config=fit_config, **contexts)
 
 
 def _new_run(args) -> tuple[dict, funcvae.Model]:
@@ -231,4 +235,6 @@ def format_row(record: dict) -> str:
         text = str(value) if key == "epoch" else "-" if value is None else f"{value:.1f}" if key == "seconds" \
             else f"{value:.2f}"
         cells.append(text.rjust(len(column)))
-    return " | ".join(cells)
+    groups = record.get("val_kl_groups") or record.get("kl_groups")
+    by_group = "" if not groups else "  KL by group " + ", ".join(f"{g} {v:.2f}" for g, v in groups.items())
+    return " | ".join(cells) + by_group

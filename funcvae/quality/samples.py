@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 
 from funcvae.codec import decode, encode
+from funcvae.context import as_context, examples_and_context
 from funcvae.model import Params, some_leaf
 from funcvae.contract import check_params, examples_of
+from funcvae.sampling import balanced_context, mean_images, prior_draws
 from funcvae._moved import renamed_keyword
 from funcvae.quality import metrics
 from funcvae.quality import network as networks
@@ -111,21 +113,24 @@ def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
 
 
 def prior_images(params: Params, n: int, *, seed: int) -> Tensor:
-    """``n`` mean images of decoded draws from the model's prior, (n, features) in [0, 1]."""
-    like, model = some_leaf(params), params.model
-    z = model.prior.sample(params.tree, model, n, generator(seed, "quality", "prior", device=like.device), like)
-    return model.likelihood.mean(decode(params, z)).clamp(0.0, 1.0)
+    """``n`` mean images of decoded draws from the model's prior, (n, features) in [0, 1]; a conditional
+    model's draws take every class alike (``sampling.balanced_context``)."""
+    like = some_leaf(params)
+    c = balanced_context(params, n)
+    z = prior_draws(params, n, generator(seed, "quality", "prior", device=like.device), c)
+    return mean_images(params, z, c).reshape(n, -1)
 
 
-def reconstruction_images(params: Params, x: Tensor) -> Tensor:
-    """The mean images of the decoded posterior means of ``x``, (N, features) in [0, 1]."""
-    mean, _ = encode(params, x)
-    return params.model.likelihood.mean(decode(params, mean)).clamp(0.0, 1.0)
+def reconstruction_images(params: Params, x: Tensor, *, seed: int = 0, context=None) -> Tensor:
+    """The mean images of the decoded posterior means of ``x``, (N, features) in [0, 1] (a Monte Carlo mean
+    named by ``seed`` for a posterior given as a draw; ``context``: a conditional model's, for x)."""
+    mean, _ = encode(params, x, seed=seed, context=context)
+    return params.model.likelihood.mean(decode(params, mean, context=context)).clamp(0.0, 1.0)
 
 
 @renamed_keyword("network_name", "network")
 def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 0, x_train=None,
-                   network: str | Callable = "fashion-mnist") -> dict:
+                   network: str | Callable = "fashion-mnist", context=None) -> dict:
     """Score a model's prior samples and reconstructions against held-out images, beside the floor.
 
     Args:
@@ -135,13 +140,16 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
       seed: names the prior draws and KID's subsets.
       x_train: the training images, for the memorisation check (None: no check).
       network: the feature network (a name of ``quality.network.NETWORKS``) or a function (see ``embed``).
+      context: a conditional model's context of ``x_real`` (or its labels, for a labelled dataset), for the
+        reconstructions; its prior samples take every class alike.
 
     Returns:
       ``{"n", "network", "sets": {set: scores}, "memorisation": dict or None, "findings": [...]}``; the
       sets are ``SETS`` (each ``scores``); the findings are ``verdicts``.
     """
     check_params(params)
-    x = _images(examples_of(params, x_real, name="x_real"), "x_real")
+    x, c = examples_and_context(params, x_real, context, name="x_real")
+    x = _images(x, "x_real")
     x_train = None if x_train is None else _images(examples_of(params, x_train, name="x_train"), "x_train")
     n = x.shape[0] // 2 if n is None else check_int("n", n, minimum=6)
     if n < 6 or 2 * n > x.shape[0]:
@@ -149,7 +157,8 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
                          "reference half and the real half it is compared with)")
     reference, held = x[:n], x[n:2 * n]
     with torch.no_grad():
-        made = {"prior samples": prior_images(params, n, seed=seed), "reconstructions": reconstruction_images(params, held),
+        recon = reconstruction_images(params, held, seed=seed, context=None if c is None else c[n:2 * n])
+        made = {"prior samples": prior_images(params, n, seed=seed), "reconstructions": recon,
                 "real": held}
         embedded = {name: embed(images, network=network) for name, images in made.items()}
         real = embed(reference, network=network)
@@ -160,6 +169,52 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
             result["memorisation"] = memorisation(embedded["prior samples"], embedded["real"], train)
     result["findings"] = verdicts(result)
     return result
+
+
+def conditional_quality(params: Params, x_real, labels, *, seed: int = 0, per_class: int = 100,
+                        network: str | Callable = "fashion-mnist") -> dict:
+    """A conditional model's samples against their condition: for each label k of the model's K, ``per_class``
+    samples of p(x | k) (fewer where the held-out set has fewer images of k), labelled by the domain
+    classifier.
+
+    Args:
+      params: a conditional model whose context is the classifier's classes (labels 0..K-1).
+      x_real: held-out images; labels: their (N,) integer labels.
+      seed: names the draws.
+      per_class: samples (and at most as many real images) per label.
+      network: the feature network, with a classifier.
+
+    Returns:
+      ``{"n_per_class", "accuracy", "accuracy_se" (binomial), "real_accuracy" (the classifier on the real
+      images used: the ceiling), "fid_per_class" (each label's samples against its real images; FID is biased
+      upwards at small n, so compare rows of one n)}``.
+    """
+    check_params(params)
+    k = params.model.context
+    if k is None:
+        raise ValueError("conditional_quality needs a conditional model (Model(..., context=K))")
+    x, c = examples_and_context(params, x_real, labels, name="x_real")
+    y = c.argmax(-1)
+    counts = [int((y == j).sum()) for j in range(k)]
+    n = min(per_class, *counts)
+    if n < 2:
+        raise ValueError(f"the held-out images hold {min(counts)} image(s) of some label; conditional_quality needs "
+                         "at least 2 of each")
+    like = some_leaf(params)
+    wanted = torch.arange(k).repeat_interleave(n)
+    context = as_context(params.model, wanted, wanted.shape[0], like=like)
+    with torch.no_grad():
+        z = prior_draws(params, wanted.shape[0], generator(seed, "quality", "conditional", device=like.device), context)
+        made = embed(mean_images(params, z, context).reshape(wanted.shape[0], -1), network=network)
+        real_idx = torch.cat([torch.nonzero(y == j).flatten()[:n] for j in range(k)]).to(x.device)
+        real = embed(_images(x[real_idx], "x_real"), network=network)
+    if made.classes is None:
+        raise ValueError("conditional_quality needs a feature network with a classifier (features, logits)")
+    hits = (made.classes.cpu() == wanted).double()
+    fids = [metrics.fid(real.features[j * n:(j + 1) * n], made.features[j * n:(j + 1) * n]) for j in range(k)]
+    accuracy = float(hits.mean())
+    return {"n_per_class": n, "accuracy": accuracy, "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / len(hits)),
+            "real_accuracy": float((real.classes.cpu() == wanted).double().mean()), "fid_per_class": fids}
 
 
 def memorisation(samples: Embedded, held: Embedded, train: Embedded) -> dict:
