@@ -119,12 +119,6 @@ def check_values(x: Tensor, scale: int | float | None, dtype: torch.dtype, name:
         ) from None
 
 
-def read_examples(data, model, name: str = "data") -> Tensor:
-    """``data`` (any container ``as_examples`` takes) read once into (N, features) of its own values and dtype,
-    for a caller that both uses the examples and passes them on (to ``fit``, which reads them again)."""
-    return _read(data, model, name)[0]
-
-
 def read_labelled(data, model, name: str = "data") -> tuple[Tensor, list | None]:
     """``data`` read once into (N, features) of its own values and dtype, and the labels of its items where
     they are ``(example, label)`` pairs (a list of N, else None), read together so a shuffling DataLoader keeps

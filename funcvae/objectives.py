@@ -188,7 +188,8 @@ def _no_schedule(state: dict, count: Tensor, dtype: torch.dtype) -> dict:
 class Draws(NamedTuple):
     """K draws of q(z | x) for ONE example: ``gauss`` the posterior's (mean, logvar) for a model given by
     ``encode`` (else None); ``z`` (K, ...) in the model's structure; ``log_q`` (K,) or a dict of (K,) per
-    group; ``log_px_z`` (K,), all nats."""
+    group (None for ``encode``: ``log_q`` computes it from ``gauss`` where a term needs it); ``log_px_z``
+    (K,), all nats."""
 
     gauss: tuple | None
     z: object
@@ -202,7 +203,7 @@ def draws(params, x: Tensor, eps: Tensor, c: Tensor | None = None) -> Draws:
     if model.gaussian:  # one encoding for the K draws, and its moments kept for an analytic KL
         mean, logvar = model.encode_one(tree, x, c)
         z = D.reparameterize(mean, logvar, eps)
-        gauss, log_q = (mean, logvar), D.gaussian_log_prob(mean, logvar, z).sum(-1)
+        gauss, log_q = (mean, logvar), None
     else:
         gauss = None
         z, log_q = vmap(model.draw, in_dims=(None, None, 0, None))(tree, x, eps, c)
@@ -218,7 +219,12 @@ def log_ratios(params, d: Draws, c: Tensor | None = None) -> tuple[Tensor, Tenso
     if isinstance(d.log_q, dict) and isinstance(log_p, dict):
         groups = torch.stack([d.log_q[g] - log_p[g] for g in model.groups], dim=-1)
         return groups.sum(-1), groups
-    return _total(d.log_q) - _total(log_p), None
+    return _total(log_q(d)) - _total(log_p), None
+
+
+def log_q(d: Draws):
+    """log q(z | x) at each draw, nats: the posterior's own, or a Gaussian ``encode``'s density."""
+    return d.log_q if d.gauss is None else D.gaussian_log_prob(*d.gauss, d.z).sum(-1)
 
 
 def _total(log_density) -> Tensor:

@@ -26,7 +26,8 @@ from funcvae.pictures import figure
 from funcvae.stacks import stack, unstack
 from funcvae.train import fit
 from funcvae.checks import check_nonnegative
-from funcvae.inputs import as_examples, read_examples
+from funcvae.context import as_context
+from funcvae.inputs import as_examples, read_labelled
 
 #: The table's columns (``format_table``); the last is there when the rows hold a FID.
 COLUMNS = ("beta", "rate KL", "distortion recon", "-ELBO", "active units", "FID samples")
@@ -52,7 +53,7 @@ def check_betas(betas: Sequence[float]) -> list[float]:
 def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int, val_data, seed: int = 0,
                     batch_size: int = 128, lr: float | None = None, optimizer=None, free_bits: float | None = None,
                     scale: float | None = None, compile=None, progress: bool | None = None,
-                    network=None) -> list[dict]:
+                    network=None, context=None, val_context=None) -> list[dict]:
     """Train one copy of ``params`` per beta (as ONE stacked model, one vmapped step) and score each on
     ``val_data``.
 
@@ -73,6 +74,7 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
       network: a feature network of ``funcvae.quality`` (e.g. "fashion-mnist") or a feature function:
         each row then holds ``fid``, the FID of as many prior samples as ``val_data`` has against it (the
         perception axis of Blau & Michaeli's rate-distortion-perception trade-off); None: no FID.
+      context, val_context: a conditional model's, as for ``funcvae.fit`` (labelled datasets give their labels).
 
     Returns:
       One dict per beta, in the order given: ``beta``; ``rate`` (mean KL) and ``distortion`` (mean recon)
@@ -90,14 +92,17 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
         raise ValueError("pass either lr (Adam at that rate) or optimizer=, not both")
     if val_data is None:
         raise ValueError("val_data is required: the rate and distortion are measured on held-out data")
-    held_out = read_examples(val_data, params.model, "val_data")  # read once: scored here and by fit
+    held_out, labels = read_labelled(val_data, params.model, "val_data")  # read once: scored here and by fit
     x_val = as_examples(held_out, params.model, scale=scale, like=some_leaf(params), name="val_data")
+    given = val_context if val_context is not None or params.model.context is None else labels
+    c_val = as_context(params.model, given, x_val.shape[0], like=x_val, name="val_context")
     stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
                              optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=held_out,
-                             scale=scale, compile=compile, progress=progress)
+                             scale=scale, compile=compile, progress=progress, context=context, val_context=c_val)
     real = None if network is None else quality.embed(x_val, network=network)
-    return [{"beta": beta, **score(model, x_val, seed=seed), **_perception(model, real, network, seed=seed),
-             "history": history} for beta, model, history in zip(betas, unstack(stacked), histories)]
+    return [{"beta": beta, **score(model, x_val, seed=seed, context=c_val),
+             **_perception(model, real, network, seed=seed), "history": history}
+            for beta, model, history in zip(betas, unstack(stacked), histories)]
 
 
 def _perception(params: Params, real, network, *, seed: int) -> dict:
@@ -109,14 +114,15 @@ def _perception(params: Params, real, network, *, seed: int) -> dict:
     return {"fid": quality.metrics.fid(real.features, quality.features(samples, network=network))}
 
 
-def score(params: Params, x, *, seed: int) -> dict:
+def score(params: Params, x, *, seed: int, context=None) -> dict:
     """Rate, distortion and -ELBO (means and standard errors, nats per example) and active units of ONE
-    model on ``x``, with ``funcvae.elbo``'s noise for ``seed`` at beta = 1 (keys as ``rate_distortion``'s)."""
-    terms = elbo(params, x, seed=seed, beta=1.0)
-    active = active_units(params, x)
+    model on ``x`` (a conditional model's ``context``), with ``funcvae.elbo``'s noise for ``seed`` at beta = 1
+    (keys as ``rate_distortion``'s)."""
+    terms = elbo(params, x, seed=seed, beta=1.0, context=context)
+    active = active_units(params, x, context=context, seed=seed)
     (rate, rate_se), (distortion, distortion_se), (loss, loss_se) = (mean_se(terms[k]) for k in ("kl", "recon", "loss"))
     return {"rate": rate, "rate_se": rate_se, "distortion": distortion, "distortion_se": distortion_se, "loss": loss,
-            "loss_se": loss_se, "elbo": -loss, "active_units": active.count, "latent": params.model.latent}
+            "loss_se": loss_se, "elbo": -loss, "active_units": active.count, "latent": params.model.noise_size}
 
 
 def mean_se(values: Tensor) -> tuple[float, float]:
