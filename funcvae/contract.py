@@ -51,10 +51,10 @@ def structure(model: Model) -> Structure:
             z, log_q = mean, gaussian_log_density(mean, logvar.clamp(*LOGVAR_RANGE), mean)
         else:
             z, log_q = _check_drawn(model, params.tree, x, eps, c, dtype)
-        log_p = _check_density(model, "prior's log_prob", model.log_prior(params.tree, z, c), dtype)
+        log_p = _check_density(model, ("prior", "log_prob"), model.log_prior(params.tree, z, c), dtype)
         if model.prior.name == "custom":
-            _check_latent(model, "prior's sample", model.prior.sample_fn(params.tree, model.split(eps),
-                                                                          *model._with(c)), dtype)
+            _check_latent(model, ("prior", "sample"), model.prior.sample_fn(params.tree, model.split(eps),
+                                                                             *model._with(c)), dtype)
         _check_decoded(model, _decode(model, params.tree, z, c), dtype)
         _check_batched(model, params.tree, leaves, dtype)
     per_group = isinstance(log_q, dict) and isinstance(log_p, dict)
@@ -78,13 +78,14 @@ def _check_drawn(model: Model, tree: dict, x: Tensor, eps: Tensor, c, dtype: tor
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise ValueError(f"the model's posterior must return (z, log_q), got {describe_value(out)}")
     z, log_q = out
-    _check_latent(model, "posterior's z", z, dtype)
-    _check_density(model, "posterior's log_q", log_q, dtype)
+    _check_latent(model, ("posterior", "z"), z, dtype)
+    _check_density(model, ("posterior", "log_q"), log_q, dtype)
     return z, log_q
 
 
-def _check_latent(model: Model, what: str, z, dtype: torch.dtype) -> None:
-    """``z`` has the structure of ``latent``: a (latent,) tensor, or a dict of (size,) tensors with its keys."""
+def _check_latent(model: Model, what: tuple[str, str], z, dtype: torch.dtype) -> None:
+    """``z`` (``what``: the function and the output's name) has the structure of ``latent``: a (latent,)
+    tensor, or a dict of (size,) tensors with its keys."""
     if model.groups is None:
         ok = isinstance(z, Tensor) and tuple(z.shape) == (model.latent,)
         want = f"a tensor of shape ({model.latent},) (latent={model.latent})"
@@ -95,13 +96,14 @@ def _check_latent(model: Model, what: str, z, dtype: torch.dtype) -> None:
     if not ok:
         got = f"a dict with keys {list(z)}: " + ", ".join(describe_value(v) for v in z.values()) if isinstance(
             z, dict) else describe_value(z)
-        raise ValueError(f"the model's {what} for one example must be {want}, got {got}")
+        raise ValueError(f"the model's {what[0]}'s {what[1]} for one example must be {want}, got {got}")
     for t in (z.values() if isinstance(z, dict) else (z,)):
-        _check_float(what.split("'")[0], what.split(" ")[-1], t, dtype)
+        _check_float(*what, t, dtype)
 
 
-def _check_density(model: Model, what: str, value, dtype: torch.dtype):
-    """A log-density for one example: a 0-d tensor, or a dict of them keyed like the latent's groups."""
+def _check_density(model: Model, what: tuple[str, str], value, dtype: torch.dtype):
+    """A log-density for one example (``what``: the function and the output's name): a 0-d tensor, or a dict
+    of them keyed like the latent's groups."""
     if isinstance(value, dict):
         ok = model.groups is not None and set(value) == set(model.groups) and all(
             isinstance(v, Tensor) and v.ndim == 0 for v in value.values())
@@ -110,9 +112,10 @@ def _check_density(model: Model, what: str, value, dtype: torch.dtype):
     if not ok:
         groups = "" if model.groups is None else f", or a dict of 0-d tensors keyed {list(model.groups)}"
         got = f"a dict with keys {list(value)}" if isinstance(value, dict) else describe_value(value)
-        raise ValueError(f"the model's {what} for one example must be a 0-d tensor (nats){groups}, got {got}")
+        raise ValueError(f"the model's {what[0]}'s {what[1]} for one example must be a 0-d tensor (nats){groups}, "
+                         f"got {got}")
     for v in (value.values() if isinstance(value, dict) else (value,)):
-        _check_float(what.split("'")[0], what.split(" ")[-1], v, dtype)
+        _check_float(*what, v, dtype)
     return value
 
 

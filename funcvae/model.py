@@ -1,17 +1,19 @@
 """A VAE is a ``Model`` (pure functions for ONE example, plus static facts) and ``Params`` (the model with its
 tree of tensors).
 
-The user writes three pure functions and names the rest::
+The user writes pure functions and names the rest (the contract in full: docs/models.md)::
 
-    model = funcvae.Model(init=init, encode=encode, decode=decode, likelihood="bernoulli",
-                          input_shape=(1, 28, 28), latent=32)
+    model = funcvae.Model(init=init, posterior=posterior, decode=decode, latent={"z1": 32, "z2": 16},
+                          prior=funcvae.priors.custom(log_prob=log_prior, sample=sample_prior),
+                          likelihood="bernoulli", input_shape=(1, 28, 28))
     params = model.init(seed=0)
 
 - ``init(generator) -> tree``: any nested dict of floating-point tensors, drawn from the generator.
-- ``encode(tree, x) -> (mean, logvar)``: one flattened example (features,) to the diagonal Gaussian
-  posterior q(z | x), each (latent,).
-- ``decode(tree, z) -> out``: one latent (latent,) to the likelihood's parameters (see
-  ``funcvae.likelihoods``).
+- ``posterior(tree, x, eps) -> (z, log_q)``: ONE reparameterised draw of q(z | x) for one flattened example
+  x (features,) from standard normal noise eps shaped like ``latent``, and log q(z | x) in nats (0-d, or a
+  dict per latent group); or, the diagonal Gaussian case, ``encode(tree, x) -> (mean, logvar)``.
+- ``decode(tree, z) -> out``: one latent to the likelihood's parameters (see ``funcvae.likelihoods``).
+- A conditional model (``context=K``) takes its context c (K,) last in every function.
 
 Batches, samples and stacks of models come from ``torch.func.vmap`` of these. ``Params`` is registered with
 optree (namespace ``"funcvae"``) and torch's pytree, so transforms see only the tensors and carry the model
@@ -77,12 +79,10 @@ class Model:
             raise TypeError("a Model takes exactly one of encode= (a diagonal Gaussian posterior, (mean, logvar)) "
                             "and posterior= (a draw z and its log q(z | x)); got "
                             + ("both" if encode is not None else "neither"))
-        for name, fn in (("init", init), ("encode", encode or posterior), ("decode", decode)):
+        q = ("encode", encode) if encode is not None else ("posterior", posterior)
+        for name, fn in (("init", init), q, ("decode", decode)):
             if not callable(fn):
-                name = name if encode is not None or name != "encode" else "posterior"
                 raise TypeError(f"Model's {name} must be a function, got {type(fn).__name__}")
-        if posterior is not None and not callable(posterior):
-            raise TypeError(f"Model's posterior must be a function, got {type(posterior).__name__}")
         shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
         if shape is None or len(shape) != 3 or not all(_is_count(v) for v in shape):
             raise ValueError(f"input_shape must be (channels, height, width) of ints >= 1, got {input_shape!r}")
