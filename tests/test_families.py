@@ -282,3 +282,17 @@ def test_a_collapsed_group_is_named():
     (finding,) = funcvae.diagnostics.diagnose(history)
     assert finding["name"] == "posterior collapse" and finding["evidence"]["collapsed_groups"] == ["z2"]
     assert "z2: KL 0.01 nats, collapsed" in finding["advice"] and "free bits per group" in finding["advice"]
+
+
+def test_every_batch_keeps_each_context_with_its_example():
+    # Sharded as data-parallel processes take their rows: together they see every example once, each
+    # example beside its own context.
+    x = torch.arange(10.0).unsqueeze(1)
+    c = torch.cat([2 * x, -x], 1)  # a context that names its example
+    seen = []
+    for shard in ((0, 2), (1, 2)):
+        for xb, _, weights, cb in funcvae.batches.epoch_batches(x, 4, torch.Generator().manual_seed(0), 1, None,
+                                                                 context=c, shard=shard):
+            torch.testing.assert_close(cb, torch.cat([2 * xb, -xb], 1))
+            seen += xb[weights > 0].flatten().tolist()
+    assert sorted(seen) == list(range(10))
