@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import funcvae
+import funcvae.sweep
 from funcvae import models, objectives as O
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,10 @@ def test_every_tool_works_for_every_family(trained, tmp_path):
     assert active.variance.shape == (model.noise_size,)
     funcvae.save_params(tmp_path / "p.safetensors", params)
     back = funcvae.load_params(tmp_path / "p.safetensors", model=model if model.spec is None else None)
-    assert list(funcvae.leaves_by_path(back)) == list(funcvae.leaves_by_path(params))
+    # A round trip is the identity, leaf for leaf, in the tree's own key order (the ladder's is not sorted).
+    assert torch.utils._pytree.tree_structure(back.tree) == torch.utils._pytree.tree_structure(params.tree)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(back.tree),
+                                                 torch.utils._pytree.tree_leaves(params.tree)))
     assert all(torch.equal(a, b) for a, b in zip(funcvae.leaves_by_path(back).values(),
                                                  funcvae.leaves_by_path(params).values()))
     assert torch.equal(funcvae.elbo(back, x, seed=0, context=y)["loss"], terms["loss"])
@@ -296,3 +300,15 @@ def test_every_batch_keeps_each_context_with_its_example():
             torch.testing.assert_close(cb, torch.cat([2 * xb, -xb], 1))
             seen += xb[weights > 0].flatten().tolist()
     assert sorted(seen) == list(range(10))
+
+
+@pytest.mark.parametrize("family", ["ladder", "conditional"])
+def test_the_rate_distortion_sweep_takes_any_family(family):
+    model = FAMILIES[family]()
+    x, y = images(32), labels(model, 32)
+    rows = funcvae.sweep.rate_distortion(model.init(0), x, betas=[0.5, 2.0], epochs=1, batch_size=16, compile=False,
+                                         val_data=x[:16], context=y, val_context=None if y is None else y[:16],
+                                         progress=False)
+    for row in rows:
+        assert row["latent"] == model.noise_size and math.isfinite(row["loss"])
+        assert row["rate"] + row["distortion"] == pytest.approx(row["loss"], rel=1e-5)
