@@ -106,6 +106,17 @@ def table(out: Path) -> str:
             f"{g} {v:.2f}" for g, v in r["kl_groups"].items()) + ")")
         lines.append(f"| {name} | {r['nll']:.2f} | {r['nll_se']:.2f} | {diff} | {-r['elbo']:.2f} | {kl} | {active} | "
                      f"{r['prior_fid']:.1f} |")
+    lines.append("")
+    lines += [f"- {name}: `{r['command']}` ({r['train_seconds'] / 60:.0f} min of training, IWAE_{r['k']} in "
+              f"{r['iwae_seconds']:.0f} s; {r['cpu']}, torch {r['torch']})" for name, r in rows.items()]
+    for name, r in rows.items():
+        c = r.get("conditional")
+        if c is not None:
+            fids = ", ".join(f"{v:.0f}" for v in c["fid_per_class"])
+            lines.append(f"- {name}, its samples: the classifier labels {c['accuracy']:.1%} ± {c['accuracy_se']:.1%} "
+                         f"of them as their condition ({c['n_per_class']} per class; real images of the same labels: "
+                         f"{c['real_accuracy']:.1%}); FID of each label's samples against its real images, labels "
+                         f"0-9: {fids}")
     return "\n".join(lines)
 
 
