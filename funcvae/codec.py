@@ -32,11 +32,11 @@ def encode(params: Params, x, *, scale: float | None = None, context=None, seed:
     model = params.model
     if model.gaussian:
         return vmap(model.encode_one, in_dims=(None, 0, None if c is None else 0))(params.tree, x, c)
-    z = draws(params, x, c, seed=seed, samples=samples)
+    z = _draws(params, x, c, seed=seed, samples=samples)
     return z.mean(1), torch.log(z.var(1, correction=1))
 
 
-def draws(params: Params, x: Tensor, c: Tensor | None, *, seed: int | None, samples: int) -> Tensor:
+def _draws(params: Params, x: Tensor, c: Tensor | None, *, seed: int | None, samples: int) -> Tensor:
     """``samples`` draws of q(z | x) for each validated example, flat: (N, samples, noise_size)."""
     if seed is None:
         raise ValueError(f"the posterior of {params.model} is given as a draw, so its moments are Monte Carlo "

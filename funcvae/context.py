@@ -24,12 +24,25 @@ def examples_and_context(params, data, context=None, *, scale: float | None = No
     from funcvae.contract import check_params, examples_of  # the contract opens data; this extends it
 
     check_params(params)
-    if params.model.context is None and context is None:
-        return examples_of(params, data, scale=scale, name=name), None
-    raw, labels = read_labelled(data, params.model, name)
-    x = examples_of(params, raw, scale=scale, name=name)
-    return x, as_context(params.model, labels if context is None else context, x.shape[0], like=x,
-                         name="context" if context is not None else f"{name}'s labels")
+    data, labels = with_labels(data, params.model, context, name)
+    x = examples_of(params, data, scale=scale, name=name)
+    return x, chosen(params.model, context, labels, x.shape[0], like=x, name=name)
+
+
+def with_labels(data, model, context, name: str) -> tuple:
+    """``data`` and its labels (``inputs.read_labelled``: read once together) where a conditional model is given
+    no explicit context; else ``data`` as it is and None."""
+    if model.context is None or context is not None:
+        return data, None
+    return read_labelled(data, model, name)
+
+
+def chosen(model, context, labels, n: int, *, like: Tensor, name: str, given: str = "context") -> Tensor | None:
+    """``as_context`` of the explicit ``context`` (called ``given`` in errors) where there is one or the model is
+    unconditional (which refuses it), else of the labels of the data called ``name``."""
+    if context is not None or model.context is None:
+        return as_context(model, context, n, like=like, name=given)
+    return as_context(model, labels, n, like=like, name=f"{name}'s labels")
 
 
 def as_context(model, context, n: int | None, *, like: Tensor, name: str = "context") -> Tensor | None:
@@ -73,6 +86,9 @@ def as_context(model, context, n: int | None, *, like: Tensor, name: str = "cont
     return c.to(dtype=like.dtype, device=like.device)
 
 
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _tensor(context, name: str) -> Tensor:
     """Labels or vectors as one tensor: a tensor, an array, or a list of numbers or of 0-d/1-d tensors."""
     if isinstance(context, Tensor):
@@ -89,8 +105,6 @@ def _tensor(context, name: str) -> Tensor:
     else:
         raise TypeError(f"{name} must be a tensor, array or list of integer labels or float vectors, got "
                         f"{type(context).__name__}")
-    if c.dtype == torch.bool or c.is_complex() or not (c.is_floating_point() or not c.is_floating_point() and
-                                                      c.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
-                                                                  torch.int64)):
+    if not (c.is_floating_point() or c.dtype in _INTEGERS):
         raise TypeError(f"{name} must be integer labels or float vectors, got dtype {c.dtype}")
     return c.reshape(1) if c.ndim == 0 else c

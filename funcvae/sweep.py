@@ -26,7 +26,7 @@ from funcvae.pictures import figure
 from funcvae.stacks import stack, unstack
 from funcvae.train import fit
 from funcvae.checks import check_nonnegative
-from funcvae.context import as_context
+from funcvae.context import chosen
 from funcvae.inputs import as_examples, read_labelled
 
 #: The table's columns (``format_table``); the last is there when the rows hold a FID.
@@ -94,8 +94,7 @@ def rate_distortion(params: Params, data, *, betas: Sequence[float], epochs: int
         raise ValueError("val_data is required: the rate and distortion are measured on held-out data")
     held_out, labels = read_labelled(val_data, params.model, "val_data")  # read once: scored here and by fit
     x_val = as_examples(held_out, params.model, scale=scale, like=some_leaf(params), name="val_data")
-    given = val_context if val_context is not None or params.model.context is None else labels
-    c_val = as_context(params.model, given, x_val.shape[0], like=x_val, name="val_context")
+    c_val = chosen(params.model, val_context, labels, x_val.shape[0], like=x_val, name="val_data", given="val_context")
     stacked, histories = fit(stack([params] * len(betas)), data, epochs=epochs, batch_size=batch_size, lr=lr,
                              optimizer=optimizer, seed=seed, beta=betas, free_bits=free_bits, val_data=held_out,
                              scale=scale, compile=compile, progress=progress, context=context, val_context=c_val)

@@ -27,8 +27,8 @@ from funcvae.model import Params, some_leaf
 from funcvae.contract import stack_size
 from funcvae.step import TrainState, init_state, make_train_step
 from funcvae._runtime.threads import shared_cores
-from funcvae.context import as_context
-from funcvae.inputs import as_examples, as_levels, check_values, read_labelled
+from funcvae.context import chosen, with_labels
+from funcvae.inputs import as_examples, as_levels, check_values
 
 __all__ = ["CHECKPOINT_FILE", "NonFiniteError", "fit"]
 
@@ -158,34 +158,20 @@ def _training_set(data, params: Params, config: FitConfig, like: Tensor,
                   context) -> tuple[Tensor, int | float | None, Tensor | None]:
     """The training set as fit holds it and its scale (``inputs.as_levels``), checked as ``_examples``, and a
     conditional model's context (``funcvae.context``)."""
-    data, labels = _with_labels(data, params, context, "data")
+    data, labels = with_labels(data, params.model, context, "data")
     x, scale = as_levels(data, params.model, scale=config.scale, like=like, name="data")
     if config.binarize == "dynamic":
         check_values(x, scale, like.dtype, "data", _probabilities)
-    return x, scale, _context(params, context, labels, x, like, "data")
+    return x, scale, chosen(params.model, context, labels, x.shape[0], like=like, name="data")
 
 
 def _examples(data, params: Params, config: FitConfig, like: Tensor, name: str,
               context) -> tuple[Tensor, Tensor | None]:
-    data, labels = _with_labels(data, params, context, name)
+    data, labels = with_labels(data, params.model, context, name)
     x = as_examples(data, params.model, scale=config.scale, like=like, name=name)
     if config.binarize == "dynamic":
         _probabilities(x, name)
-    return x, _context(params, context, labels, x, like, name)
-
-
-def _with_labels(data, params: Params, context, name: str):
-    """``data`` and its labels, read once together for a conditional model without an explicit context."""
-    if params.model.context is None or context is not None:
-        return data, None
-    return read_labelled(data, params.model, name)
-
-
-def _context(params: Params, context, labels, x: Tensor, like: Tensor, name: str) -> Tensor | None:
-    if context is not None:
-        return as_context(params.model, context, x.shape[0], like=like,
-                          name="context" if name == "data" else "val_context")
-    return as_context(params.model, labels, x.shape[0], like=like, name=f"{name}'s labels")
+    return x, chosen(params.model, context, labels, x.shape[0], like=like, name=name, given="val_context")
 
 
 def _probabilities(x: Tensor, name: str) -> None:
