@@ -13,9 +13,10 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae import likelihoods
+from funcvae import distributions as D, likelihoods
 from funcvae.inputs import as_examples
-from funcvae.model import LOGVAR_RANGE, PARAM_DTYPES, Model, gaussian_log_density, Params, check_keys, describe_value, leaves_by_path, some_leaf
+from funcvae.model import (LOGVAR_RANGE, PARAM_DTYPES, Model, Params, check_keys, describe_value, leaves_by_path,
+                           some_leaf)
 
 
 class Structure(NamedTuple):
@@ -48,7 +49,7 @@ def structure(model: Model) -> Structure:
         x, eps = torch.zeros(model.features, dtype=dtype), torch.zeros(model.noise_size, dtype=dtype)
         if model.gaussian:  # its draw is made from the checked encoding, without running encode again
             mean, logvar = _check_encoded(model, model.encode(params.tree, x, *model._with(c)), dtype)
-            z, log_q = mean, gaussian_log_density(mean, logvar.clamp(*LOGVAR_RANGE), mean)
+            z, log_q = mean, D.gaussian_log_prob(mean, logvar.clamp(*LOGVAR_RANGE), mean).sum(-1)
         else:
             z, log_q = _check_drawn(model, params.tree, x, eps, c, dtype)
         log_p = _check_density(model, ("prior", "log_prob"), model.log_prior(params.tree, z, c), dtype)
@@ -124,7 +125,7 @@ def _draw(model: Model, tree: dict, x: Tensor, eps: Tensor, c):
     if not model.gaussian:
         return model.posterior(tree, x, model.split(eps), *model._with(c))
     mean, logvar = model.encode(tree, x, *model._with(c))
-    return mean + torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE)) * eps
+    return D.reparameterize(mean, logvar.clamp(*LOGVAR_RANGE), eps)
 
 
 def _decode(model: Model, tree: dict, z, c):

@@ -24,7 +24,6 @@ a model and its params against this before any work.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import optree
@@ -32,7 +31,7 @@ import torch
 import torch.utils._pytree as torch_pytree
 from torch import Tensor
 
-from funcvae import likelihoods, priors
+from funcvae import distributions as D, likelihoods, priors
 from funcvae.rng import generator
 
 # The posterior's log-variance is kept where exp() of it (and of half of it) is finite and far from float32's
@@ -201,8 +200,8 @@ class Model:
         log_q nats (0-d, or a dict per group)."""
         if self.gaussian:
             mean, logvar = self.encode_one(tree, x, c)
-            z = mean + torch.exp(0.5 * logvar) * eps
-            return z, gaussian_log_density(mean, logvar, z)
+            z = D.reparameterize(mean, logvar, eps)
+            return z, D.gaussian_log_prob(mean, logvar, z).sum(-1)
         return self.posterior(tree, x, self.split(eps), *self._with(c))
 
     def log_prior(self, tree: dict, z, c: Tensor | None = None):
@@ -211,11 +210,6 @@ class Model:
 
     def decode_one(self, tree: dict, z, c: Tensor | None = None):
         return self.decode(tree, z, *self._with(c))
-
-
-def gaussian_log_density(mean: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
-    """log N(z | mean, diag(exp(logvar))) summed over the last axis: (..., d) -> (...) nats."""
-    return -0.5 * (math.log(2.0 * math.pi) + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
 def _layout(latent) -> int | tuple[tuple[str, int], ...]:
