@@ -22,17 +22,10 @@ from funcvae.model import Params, some_leaf
 from funcvae.context import examples_and_context
 from funcvae.contract import check_params, examples_of
 from funcvae.rng import generator
-from funcvae.sampling import balanced_context, prior_draws
-from funcvae.sampling import mean_images as sampled_images
+from funcvae.sampling import balanced_context, decoded_images, mean_images, prior_draws
 from funcvae.checks import check_int, check_positive
 
 PADDING = 2
-
-
-def mean_images(params: Params, out) -> Tensor:
-    """Decoder outputs (the likelihood's parameters, leading N) -> mean images (N, C, H, W) in [0, 1]."""
-    model = params.model
-    return model.likelihood.mean(out).clamp(0.0, 1.0).reshape(-1, *model.input_shape)
 
 
 def save_grid(images: Tensor, path, nrow: int) -> Path:
@@ -86,7 +79,7 @@ def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow:
     like = some_leaf(params)
     c = balanced_context(params, n)
     z = prior_draws(params, n, generator(seed, "pictures", "prior", device=like.device), c)
-    return save_grid(sampled_images(params, z, c), path, nrow=nrow)
+    return save_grid(decoded_images(params, z, c), path, nrow=nrow)
 
 
 def nearest_training_images(params: Params, samples: Tensor, neighbours: Tensor, path: str | os.PathLike) -> Path:

@@ -27,7 +27,7 @@ def sample(params: Params, n: int, *, seed: int, context=None) -> Tensor:
     check_params(params)
     like = some_leaf(params)
     c = as_context(params.model, context, n, like=like)
-    return mean_images(params, prior_draws(params, n, generator(seed, "sample", device=like.device), c), c)
+    return decoded_images(params, prior_draws(params, n, generator(seed, "sample", device=like.device), c), c)
 
 
 def balanced_context(params: Params, n: int) -> Tensor | None:
@@ -47,9 +47,15 @@ def prior_draws(params: Params, n: int, gen: torch.Generator, c: Tensor | None =
         return model.prior.sample(params.tree, model, n, gen, like, c)
 
 
-def mean_images(params: Params, z, c: Tensor | None = None) -> Tensor:
+def decoded_images(params: Params, z, c: Tensor | None = None) -> Tensor:
     """Latents ``z`` (the model's structure, leading n) decoded to mean images (n, C, H, W) in [0, 1]."""
     model = params.model
     with torch.no_grad():
         out = vmap(model.decode_one, in_dims=(None, 0, None if c is None else 0))(params.tree, z, c)
+    return mean_images(params, out)
+
+
+def mean_images(params: Params, out) -> Tensor:
+    """Decoder outputs (the likelihood's parameters, leading N) -> mean images (N, C, H, W) in [0, 1]."""
+    model = params.model
     return model.likelihood.mean(out).clamp(0.0, 1.0).reshape(-1, *model.input_shape)

@@ -20,7 +20,7 @@ from funcvae.codec import decode, encode
 from funcvae.context import as_context, examples_and_context
 from funcvae.model import Params, some_leaf
 from funcvae.contract import check_params, examples_of
-from funcvae.sampling import balanced_context, mean_images, prior_draws
+from funcvae.sampling import balanced_context, decoded_images, prior_draws
 from funcvae._moved import renamed_keyword
 from funcvae.quality import metrics
 from funcvae.quality import network as networks
@@ -118,7 +118,7 @@ def prior_images(params: Params, n: int, *, seed: int) -> Tensor:
     like = some_leaf(params)
     c = balanced_context(params, n)
     z = prior_draws(params, n, generator(seed, "quality", "prior", device=like.device), c)
-    return mean_images(params, z, c).reshape(n, -1)
+    return decoded_images(params, z, c).reshape(n, -1)
 
 
 def reconstruction_images(params: Params, x: Tensor, *, seed: int = 0, context=None) -> Tensor:
@@ -205,7 +205,7 @@ def conditional_quality(params: Params, x_real, labels, *, seed: int = 0, per_cl
     context = as_context(params.model, wanted, wanted.shape[0], like=like)
     with torch.no_grad():
         z = prior_draws(params, wanted.shape[0], generator(seed, "quality", "conditional", device=like.device), context)
-        made = embed(mean_images(params, z, context).reshape(wanted.shape[0], -1), network=network)
+        made = embed(decoded_images(params, z, context).reshape(wanted.shape[0], -1), network=network)
         real_idx = torch.cat([torch.nonzero(y == j).flatten()[:n] for j in range(k)]).to(x.device)
         real = embed(_images(x[real_idx], "x_real"), network=network)
     if made.classes is None:
