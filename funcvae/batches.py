@@ -19,9 +19,10 @@ def epoch_batches(x: Tensor, batch_size: int, gen: torch.Generator, latent: int,
     conditional model's, batched with its examples (None: the batches' context is None).
 
     Args:
-      x: (N, features) floats, or uint8 pixel levels (``inputs.as_levels``), which the batches keep (a
-        quarter of float32's bytes gathered) except under dynamic binarisation: its probabilities are their
-        values for ``scale`` (``pixels.pixel_values``), exactly as the step would make them.
+      x: (N, features) floats, or uint8 pixel levels (``inputs.as_levels``; in memory, or ``ondisk.OnDisk``,
+        whose batches are read from its file), which the batches keep (a quarter of float32's bytes gathered)
+        except under dynamic binarisation: its probabilities are their values for ``scale``
+        (``pixels.pixel_values``), exactly as the step would make them.
       dtype: of eps and weights, the params' (default: ``x``'s).
       start, rng_state: resume at batch ``start`` with the generator in ``rng_state``, the state it had
         after batch ``start - 1``: the batches then are exactly those of an uninterrupted epoch.

@@ -31,8 +31,9 @@ def examples_and_context(params, data, context=None, *, scale: float | None = No
 
 def with_labels(data, model, context, name: str) -> tuple:
     """``data`` and its labels (``inputs.read_labelled``: read once together) where a conditional model is given
-    no explicit context; else ``data`` as it is and None."""
-    if model.context is None or context is not None:
+    no explicit context; else, or where ``data`` is a tensor or array (which has no labels), ``data`` as it is
+    and None (so a memory map is not read whole here)."""
+    if model.context is None or context is not None or isinstance(data, (Tensor, np.ndarray)):
         return data, None
     return read_labelled(data, model, name)
 

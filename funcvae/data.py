@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
+from funcvae import images, synthetic
 from funcvae.rng import generator
 
 DATASETS = {
@@ -27,6 +28,10 @@ DATASETS = {
     "fashion-mnist": (datasets.FashionMNIST, Path("/usr/share/datasets/fashion-mnist")),
 }
 SPLITS = ("train", "test")
+#: Images of one's own: a folder of image files, or a .npy / .npz file (``funcvae.images``).
+folder, array = images.folder, images.array
+#: Coloured shapes made from a seed, with their factors: (N, 3, H, W) uint8 (``funcvae.synthetic``).
+shapes = synthetic.shapes
 BINARIZE = (None, "static")
 PIXELS = ("float32", "uint8")
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from funcvae.checks import check_scale, exact, first_index
-from funcvae.pixels import level_values
+from funcvae.checks import check_scale, first_index
+from funcvae.ondisk import OnDisk, is_mapped
+from funcvae.pixels import level_values, pixel_values
 
 #: PIL image modes whose values are intensities (grey levels or RGB, with or without alpha); the others hold
 #: palette indices or another colour space, which would pass for pixels silently.
@@ -46,7 +47,7 @@ def as_examples(data, model, *, scale: float | None = None, like: Tensor, name: 
 
 
 def as_levels(data, model, *, scale: float | None = None, like: Tensor,
-              name: str = "data") -> tuple[Tensor, int | float | None]:
+              name: str = "data") -> tuple[Tensor | OnDisk, int | float | None]:
     """``data`` as ``fit`` holds its training set: 8-bit data as uint8 levels, the rest as ``as_examples`` gives.
 
     Integer or bool data whose values all lie in [0, 255] become (N, features) uint8 on ``like``'s device,
@@ -56,8 +57,15 @@ def as_levels(data, model, *, scale: float | None = None, like: Tensor,
     and checking them makes no float copy: the likelihood's support is checked on the values of their levels
     (``check_values``). Other data come back as ``as_examples``'s tensor with the scale None. Arguments
     and errors as ``as_examples``'s.
+
+    A memory map of a file (``is_mapped``: ``np.load(path, mmap_mode="r")``) is never read whole: its rows stay
+    in the file, returned as ``OnDisk``, checked block by block; it must hold integers (or bools) that are levels
+    in [0, 255] (ValueError otherwise, naming the range and the first value outside, or saying how to proceed
+    with floats).
     """
     scale = check_scale(scale)
+    if is_mapped(data):
+        return _levels_on_disk(data, model, scale, like, name)
     x, from_pil = _read(data, model, name)
     _check_scaled(x, scale, name)
     if not x.is_floating_point():
@@ -83,20 +91,56 @@ def _check_scaled(x: Tensor, scale, name: str) -> None:
     if why is None and scale > 1 and float(x.max() if x.is_floating_point() else _wide(x).max()) <= 1:
         why = "all within [0, 1]"
     if why is not None:
-        raise ValueError(f"scale divides 8-bit pixel levels (such as 0..255), but {name} are {why}: values "
-                         f"already, which dividing by {scale} would darken; leave scale unset")
+        raise _scaled_values(name, scale, why)
 
 
-def check_values(x: Tensor, scale: int | float | None, dtype: torch.dtype, name: str, check) -> None:
+def _scaled_values(name: str, scale, why: str) -> ValueError:
+    return ValueError(f"scale divides 8-bit pixel levels (such as 0..255), but {name} are {why}: values "
+                      f"already, which dividing by {scale} would darken; leave scale unset")
+
+
+def _levels_on_disk(data: np.memmap, model, scale, like: Tensor, name: str) -> tuple[OnDisk, int | float]:
+    """A memory map of integer pixel levels as ``OnDisk`` rows of its file and their scale, checked as
+    ``as_levels`` checks levels held in memory, with its messages, one block of the file at a time."""
+    kind = data.dtype.kind
+    if kind not in "biu":
+        # Read whole, a float map would be a float copy in memory: the point of a map is lost, so say so.
+        raise ValueError(f"{name} is a memory map of {data.dtype}: fit reads a memory-mapped training set from "
+                         "its file batch by batch as integer pixel levels only (uint8, or integers in [0, 255], "
+                         "with scale=); save the images as uint8 levels (for values in [0, 1]: "
+                         "np.rint(x * 255).astype(np.uint8), then scale=255), or pass np.array(data) to train on "
+                         "them in memory")
+    x = OnDisk(data, _flat_shape(data.shape, model, name)[1], like.device)
+    lo, hi = x.min(), x.max()
+    if scale is None and kind != "b" and (lo < 0 or hi > 1):
+        _, where, value = x.find(lambda rows: (rows < 0) | (rows > 1))
+        raise _unit_integers(name, f"{data.dtype}, a memory map", lo, hi, value, where)
+    if scale is not None:
+        why = "bool" if kind == "b" else "all within [0, 1]" if scale > 1 and hi <= 1 else None
+        if why is not None:
+            raise _scaled_values(name, scale, why)
+        if lo < 0 or hi > 255:
+            _, where, value = x.find(lambda rows: (rows < 0) | (rows > 255))
+            raise ValueError(f"{name} is a memory map of {data.dtype} with values in [{lo}, {hi}]: fit reads a "
+                             "memory-mapped training set from its file as 8-bit pixel levels only, in [0, 255] "
+                             f"(the first value outside is {value}, at index {where}); save the images as uint8 "
+                             "levels, or pass np.array(data) to train on them in memory as floats")
+    scale = 1 if scale is None else scale
+    check_values(x, scale, like.dtype, name, model.likelihood.check_support)
+    return x, scale
+
+
+def check_values(x: Tensor | OnDisk, scale: int | float | None, dtype: torch.dtype, name: str, check) -> None:
     """``check(values, name)``, a support check (``distributions.check_support``'s), of the values ``x`` stands
     for: ``x`` itself when ``scale`` is None, else those of uint8 levels ``x`` (N, F) in ``dtype``
-    (``pixel_values``), checked on the values of the levels 0..max rather than on a float copy of ``x``.
+    (``pixel_values``; in memory or ``OnDisk``), checked on the values of the levels 0..max rather than on a
+    float copy of ``x``; where one of those is refused, levels in memory are checked on their own values, and
+    ``OnDisk`` levels for the refused levels they hold.
 
     Raises:
-      ValueError: ``check_support``'s, word for word. A level's value rises with it and is >= 0, so the
-        levels outside a support (the finite numbers; [0, 1], the Bernoulli likelihood's and dynamic
-        binarisation's) are those from the first failing one up: masks of ``x`` find the count and the
-        first index the message names.
+      ValueError: ``check_support``'s, word for word; for ``OnDisk`` levels, whose values are never all in
+        memory, its words on the first example (F,) that holds a refused level, named ``f"{name}'s example
+        {i}"`` (the levels refused are found one by one, the example in one pass over the file).
     """
     if scale is None:
         check(x, name)
@@ -105,18 +149,26 @@ def check_values(x: Tensor, scale: int | float | None, dtype: torch.dtype, name:
     try:
         check(values, name)
     except ValueError:
-        finite = torch.isfinite(values)
-        if not bool(finite.all()):
-            bad = x >= int(finite.sum())
-            raise ValueError(f"{name} holds {int(bad.sum())} NaN or Inf values (first at index {first_index(bad)})"
-                             ) from None
-        where = first_index(x >= int((values <= 1).sum()))
-        lo, hi = float(values[int(x.min())]), float(values[-1])
-        raise ValueError(
-            f"{name} has values in [{exact(lo)}, {exact(hi)}], outside [0, 1], the support of the Bernoulli "
-            "likelihood; pass scale= (e.g. 255 for 8-bit pixels) or use likelihood='gaussian' (the first value "
-            f"outside is {float(values[int(x[where])])!r}, at index {where})"
-        ) from None
+        if isinstance(x, Tensor):
+            # The data's own values decide, in the float path's words for any likelihood: a level refused above
+            # may be one the data do not hold, where a support is no interval (the discretised logistic's levels
+            # k/255 under another scale). The float copy is made on this path only.
+            check(pixel_values(x, level_values(scale, dtype, x.device)), name)
+            return
+        refused = [level for level in range(len(values)) if not _accepts(check, values[level:level + 1], name)]
+        _, where, _ = x.find(lambda rows: np.isin(rows, refused))
+        if where is not None:
+            example = x.index_select(0, torch.tensor([where[0]]))[0].cpu()
+            check(pixel_values(example, values), f"{name}'s example {where[0]}")
+
+
+def _accepts(check, values: Tensor, name: str) -> bool:
+    """Whether the support check ``check`` takes ``values``."""
+    try:
+        check(values, name)
+    except ValueError:
+        return False
+    return True
 
 
 def read_labelled(data, model, name: str = "data") -> tuple[Tensor, list | None]:
@@ -132,9 +184,7 @@ def _read(data, model, name: str, labels: list | None = None) -> tuple[Tensor, b
     """``data`` as (N, features) of its own dtype, and whether it came from PIL images; the labels of
     labelled items are appended to ``labels`` when it is given."""
     x, from_pil = _to_tensor(data, name, labels)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    x = _to_flat(x, model, name)
+    x = x.reshape(_flat_shape(x.shape, model, name))
     if x.is_complex():
         raise TypeError(f"{name} has complex dtype {x.dtype}; expected real pixel values")
     return x, from_pil
@@ -251,16 +301,19 @@ def _joined(parts: list[tuple[Tensor, bool]], name: str, kind: str, what: str) -
     return joined, any(pil for _, pil in parts)
 
 
-def _to_flat(x: Tensor, model, name: str) -> Tensor:
+def _flat_shape(shape: tuple[int, ...], model, name: str) -> tuple[int, int]:
+    """(N, features): the shape data of ``shape`` take as ``model``'s examples; ValueError for empty data or a
+    shape that is not ``model``'s images."""
+    shape = tuple(shape)
+    if not shape or shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {shape})")
     c, h, w = model.input_shape
-    ok = (x.ndim == 2 and x.shape[1] == model.features) or (x.ndim == 3 and c == 1 and x.shape[1:] == (h, w)) \
-        or (x.ndim == 4 and x.shape[1:] == (c, h, w))
+    ok = (len(shape) == 2 and shape[1] == model.features) or (len(shape) == 3 and c == 1 and shape[1:] == (h, w)) \
+        or (len(shape) == 4 and shape[1:] == (c, h, w))
     if not ok:
         shapes = [f"(N, {model.features})", f"(N, {c}, {h}, {w})"] + ([f"(N, {h}, {w})"] if c == 1 else [])
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}; params built for {c}x{h}x{w} inputs take {' or '.join(shapes)}"
-        )
-    return x.reshape(x.shape[0], model.features)
+        raise ValueError(f"{name} has shape {shape}; params built for {c}x{h}x{w} inputs take {' or '.join(shapes)}")
+    return shape[0], model.features
 
 
 def _check_unit_integers(x: Tensor, name: str, from_pil: bool) -> None:
@@ -269,11 +322,16 @@ def _check_unit_integers(x: Tensor, name: str, from_pil: bool) -> None:
     lo, hi = int(wide.min()), int(wide.max())
     if lo < 0 or hi > 1:
         where = first_index((wide < 0) | (wide > 1))
-        source = ", from PIL images" if from_pil else ""
-        raise ValueError(
-            f"{name} is integer ({x.dtype}{source}) with values in [{lo}, {hi}], outside [0, 1]; state the scale, "
-            f"e.g. scale=255 for 8-bit pixels (the first value outside is {int(wide[where])}, at index {where})"
-        )
+        raise _unit_integers(name, f"{x.dtype}{', from PIL images' if from_pil else ''}", lo, hi, int(wide[where]),
+                             where)
+
+
+def _unit_integers(name: str, what: str, lo: int, hi: int, value: int, where: tuple) -> ValueError:
+    """The error of integer data (``what``: their dtype and source) in [lo, hi], not [0, 1], without a scale."""
+    return ValueError(
+        f"{name} is integer ({what}) with values in [{lo}, {hi}], outside [0, 1]; state the scale, "
+        f"e.g. scale=255 for 8-bit pixels (the first value outside is {value}, at index {where})"
+    )
 
 
 def _in_byte_range(x: Tensor) -> bool:

@@ -18,6 +18,7 @@ from funcvae._runtime import distributed, lock
 from funcvae.checkpoint import Checkpoint, code_recorded, describe, load, restore, save, without_code
 from funcvae.config import FitConfig
 from funcvae.model import Model
+from funcvae.ondisk import OnDisk
 from funcvae.step import stat_names
 from funcvae.pixels import level_values, pixel_values
 
@@ -77,14 +78,15 @@ def fingerprint(model: Model, stack: int | None, seeds: list, config: FitConfig,
     return json.loads(json.dumps(out))  # as it reads back from a checkpoint (tuples become lists)
 
 
-def data_fingerprint(x: Tensor, scale: int | float | None, dtype: torch.dtype) -> dict:
+def data_fingerprint(x: Tensor | OnDisk, scale: int | float | None, dtype: torch.dtype) -> dict:
     """Shape, dtype and the SHA-256 of the bytes of the data as the model sees them (after conversion and
     scaling): any change to any value, or to the order of the examples, is another digest. uint8 levels are
     hashed as their values (``pixel_values``), so the same images as 8-bit pixels and as floats are one
-    digest; ``FINGERPRINT_ROWS`` rows at a time, never a float copy of the whole set."""
+    digest; ``FINGERPRINT_ROWS`` rows at a time, never a float copy of the whole set, and levels ``OnDisk`` read
+    from their file as they are hashed (the digest is that of the same levels in memory)."""
     digest = hashlib.sha256()
     levels = None if scale is None else level_values(scale, dtype, x.device)
-    for rows in x.detach().split(FINGERPRINT_ROWS):
+    for rows in (x if isinstance(x, OnDisk) else x.detach()).split(FINGERPRINT_ROWS):
         values = rows if levels is None else pixel_values(rows, levels)
         digest.update(values.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
     return {"shape": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "sha256": digest.hexdigest()}
