@@ -57,8 +57,9 @@ def _draws(params: Params, x: Tensor, c: Tensor | None, *, seed: int | None, sam
 def decode(params: Params, z, *, context=None) -> Tensor:
     """The decoder for a batch of latents: z (N, latent) (flat (N, noise_size), or a dict of (N, size) per
     group) -> the likelihood's parameters with a leading N (for the built-in models: (N, F) Bernoulli logits or
-    Gaussian means, or a (mean, logvar) pair for a learned variance); ``params.model.likelihood.mean(out)``
-    gives the mean images, (N, F). ``context``: a conditional model's, one label or vector per latent."""
+    Gaussian means, or a (mean, logvar) pair for a learned variance, a (mean, log_scale) pair for the
+    discretised logistic); ``params.model.likelihood.mean(out)`` gives the mean images, (N, F). ``context``: a
+    conditional model's, one label or vector per latent."""
     check_params(params)
     model = params.model
     if isinstance(z, dict) and model.groups is not None:

@@ -13,7 +13,7 @@ import optree
 import torch
 from torch import Tensor
 
-from funcvae import distributions as D, likelihoods
+from funcvae import distributions as D
 from funcvae.inputs import as_examples
 from funcvae.model import (LOGVAR_RANGE, PARAM_DTYPES, Model, Params, check_keys, describe_value, leaves_by_path,
                            some_leaf)
@@ -140,10 +140,11 @@ def _check_float(fn: str, name: str, t: Tensor, dtype: torch.dtype) -> None:
 
 def _check_decoded(model: Model, out, dtype: torch.dtype) -> None:
     want = (model.features,)
-    learned = isinstance(model.likelihood, likelihoods.Gaussian) and model.likelihood.std is None
-    parts = out if learned and isinstance(out, (tuple, list)) and len(out) == 2 else (out,) if not learned else None
+    names = model.likelihood.outputs
+    paired = len(names) > 1
+    parts = (out,) if not paired else out if isinstance(out, (tuple, list)) and len(out) == len(names) else None
     if parts is None or not all(isinstance(t, Tensor) and tuple(t.shape) == want for t in parts):
-        expected = f"(mean, logvar), each of shape {want}" if learned else f"one tensor of shape {want}"
+        expected = f"({', '.join(names)}), each of shape {want}" if paired else f"one tensor of shape {want}"
         raise ValueError(f"the model's decode must return {expected} for the {model.likelihood} likelihood, got "
                          f"{describe_value(out)}")
     for t in parts:

@@ -54,8 +54,8 @@ class Model:
       encode: instead of ``posterior``, the diagonal Gaussian case: ``encode(tree, x) -> (mean, logvar)``, each
         (latent,); the KL is then analytic where the prior has one. Give exactly one of the two.
       decode: ``decode(tree, z) -> out``, ``out`` the likelihood's parameters.
-      likelihood: "bernoulli", "gaussian" (decode returns ``(mean, logvar)``) or an object from
-        ``funcvae.likelihoods`` (e.g. ``gaussian(std=0.1)``).
+      likelihood: "bernoulli", "gaussian" (decode returns ``(mean, logvar)``), "discretized_logistic" (decode
+        returns ``(mean, log_scale)``) or an object from ``funcvae.likelihoods`` (e.g. ``gaussian(std=0.1)``).
       input_shape: (channels, height, width) of one example; ``features`` is their product; x is (features,).
       latent: the noise one draw takes: an int, or a dict of ints (latent groups, such as the layers of a
         hierarchy); ``z`` and ``eps`` have its structure (a (latent,) tensor, or a dict of (size,) tensors).
