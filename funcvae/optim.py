@@ -29,12 +29,15 @@ from funcvae.checks import check_nonnegative, check_positive, check_unit, plain
 
 class GradientTransformation(NamedTuple):
     """``init``, ``update``; ``name`` describes it (recorded with a run, so resuming with another one is
-    refused); ``per_example``: its update takes one gradient per example (leading batch dimension)."""
+    refused); ``per_example``: its update takes one gradient per example (leading batch dimension); ``lr``:
+    ``lr(state)``, the learning rate its next update uses (0-d float64), or None for a transform without one
+    (read it with ``learning_rate``)."""
 
     init: Callable[[Any], Any]
     update: Callable[..., tuple[Any, Any]]
     name: str
     per_example: bool = False
+    lr: Callable[[Any], Tensor] | None = None
 
 
 class AdamState(NamedTuple):
@@ -89,6 +92,18 @@ def _lr_at(hyper: dict, schedule: Callable | None, count: Tensor) -> Tensor:
     return hyper["lr"] if schedule is None else hyper["lr"] * schedule(count)
 
 
+def _lr_of(schedule: Callable | None, state) -> Tensor:
+    """The learning rate of the next update of an Adam or SGD ``state``."""
+    return _lr_at(state.hyper, schedule, state.count)
+
+
+def learning_rate(optimizer: GradientTransformation, state) -> float | None:
+    """The learning rate ``optimizer``'s next update uses, read from its ``state`` (one model's): the number
+    given, or a schedule's value at the state's step count (updates applied so far: a step that
+    ``apply_if_finite`` skipped does not count); None for an optimiser without one (clipping alone)."""
+    return None if optimizer.lr is None else float(optimizer.lr(state))
+
+
 def adam(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
     """Adam (Kingma & Ba 2015) with the arithmetic of ``torch.optim.Adam`` (bias-corrected, eps outside
     the square root), so both give the same iterates on the same gradients, except that a moment below the
@@ -119,7 +134,8 @@ def _adamw(lr, b1, b2, eps, weight_decay, kind) -> GradientTransformation:
 
     name = f"{kind}(lr={_describe(lr)}, b1={b1}, b2={b2}, eps={eps}" + (
         f", weight_decay={weight_decay})" if decay else ")")
-    return GradientTransformation(init, _adam_update(b1, b2, eps, schedule, bool(decay)), name)
+    return GradientTransformation(init, _adam_update(b1, b2, eps, schedule, bool(decay)), name,
+                                  lr=functools.partial(_lr_of, schedule))
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,7 +187,8 @@ def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransforma
                         _hyper(device, lr=scale, momentum=momentum))
 
     name = f"sgd(lr={_describe(lr)}, momentum={momentum}" + (", nesterov=True)" if nesterov else ")")
-    return GradientTransformation(init, _sgd_update(schedule, bool(momentum), nesterov), name)
+    return GradientTransformation(init, _sgd_update(schedule, bool(momentum), nesterov), name,
+                                  lr=functools.partial(_lr_of, schedule))
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,8 +267,14 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(t.init(params) for t in transforms)
 
     name = "chain(" + ", ".join(t.name for t in transforms) + ")"
+    rates = [functools.partial(_part_lr, i, t.lr) for i, t in enumerate(transforms) if t.lr is not None]
     return GradientTransformation(init, _chain_update(tuple(t.update for t in transforms)), name,
-                                  transforms[0].per_example)
+                                  transforms[0].per_example, rates[0] if rates else None)
+
+
+def _part_lr(i: int, lr: Callable, state: tuple) -> Tensor:
+    """The learning rate of a chain's ``i``-th transform, from the chain's state."""
+    return lr(state[i])
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,7 +303,12 @@ def apply_if_finite(inner: GradientTransformation, *, freeze: bool = False) -> G
                                   torch.zeros((), dtype=torch.int64, device=device))
 
     name = f"apply_if_finite({inner.name}" + (", freeze=True)" if freeze else ")")
-    return GradientTransformation(init, _guarded_update(inner.update, freeze), name, inner.per_example)
+    lr = None if inner.lr is None else functools.partial(_inner_lr, inner.lr)
+    return GradientTransformation(init, _guarded_update(inner.update, freeze), name, inner.per_example, lr)
+
+
+def _inner_lr(lr: Callable, state: ApplyIfFiniteState) -> Tensor:
+    return lr(state.inner)
 
 
 @functools.lru_cache(maxsize=None)
