@@ -10,20 +10,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
+import optree
+import safetensors.torch
 import torch
 from torch import Tensor
 
 from funcvae import flows, ladder as ladders, likelihoods, nn, priors
-from funcvae.model import Model, Params
+from funcvae._runtime import files, records
+from funcvae.contract import check_params
+from funcvae.model import Model, Params, leaves_by_path
 
 ARCHS = ("mlp", "conv", "ladder")
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 PRIORS = ("normal", "vamp")
 POSTERIORS = ("diagonal", "full", "iaf")
+#: The trained models shipped with the package, by the ``funcvae.data`` set they were trained on: their file and
+#: its SHA-256. ``scripts/train_pretrained.py`` made them; their test scores are in docs/evaluation.md.
+PRETRAINED = {"fashion-mnist": (Path(__file__).with_name("weights") / "fashion-mnist.safetensors",
+                                "db543d0a6107fd4d1e4bb9cbaad323be905c6b1a11573685bffde88fe718ae89")}
+#: How a shipped file stores params: half float32's bytes, and 11 significant bits where bfloat16 has 8; the
+#: test ELBO it costs is measured in docs/evaluation.md.
+STORED_DTYPE = torch.float16
+_SPEC_KEY, _HISTORY_KEY = "funcvae_spec", "funcvae_history"
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,8 @@ class ModelSpec:
         decoder (z, c)), or None.
       activation: a key of ``funcvae.nn.ACTIVATIONS``.
       channels: conv only, channels of each stride-2 convolution (each halves height and width).
-      likelihood: "bernoulli" (decoder gives logits) or "gaussian" (decoder gives the mean).
+      likelihood: "bernoulli" (decoder gives logits), "gaussian" (decoder gives the mean) or
+        "discretized_logistic" (8-bit data: the decoder gives a mean and a log-scale of each sub-pixel).
       obs_std: gaussian only: a fixed observation std, or None to learn a per-pixel log-variance.
       prior: "normal" (N(0, I)) or "vamp" (the VampPrior).
       pseudo_inputs: vamp only: its number of pseudo-inputs.
@@ -128,7 +145,8 @@ def from_spec(spec: ModelSpec) -> Model:
                      prior=priors.custom(partial(ladders.log_prior, **sizes), partial(ladders.sample_prior, **sizes)),
                      likelihood=likelihoods.bernoulli(), input_shape=spec.input_shape,
                      latent=ladders.groups(spec.latents), spec=spec)
-    likelihood = likelihoods.bernoulli() if spec.likelihood == "bernoulli" else likelihoods.gaussian(spec.obs_std)
+    likelihood = (likelihoods.gaussian(spec.obs_std) if spec.likelihood == "gaussian"
+                  else likelihoods.get(spec.likelihood))
     prior = priors.standard_normal() if spec.prior == "normal" else priors.vamp(spec.pseudo_inputs)
     q = {"encode": partial(_encode, spec)} if spec.posterior == "diagonal" else {"posterior": partial(_posterior, spec)}
     return Model(init=partial(_init, spec), decode=partial(_decode, spec), likelihood=likelihood,
@@ -181,16 +199,21 @@ def _init(spec: ModelSpec, gen: torch.Generator) -> dict:
         width = h
     if spec.arch == "conv":
         decoder["project"] = nn.dense_init(gen, width, _conv_bottleneck(spec))
-        outs = list(reversed(spec.channels[:-1])) + [spec.input_shape[0]]
+        outs = list(reversed(spec.channels[:-1])) + [spec.input_shape[0] * _outputs(spec)]
         c_in = spec.channels[-1]
         for i, c_out in enumerate(outs):
             decoder[f"deconv_{i}"] = nn.conv_transpose_init(gen, c_in, c_out, 4)
             c_in = c_out
     else:
-        decoder["out"] = nn.dense_init(gen, width, spec.features)
+        decoder["out"] = nn.dense_init(gen, width, spec.features * _outputs(spec))
     if spec.likelihood == "gaussian" and spec.obs_std is None:
         decoder["obs_logvar"] = torch.zeros(spec.features)
     return {"encoder": encoder, "decoder": decoder}
+
+
+def _outputs(spec: ModelSpec) -> int:
+    """The decoder's numbers per feature: a mean and a log-scale for the discretised logistic, else one."""
+    return 2 if spec.likelihood == "discretized_logistic" else 1
 
 
 def _conv_bottleneck(spec: ModelSpec) -> int:
@@ -250,6 +273,8 @@ def _decode(spec: ModelSpec, tree: dict, z: Tensor, c: Tensor | None = None):
             if i < n - 1:
                 h = act(h)
         out = h.reshape(-1)
+    if spec.likelihood == "discretized_logistic":  # means first (a conv's first C channels), then log-scales
+        return out[:spec.features], out[spec.features:]
     if spec.likelihood == "gaussian" and spec.obs_std is None:
         return out, dec["obs_logvar"]
     return out
@@ -266,3 +291,68 @@ def init(seed: int, *, dtype: torch.dtype = torch.float32, device: torch.device 
     ``arch="conv"``, ``hidden=(512, 256)``, ``latent=32``); the default is the classic MLP VAE 784-400-20 with
     a Bernoulli decoder. The same seed gives the same params."""
     return from_spec(ModelSpec(**fields)).init(seed, dtype=dtype, device=device)
+
+
+def pretrained(name: str) -> Params:
+    """The built-in model trained on the data set ``name`` (a key of ``PRETRAINED``) that ships with the package;
+    "fashion-mnist" is the default model (``init(seed=0)``: MLP 784-400-20, Bernoulli decoder) trained by ``fit``.
+
+    Returns:
+      float32 ``Params``, new tensors at each call (the file stores them in ``STORED_DTYPE``).
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones), or a file that fails its SHA-256 (the
+        message names the file).
+    """
+    if name not in PRETRAINED:
+        raise ValueError(f"no pretrained model {name!r}; the package ships {sorted(PRETRAINED)}")
+    return load_pretrained(*PRETRAINED[name])[0]
+
+
+def save_pretrained(path: str | os.PathLike, params: Params, history: list[dict]) -> str:
+    """Write a built-in model's ``params`` in ``STORED_DTYPE`` with ``history`` (``fit``'s records of their
+    training, less their ``seconds``: a remake of the same run then writes the same bytes) as ``load_pretrained``
+    reads them, atomically; returns the SHA-256 of the file's bytes (hex).
+
+    Raises:
+      ValueError: a model of the user's own (no spec to rebuild it from), or a param too large for the dtype.
+    """
+    check_params(params)
+    if params.model.spec is None:
+        raise ValueError("only a built-in model's params can be saved this way: its spec rebuilds the model")
+    stored = {k: t.to(STORED_DTYPE) for k, t in leaves_by_path(params).items()}
+    overflow = next((k for k, t in stored.items() if not torch.isfinite(t).all()), None)
+    if overflow is not None:
+        raise ValueError(f"param {overflow} has values that {STORED_DTYPE} cannot hold")
+    path = Path(path)
+    files.write(path, stored, {_SPEC_KEY: json.dumps(params.model.spec.to_dict()),
+                               _HISTORY_KEY: records.dumps([{k: v for k, v in r.items() if k != "seconds"}
+                                                            for r in history])})
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_pretrained(path: str | os.PathLike, sha256: str) -> tuple[Params, list[dict]]:
+    """The params (float32) and training history in a file written by ``save_pretrained``, read once its bytes
+    match ``sha256`` (hex).
+
+    Raises:
+      ValueError: the file fails its SHA-256, or was not written by ``save_pretrained``, or holds other tensors
+        than its model's (each message names the file); FileNotFoundError.
+    """
+    path = Path(path)
+    raw = path.read_bytes()  # hashed and parsed from one read: a file replaced meanwhile cannot slip through
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise ValueError(f"{path} fails its SHA-256: the file is damaged or not the one this funcvae expects")
+    meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")]).get("__metadata__") or {}  # safetensors' header
+    if not {_SPEC_KEY, _HISTORY_KEY} <= meta.keys():
+        raise ValueError(f"{path} was not written by funcvae.models.save_pretrained (no model spec or history)")
+    try:
+        model = from_spec(ModelSpec.from_dict(json.loads(meta[_SPEC_KEY])))
+    except (TypeError, ValueError) as e:  # a field this funcvae does not know, or a value it refuses
+        raise ValueError(f"{path}: its model spec does not describe a funcvae model ({e})") from e
+    stored, template = safetensors.torch.load(raw), model.init(0)  # the template: the leaves' paths, shapes, order
+    want = {k: (t.shape, STORED_DTYPE) for k, t in leaves_by_path(template).items()}
+    if {k: (t.shape, t.dtype) for k, t in stored.items()} != want:
+        raise ValueError(f"{path} holds other tensors than the {STORED_DTYPE} params of {model}")
+    tree = optree.tree_map_with_path(lambda p, _: stored["/".join(p)].float(), template.tree, namespace="funcvae")
+    return Params(model, tree), records.loads(meta[_HISTORY_KEY])

@@ -59,6 +59,24 @@ def open_run(args) -> tuple[Path, dict, funcvae.Params, list[dict]]:
     return run_dir, config, params, history
 
 
+def open_scored(args) -> tuple[Path, dict, funcvae.Params, list[dict]]:
+    """What ``eval`` scores, as ``open_run`` gives it: the run folder ``RUN``; or with ``--pretrained NAME`` the
+    model the package ships (``funcvae.models.pretrained``), its training history, a config of its data (data
+    set NAME's grey levels, as it was trained) and the folder its output goes to: ``--out``, by default
+    ``runs/pretrained-NAME``, made if need be. Exactly one of the two is a usage error otherwise."""
+    if (args.run_dir is None) == (args.pretrained is None):
+        args.parser.error("give a run folder RUN or --pretrained NAME" + ("" if args.run_dir is None else ", not both"))
+    if args.pretrained is None:
+        if args.out is not None:
+            args.parser.error("--out is for --pretrained; eval of a run writes into the run folder")
+        return open_run(args)
+    out = Path(args.out or f"runs/pretrained-{args.pretrained}")
+    out.mkdir(parents=True, exist_ok=True)
+    params, history = funcvae.models.load_pretrained(*funcvae.models.PRETRAINED[args.pretrained])
+    # Grey levels draw no binarisation, so the seed eval passes with the data set is never used.
+    return out, {"dataset": args.pretrained, "binarize": None, "fit": {"seed": 0}}, params, history
+
+
 def _checkpoint_history(run_dir: Path, config: dict, params: funcvae.Params, history: list[dict],
                         accept_changed_code: bool) -> list[dict]:
     """The checkpoint's history, once the checkpoint is found to be of config.json's run and params.safetensors
