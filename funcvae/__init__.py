@@ -36,8 +36,8 @@ from funcvae.per_example import gradient_snr, per_example_grads
 # Files.
 from funcvae.checkpoint import Checkpoint, load, load_params, save, save_params
 # The building blocks, by concern.
-from funcvae import (data, diagnostics, distributions, flows, ladder, likelihoods, models, nn, objectives, optim,
-                     priors, quality, schedules, shorthand)
+from funcvae import (callbacks, data, diagnostics, distributions, flows, ladder, likelihoods, models, nn, objectives,
+                     optim, priors, quality, schedules, shorthand)
 
 __all__ = [
     # a model
@@ -45,7 +45,7 @@ __all__ = [
     # bounds
     "elbo", "iwae",
     # training
-    "fit", "FitConfig", "make_train_step", "init_state", "TrainState", "Batch", "loss_and_grad",
+    "fit", "FitConfig", "callbacks", "make_train_step", "init_state", "TrainState", "Batch", "loss_and_grad",
     "NonFiniteError", "Interrupted", "FolderLocked", "CHECKPOINT_FILE",
     # many models, per-example gradients
     "stack", "unstack", "per_example_grads", "gradient_snr",

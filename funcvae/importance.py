@@ -27,6 +27,7 @@ from funcvae.context import examples_and_context
 from funcvae.model import Params
 from funcvae.rng import derive_seed, generator
 from funcvae.checks import check_int
+from funcvae._runtime.progress import bar
 
 #: Samples per noise stream (see the module docstring); chunk sizes that are multiples of it draw each
 #: block once, others redraw the blocks they straddle (same numbers, a little more work).
@@ -62,7 +63,7 @@ def noise(seed: int, rows: range, start: int, stop: int, latent: int, *, like: T
 
 
 def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * BLOCK, batch_size: int = 16,
-         scale: float | None = None, context=None) -> Tensor:
+         scale: float | None = None, context=None, progress: bool | None = None) -> Tensor:
     """Per-example importance-weighted bound IWAE_k of ``x`` under ``params``.
 
     Args:
@@ -75,6 +76,7 @@ def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * B
       scale: divide integer pixel data by this (e.g. 255).
       context: a conditional model's context: (N,) integer labels or (N, K) vectors (or the labels of a
         labelled dataset ``x``); the bound is then on log p(x | context).
+      progress: a bar of the examples done, with an ETA (None: where stderr is a terminal).
 
     Returns:
       (N,) IWAE_k in nats per example: a lower bound on log p(x) (in expectation), >= the ELBO.
@@ -86,10 +88,13 @@ def iwae(params: Params, x, *, k: int = 5000, seed: int, chunk_size: int = 4 * B
         check_int(name, value)
     derive_seed(seed)  # a bad seed fails here, before any work
     x, c = examples_and_context(params, x, context, scale=scale, name="data")
-    with torch.no_grad():
-        return torch.cat([_stream(params, x, c, range(a, min(a + batch_size, x.shape[0])),
-                                  seed=seed, k=k, chunk_size=chunk_size)
-                          for a in range(0, x.shape[0], batch_size)])
+    out = []
+    with torch.no_grad(), bar(total=x.shape[0], desc=f"IWAE_{k}", progress=progress, unit="example") as shown:
+        for a in range(0, x.shape[0], batch_size):
+            out.append(_stream(params, x, c, range(a, min(a + batch_size, x.shape[0])), seed=seed, k=k,
+                               chunk_size=chunk_size))
+            shown.update(out[-1].shape[0])
+    return torch.cat(out)
 
 
 def _stream(params: Params, x: Tensor, c: Tensor | None, rows: range, *, seed: int, k: int,

@@ -2,9 +2,11 @@
 interpolations, latent traversals, and the loss curves of a run.
 
 Decoder outputs are shown as their mean image (the likelihood's ``mean``: sigmoid(logits) for the Bernoulli
-likelihood, the mean for the Gaussian one), clamped to [0, 1]; no pixel noise is drawn. Grids are ``torchvision.utils.save_image``
-with a 2-pixel white border, so a grid of r rows and c columns of H x W images is (2 + c (W + 2)) x
-(2 + r (H + 2)) pixels. Functions that draw noise take an explicit seed; each returns the path written.
+likelihood, the mean for the Gaussian one), clamped to [0, 1]; no pixel noise is drawn. A grid is torchvision's
+``make_grid`` with a 2-pixel white border, each pixel drawn as ``SCALE`` x ``SCALE`` screen pixels, under a
+title band and beside a column of row labels: the grid itself, (2 + c (W + 2)) x (2 + r (H + 2)) image pixels
+for r rows and c columns of H x W images, fills the picture's bottom-right corner. Functions that draw noise
+take an explicit seed; each returns the path written.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.utils import save_image
+from torchvision.utils import make_grid
 
 from funcvae.codec import decode, encode
 from funcvae.diagnostics import active_units
@@ -26,13 +28,36 @@ from funcvae.sampling import balanced_context, decoded_images, mean_images, prio
 from funcvae.checks import check_int, check_positive
 
 PADDING = 2
+#: Screen pixels per image pixel: a 28 x 28 image is drawn 84 x 84, large enough to see.
+SCALE = 3
+_TEXT = 14  # the labels' font size, in pixels
+_MARGIN = 6
 
 
-def save_grid(images: Tensor, path, nrow: int) -> Path:
-    """Images (N, C, H, W) in [0, 1] as a PNG grid of ``nrow`` per row (the module's border); ``path``."""
+def save_grid(images: Tensor, path, nrow: int, *, title: str | None = None, row_labels=None) -> Path:
+    """Images (N, C, H, W) in [0, 1] as a PNG grid of ``nrow`` per row, each pixel ``SCALE`` x ``SCALE``,
+    under ``title`` and beside ``row_labels`` (one per row of the grid, or None); ``path``."""
+    from PIL import Image, ImageDraw, ImageFont
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().cpu(), path, nrow=nrow, padding=PADDING, pad_value=1.0)
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=PADDING, pad_value=1.0)
+    grid = grid.repeat_interleave(SCALE, 1).repeat_interleave(SCALE, 2)
+    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # as save_image rounds
+    font = ImageFont.load_default(size=_TEXT)
+    labels = [] if row_labels is None else [str(label) for label in row_labels]
+    left = max((int(font.getlength(label)) + 2 * _MARGIN for label in labels), default=0)
+    top = 0 if title is None else _TEXT + 2 * _MARGIN
+    canvas = Image.new("RGB", (left + pixels.shape[1], top + pixels.shape[0]), "white")
+    canvas.paste(Image.fromarray(pixels).convert("RGB"), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if title is not None:
+        draw.text((_MARGIN, _MARGIN), title, fill="black", font=font)
+    cell = (images.shape[-2] + PADDING) * SCALE
+    for r, label in enumerate(labels):
+        draw.text((left - _MARGIN, top + PADDING * SCALE + r * cell + cell // 2), label, fill="black", font=font,
+                  anchor="rm")
+    canvas.save(path)
     return path
 
 
@@ -53,10 +78,18 @@ def reconstructions(params: Params, x, path: str | os.PathLike, *, context=None,
     Returns:
       ``path``: a 2 x N grid.
     """
+    images = reconstruction_images(params, x, context=context, seed=seed)
+    return save_grid(images, path, nrow=images.shape[0] // 2, title="reconstructions from the posterior mean code",
+                     row_labels=("input", "reconstruction"))
+
+
+def reconstruction_images(params: Params, x, *, context=None, seed: int = 0) -> Tensor:
+    """``reconstructions``' images: the N inputs, then their reconstructions from the posterior mean code,
+    (2N, C, H, W) in [0, 1]."""
     x, c = examples_and_context(params, x, context)
     mean, _ = encode(params, x, context=c, seed=seed)
     shown = x.clamp(0.0, 1.0).reshape(-1, *params.model.input_shape)
-    return save_grid(torch.cat([shown, mean_images(params, decode(params, mean, context=c))]), path, nrow=x.shape[0])
+    return torch.cat([shown, mean_images(params, decode(params, mean, context=c))])
 
 
 def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow: int = 8, seed: int) -> Path:
@@ -73,13 +106,19 @@ def prior_samples(params: Params, path: str | os.PathLike, *, n: int = 64, nrow:
       ``path``: ceil(n / nrow) rows of ``nrow`` images; a conditional model's rows cycle through its classes
       (sample i has label i mod K).
     """
-    check_int("n", n)
     check_int("nrow", nrow)
+    return save_grid(prior_images(params, n, seed=seed), path, nrow=nrow, title=f"{n} prior samples (seed {seed})")
+
+
+def prior_images(params: Params, n: int, *, seed: int) -> Tensor:
+    """``prior_samples``' images: ``n`` decoded draws z ~ p(z) named by ``seed``, (n, C, H, W) in [0, 1]; a
+    conditional model's sample i has label i mod K."""
+    check_int("n", n)
     check_params(params)
     like = some_leaf(params)
     c = balanced_context(params, n)
     z = prior_draws(params, n, generator(seed, "pictures", "prior", device=like.device), c)
-    return save_grid(decoded_images(params, z, c), path, nrow=nrow)
+    return decoded_images(params, z, c)
 
 
 def nearest_training_images(params: Params, samples: Tensor, neighbours: Tensor, path: str | os.PathLike) -> Path:
@@ -96,7 +135,8 @@ def nearest_training_images(params: Params, samples: Tensor, neighbours: Tensor,
     """
     shape = params.model.input_shape
     rows = [t.detach().clamp(0.0, 1.0).reshape(-1, *shape) for t in (samples, neighbours)]
-    return save_grid(torch.cat(rows), path, nrow=samples.shape[0])
+    return save_grid(torch.cat(rows), path, nrow=samples.shape[0], title="samples and their nearest training images",
+                     row_labels=("sample", "nearest"))
 
 
 def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, steps: int = 10, seed: int = 0) -> Path:
@@ -122,7 +162,8 @@ def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, ste
         raise ValueError(f"x_from and x_to must hold as many examples, got {a.shape[0]} and {b.shape[0]}")
     t = torch.linspace(0.0, 1.0, steps, dtype=a.dtype, device=a.device)[None, :, None]  # (1, steps, 1)
     z = (a[:, None] + t * (b - a)[:, None]).reshape(-1, a.shape[1])  # row-major: pair, then step
-    return save_grid(mean_images(params, decode(params, z)), path, nrow=steps)
+    return save_grid(mean_images(params, decode(params, z)), path, nrow=steps,
+                     title="interpolations between posterior mean codes", row_labels=[f"pair {m}" for m in range(len(a))])
 
 
 def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, steps: int = 9, span: float = 3.0,
@@ -158,7 +199,8 @@ def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, step
     z[torch.arange(len(ranked))[:, None], torch.arange(steps)[None, :], ranked[:, None]] = values
     z = z.reshape(-1, mean.shape[1])
     held = None if c is None else c[:1].expand(z.shape[0], -1)
-    return save_grid(mean_images(params, decode(params, z, context=held)), path, nrow=steps)
+    return save_grid(mean_images(params, decode(params, z, context=held)), path, nrow=steps,
+                     title=f"traversals from {-span:g} to {span:g} prior std", row_labels=[f"z{int(d)}" for d in ranked])
 
 
 def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100) -> Path:
@@ -174,6 +216,8 @@ def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100)
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
+    from matplotlib.ticker import MaxNLocator
+
     fig = figure(12, 3.5, dpi)
     epochs = [h["epoch"] for h in history]
     for ax, (key, title) in zip(fig.subplots(1, 3), (("recon", "reconstruction"), ("kl", "KL"), ("loss", "total"))):
@@ -182,6 +226,7 @@ def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100)
         if any(v is not None for v in val):
             ax.plot(epochs, [float("nan") if v is None else v for v in val], marker="s", ls="--", label="held-out")
         ax.set(title=f"{title} (nats per example)", xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         ax.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,21 +3,22 @@ built from the model, an objective and an optimiser; checkpoints, exact resume, 
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import optree
 import torch
 from torch import Tensor
 
 from funcvae import optim, shorthand
-from funcvae._runtime import distributed
+from funcvae._runtime import distributed, progress
 from funcvae._train import folder
 from funcvae._train.folder import CHECKPOINT_FILE
 from funcvae._train.loop import Run, generators, run_epoch
 from funcvae._train.runner import make_runner
 from funcvae._train.watch import NonFiniteError
+from funcvae.callbacks import Hooks, RunInfo
 from funcvae.checkpoint import Checkpoint
 from funcvae.config import FitConfig, per_model, steps_per_epoch
 from funcvae.data import held_out
@@ -29,12 +30,13 @@ from funcvae.step import TrainState, init_state, make_train_step
 from funcvae._runtime.threads import shared_cores
 from funcvae.context import chosen, with_labels
 from funcvae.inputs import as_examples, as_levels, check_values
+from funcvae.ondisk import OnDisk
 
 __all__ = ["CHECKPOINT_FILE", "NonFiniteError", "fit"]
 
 
 def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConfig | None = None, val_data=None,
-        callbacks: Sequence[Callable[[dict], None]] = (), context=None, val_context=None, **settings):
+        callbacks: Sequence = (), context=None, val_context=None, **settings):
     """Train ``params`` on ``data``; returns new params and the per-epoch history (inputs are not modified).
     The run, checkpoints, resume, signals, stacks and data parallelism: docs/training.md.
 
@@ -44,14 +46,16 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
       data: training examples (tensor, numpy array, Dataset or DataLoader of tensors, arrays or PIL images,
         alone or with a label), shaped (N, F), (N, H, W) or (N, C, H, W); read once. Integers in [0, 255]
         are held as uint8 and divided by ``scale`` inside the step, exactly as ``(x.to(float64) / scale)``
-        in the params' dtype.
+        in the params' dtype. A memory map of integers in [0, 255] (``np.load(path, mmap_mode="r")``) stays
+        in its file and each batch is read from it, for data bigger than memory (docs/training.md).
       objective: from ``funcvae.objectives``; for a stack, one for all or one per model.
       optimizer: from ``funcvae.optim``; for a stack, one for all or one per model. fit wraps it in
         ``optim.apply_if_finite``.
       config: a ``FitConfig`` (``epochs``, ``batch_size``, ``seed``, checkpointing, ...).
       val_data: held-out examples, scored by the ELBO after each epoch (the same noise every epoch).
-      callbacks: each called with each epoch's history record as soon as it is complete (rank 0 only;
-        ``callback=``, one function, is the old spelling, kept for one release).
+      callbacks: functions ``f(record)``, called with each epoch's history record as soon as it is complete, or
+        objects with ``start``, ``step_end``, ``epoch_end`` and ``end`` methods (``funcvae.callbacks``; loggers
+        there too); rank 0 only. ``callback=``, one function, is the old spelling, kept for one release.
       context, val_context: a conditional model's context (``Model(..., context=K)``) for ``data`` and
         ``val_data``: (N,) integer labels in [0, K) (one-hot) or (N, K) float vectors; without them, the labels
         of a labelled dataset ((example, label) items). Refused for an unconditional model.
@@ -73,9 +77,10 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
       NonFiniteError: under ``on_nonfinite="raise"``, a step with a non-finite loss term or gradient (the
         params of that step were not updated; the last checkpoint is untouched).
       Interrupted: SIGINT or SIGTERM arrived with a ``checkpoint_dir``; the run is saved at a step boundary.
+      CallbackError: a callback raised (``funcvae.callbacks``; the epoch is not saved, the last checkpoint is).
     """
     brief = {k: settings.pop(k) for k in shorthand.FIT_KEYS if k in settings}
-    callbacks = _callbacks(callbacks, settings.pop("callback", None))
+    hooks = Hooks(_callbacks(callbacks, settings.pop("callback", None)))
     if config is None:
         config = FitConfig(**{"epochs": None, **settings})
     elif settings:
@@ -93,6 +98,7 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
         raise ValueError(f"batch_size {config.batch_size} is larger than the data ({x.shape[0]} examples)")
     spe = steps_per_epoch(x.shape[0], config.batch_size)
     objs, opts = shorthand.build(brief, spe, n_models, objective=objective, optimizer=optimizer)
+    told = _settings(config, objs, opts, n_models, x.shape[0])
     opts = [optim.apply_if_finite(o, freeze=config.on_nonfinite == "raise") for o in opts]
     if n_models is not None and opts[0].per_example:
         raise ValueError(f"{opts[0].name} (per-example gradients) trains one model at a time, not a stack")
@@ -109,7 +115,8 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
                                  n_examples=x.shape[0], batch_size=config.batch_size, like=like)
             run = Run(config=config, model=params.model, stack=n_models is not None, x=x, scale=scale,
                       dtype=like.dtype, x_vals=x_vals, seeds=seeds, objective=objs[0],
-                      per_example=opts[0].per_example, world=world, checkpoint=ckpt, callbacks=callbacks, c=c,
+                      per_example=opts[0].per_example, world=world, checkpoint=ckpt, c=c,
+                      callbacks=hooks if world.is_main else Hooks(),
                       c_val=c_val)
             description = {"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]}
             prints = None if ckpt is None else folder.fingerprint(params.model, n_models, seeds, config, description,
@@ -120,10 +127,12 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
                                  rng=torch.stack([g.get_state() for g in generators(seeds, 1, x.device)]),
                                  device=x.device, accept_changed_code=config.accept_changed_code)
             distributed.check_identical(state.train.tree, world)
-            show = (sys.stderr.isatty() if config.progress is None else config.progress) and world.is_main
+            info = RunInfo(told, Params(params.model, state.train.tree), n_models, opts[0], spe, state.epoch)
+            show = progress.shown(config.progress) and world.is_main
             # A data-parallel step joins a collective, so it cannot be run again alone to check a thread count.
             adapt = config.share_cores and world.size == 1
-            with deferred_signals(ckpt is not None) as received, shared_cores(x.device, adapt) as look:
+            with deferred_signals(ckpt is not None) as received, shared_cores(x.device, adapt) as look, \
+                    run.callbacks.running(info):
                 while state.epoch < config.epochs:
                     state = run_epoch(run, runner, state, received, look, show)
                 if received:  # during the last epoch's evaluation or its write: the run is whole on disk
@@ -145,6 +154,22 @@ def _callbacks(callbacks, callback) -> tuple:
     return (*callbacks, callback)
 
 
+def _settings(config: FitConfig, objs: list, opts: list, n_models: int | None, examples: int) -> dict:
+    """The run's settings as callbacks are told them (``RunInfo.settings``): JSON values."""
+    names = {"objective": [o.name for o in objs], "optimizer": [t.name for t in opts]}
+    return {**{f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)},
+            **{k: v if n_models else v[0] for k, v in names.items()}, "examples": examples}
+
+
+def _plain(value):
+    """A setting as a JSON value: a dtype or a compiler backend as its name, a tuple as a list."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return getattr(value, "__name__", None) or str(value).removeprefix("torch.")
+
+
 def _fresh_state(params: Params, n_models: int | None, objs: list, opts: list) -> TrainState:
     """Each model's fresh TrainState, stacked along a leading model dimension for a stack."""
     if n_models is None:
@@ -155,9 +180,9 @@ def _fresh_state(params: Params, n_models: int | None, objs: list, opts: list) -
 
 
 def _training_set(data, params: Params, config: FitConfig, like: Tensor,
-                  context) -> tuple[Tensor, int | float | None, Tensor | None]:
-    """The training set as fit holds it and its scale (``inputs.as_levels``), checked as ``_examples``, and a
-    conditional model's context (``funcvae.context``)."""
+                  context) -> tuple[Tensor | OnDisk, int | float | None, Tensor | None]:
+    """The training set as fit holds it and its scale (``inputs.as_levels``: a memory map stays in its file),
+    checked as ``_examples``, and a conditional model's context (``funcvae.context``)."""
     data, labels = with_labels(data, params.model, context, "data")
     x, scale = as_levels(data, params.model, scale=config.scale, like=like, name="data")
     if config.binarize == "dynamic":

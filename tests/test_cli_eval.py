@@ -1,12 +1,16 @@
 """``python -m funcvae eval | sample | sweep`` on a slice of real Fashion-MNIST: the files they write, that
 their printed tables and their JSON agree, and that the numbers are the library's."""
 
+import argparse
 import contextlib
 import io
 import json
 import math
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,16 +23,11 @@ import funcvae.sweep
 from funcvae import diagnostics, optim, pictures, quality
 from funcvae._runtime import records
 from funcvae.cli import evaluate
+from test_pictures import fits  # a picture's grid of rows x columns of images
 
 N, K, SEED = 100, 1000, 5  # eval's --n, --k, --seed
-CELL = 28 + pictures.PADDING
 FLOATS = ("recon", "recon_se", "kl", "kl_se", "loss", "loss_se", "elbo", "iwae", "iwae_se", "nll", "gap", "gap_se",
           "iwae_seconds", "mutual_information")
-
-
-def grid(rows, cols):
-    """(width, height) of a save_image grid of 28 x 28 images."""
-    return pictures.PADDING + cols * CELL, pictures.PADDING + rows * CELL
 
 
 def size(path):
@@ -146,11 +145,11 @@ def test_iwae_is_at_least_the_elbo_within_monte_carlo_error(trained, subset):
 
 def test_eval_draws_the_pictures_with_their_sizes(trained):
     run_dir, _, result = trained
-    want = {"reconstructions": grid(2, 10), "samples": grid(8, 8), "nearest_training_images": grid(2, 12),
-            "interpolations": grid(5, 10), "traversal": grid(4, 9), "loss_curves": (1200, 350)}  # latent 4: 4 rows
+    want = {"reconstructions": (2, 10), "samples": (8, 8), "nearest_training_images": (2, 12),
+            "interpolations": (5, 10), "traversal": (4, 9), "loss_curves": None}  # latent 4: 4 rows
     assert result["files"] == {name: str(run_dir / f"{name}.png") for name in want}
-    for name, pixels in want.items():
-        assert size(run_dir / f"{name}.png") == pixels, name
+    for name, grid in want.items():
+        assert fits(run_dir / f"{name}.png", *grid) if grid else size(run_dir / f"{name}.png") == (1200, 350), name
 
 
 def test_eval_prints_what_it_saves(trained):
@@ -228,7 +227,7 @@ def test_sample_writes_the_same_picture_for_the_same_seed(run_dir):
     assert code == 0
     path = run_dir / "samples-seed4.png"
     assert lines[-1] == f"wrote {path}, {run_dir / 'samples.json'}"
-    assert size(path) == grid(2, 8)  # 8 per row
+    assert fits(path, 2, 8)  # 8 per row
     assert json.loads((run_dir / "samples.json").read_text()) == {"n": 10, "seed": 4, "context": None, "path": str(path)}
     first = path.read_bytes()
     assert cli("sample", run_dir, "--n", "10", "--seed", "4")[0] == 0
@@ -342,6 +341,23 @@ def test_help_lists_the_options(capsys, command, options):
     assert all(option in out for option in options)
 
 
+@pytest.mark.parametrize("command, groups", [("train", funcvae.cli.options.GROUPS),
+                                             ("sweep", funcvae.cli.options.GROUPS),
+                                             ("eval", ("evaluation", "data", "run")),
+                                             ("sample", ("sampling", "data", "run"))])
+def test_help_is_grouped_and_every_option_shows_its_default(command, groups):
+    parser = funcvae.cli._parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    p = sub.choices[command]
+    text = p.format_help()
+    assert [line[:-1] for line in text.splitlines() if line[:-1] in groups and line.endswith(":")] == list(groups)
+    for action in p._actions:
+        if not action.option_strings or action.nargs == 0:  # positionals and flags have no default to show
+            continue
+        shown = p.formatter_class("x")._get_help_string(action)
+        assert "default" in shown, f"{command} {action.option_strings[0]}: {shown!r}"
+
+
 def test_eval_of_a_vamp_prior_run_has_no_kl_per_dim_and_the_rest(tmp_path, loads, subset):
     assert cli("train", "--out", tmp_path, "--quiet", "--no-compile", "--epochs", "1", "--hidden", "16", "--latent",
                "3", "--prior", "vamp", "--pseudo-inputs", "10")[0] == 0
@@ -430,3 +446,16 @@ def test_sweep_with_the_new_options_is_the_librarys_sweep(tmp_path, loads, subse
         for record in row["history"]:
             record.pop("seconds")
     assert json.loads(json.dumps(want)) == saved["rows"]
+
+
+def test_ctrl_c_in_eval_exits_130_with_one_line_and_no_traceback(run_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "funcvae", "eval", str(run_dir), "--k", "10000000", "--n", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the long IWAE has begun
+        if line.startswith("IWAE_"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: eval stopped on Ctrl-C")
+    assert not (run_dir / "eval.json").exists()

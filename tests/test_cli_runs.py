@@ -362,5 +362,5 @@ def test_a_bad_input_fit_refuses_is_one_line_and_a_later_error_keeps_its_traceba
         return fit(*args, callbacks=[broken], **kwargs)
 
     monkeypatch.setattr(funcvae, "fit", fit_with_a_bug)
-    with pytest.raises(ValueError, match="a bug after an epoch"):
+    with pytest.raises(funcvae.callbacks.CallbackError, match="ValueError: a bug after an epoch"):
         train(tmp_path / "bug", "--epochs", "1")

@@ -163,3 +163,24 @@ def test_a_missing_record_is_trained_again(fake_mnist):
     network._load.cache_clear()
     network.load("mnist")
     assert len(calls) == 2
+
+
+def test_a_large_sets_features_are_kept_and_read_back_exactly_and_a_damaged_file_is_redone(fashion, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setenv("FUNCVAE_DATA", str(tmp_path))
+    monkeypatch.setattr(network, "KEPT_FROM", 100)
+    x = fashion[1][:100]
+    want = network.apply(network.load("fashion-mnist"), x)
+    first = network.features("fashion-mnist", x)
+    (kept,) = (tmp_path / "features" / "kept").iterdir()
+    monkeypatch.setattr(network, "apply", lambda tree, x: pytest.fail("computed again"))
+    second = network.features("fashion-mnist", x)
+    for got in (first, second):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    kept.write_bytes(kept.read_bytes()[:-8] + bytes(8))  # damaged: its checksum fails
+    monkeypatch.undo()
+    monkeypatch.setenv("FUNCVAE_DATA", str(tmp_path))
+    monkeypatch.setattr(network, "KEPT_FROM", 100)
+    assert all(torch.equal(a, b) for a, b in zip(network.features("fashion-mnist", x), want))
+    assert network.features("fashion-mnist", x[:99])[0].shape == (99, 128)  # below KEPT_FROM: nothing kept
+    assert len(list((tmp_path / "features" / "kept").iterdir())) == 1

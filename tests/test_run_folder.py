@@ -76,7 +76,7 @@ def test_the_lock_is_reentrant_within_a_process_and_released_after_an_error(tmp_
         _, history = fit(tmp_path, 1)  # a command that holds the folder runs fit inside it
         assert len(history) == 1 and (tmp_path / lock.LOCK_FILE).exists()
     assert not (tmp_path / lock.LOCK_FILE).exists()
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(funcvae.callbacks.CallbackError, match="ZeroDivisionError"):
         fit(tmp_path, 2, resume=True, callbacks=[lambda r: 1 / 0])
     with lock.hold(tmp_path):
         pass

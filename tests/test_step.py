@@ -1,5 +1,6 @@
 """The compiled step: one graph, traced once (also across a padded last batch), same numbers as eager."""
 
+import logging
 import math
 
 import optree
@@ -166,3 +167,11 @@ def test_a_stack_of_models_is_traced_once_whatever_their_learning_rates_and_beta
     funcvae.fit(params, small_data(), epochs=2, batch_size=128, lr=[1e-3, 3e-3, 1e-2], beta=[0.5, 1.0, 2.0],
                 seed=[0, 1, 2], kl_warmup=1, compile=backend, share_cores=False)  # one thread count: one graph
     assert backend.graphs == 1
+
+
+def test_the_cpu_only_machines_cuda_note_is_dropped_and_the_loggers_other_messages_pass():
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    def record(message):
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
+    assert not logger.filter(record("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
+    assert logger.filter(record("Error building extension 'x'"))

@@ -4,6 +4,7 @@ a GPU or where a C++ compiler can build CPU kernels, CUDA graphs on a GPU, the e
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,16 @@ import torch
 
 from funcvae._moved import module_getattr
 from funcvae._runtime.gemm import products_pass
+
+
+def _not_the_cuda_runtime_note(record: logging.LogRecord) -> bool:
+    """False for the compiler's note that a machine without a GPU has no CUDA runtime: compiling our step for
+    the CPU raises it on every CPU-only machine, where it says nothing wrong and would garble a progress bar.
+    Every other message of that logger passes."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+logging.getLogger("torch.utils.cpp_extension").addFilter(_not_the_cuda_runtime_note)
 
 
 def compile_step(step: Callable, device: torch.device, compile: bool | str | Callable | None, *,

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from funcvae._runtime import distributed
 from funcvae._train import folder, watch as W
 from funcvae._train.runner import Runner
+from funcvae.callbacks import Hooks
 from funcvae.batches import model_batches
 from funcvae.checkpoint import Checkpoint
 from funcvae.config import FitConfig, steps_per_epoch
@@ -27,16 +28,16 @@ from funcvae.bounds import evaluate
 from funcvae._runtime.interrupt import Interrupted
 from funcvae.model import Model, Params
 from funcvae.rng import generator
-from funcvae.step import STATS, Batch, TrainState, stat_names
+from funcvae.step import STATS, TERMS, Batch, TrainState, stat_names
 
 
 @dataclass(frozen=True)
 class Run:
     """What stays fixed through a run. ``x``: the training set, (N, features) in ``dtype`` (the params'), or
     uint8 levels whose values are ``pixel_values(x, level_values(scale, dtype))`` (``scale`` None
-    otherwise); ``x_vals``: each model's held-out set (None without one); ``stack``: whether the params are a
-    stack of models; ``c`` and ``c_val``: a conditional model's context of the training and held-out sets,
-    (N, K) in ``dtype``, else None."""
+    otherwise), in memory or ``ondisk.OnDisk`` rows of a file; ``x_vals``: each model's held-out set (None
+    without one); ``stack``: whether the params are a stack of models; ``c`` and ``c_val``: a conditional
+    model's context of the training and held-out sets, (N, K) in ``dtype``, else None."""
 
     config: FitConfig
     model: Model
@@ -50,7 +51,7 @@ class Run:
     per_example: bool
     world: distributed.World
     checkpoint: Path | None
-    callbacks: tuple
+    callbacks: Hooks
     c: Tensor | None = None
     c_val: Tensor | None = None
 
@@ -84,11 +85,11 @@ def run_epoch(run: Run, runner: Runner, state: Checkpoint, received: list, look:
                             run.stack, samples=run.objective.samples, start=start, rng_states=rng_states,
                             shard=(run.world.rank, run.world.size), scale=run.scale, dtype=run.dtype, context=run.c)
     train, steps = state.train, run.steps_per_epoch
-    stop, watch, trusted = False, W.start(acc, start), False
+    stop, watch, trusted, said = False, W.start(acc, start), False, 0.0
     with ExitStack() as trust:
-        for b, (xb, eps, weights, cb) in enumerate(tqdm(batches, total=steps - start, leave=False,
-                                                      desc=f"epoch {epoch}/{run.config.epochs}", disable=not show,
-                                                      file=sys.stderr), start=start):
+        shown = tqdm(batches, total=steps - start, leave=False, desc=f"epoch {epoch}/{run.config.epochs}",
+                     disable=not show, file=sys.stderr, dynamic_ncols=True)
+        for b, (xb, eps, weights, cb) in enumerate(shown, start=start):
             noise = _noise(train.tree, gens[0]) if run.per_example else None
             inputs = (train, Batch(xb, eps, weights, None, noise, cb), acc, watch)
             train, acc, watch, stop = runner.call(*inputs, b, received)
@@ -107,6 +108,11 @@ def run_epoch(run: Run, runner: Runner, state: Checkpoint, received: list, look:
                 trust.close()
                 trusted = False
             done = b + 1
+            if show and time.perf_counter() - said >= 0.5:
+                said = _show_loss(shown, acc)
+            if run.callbacks.stepping:
+                step = (epoch - 1) * steps + done
+                run.callbacks.step_end(step, _running(acc, run.stack), f"at step {step} (epoch {epoch})")
             every = run.config.checkpoint_every and (
                 (epoch - 1) * steps + done) % run.config.checkpoint_every == 0
             if (stop or every) and done < steps:
@@ -129,6 +135,22 @@ def run_epoch(run: Run, runner: Runner, state: Checkpoint, received: list, look:
     if stop or (received and run.world.size == 1):
         raise Interrupted(received[0] if received else signal.SIGTERM, str(run.checkpoint))
     return state
+
+
+def _show_loss(shown: tqdm, acc: Tensor) -> float:
+    """The epoch's running mean loss so far (of the first model) beside the bar, and when it was read: twice a
+    second at most, since each read waits for the device."""
+    loss, rows = acc[0, STATS.index("loss")].item(), acc[0, STATS.index("rows")].item()
+    if rows:
+        shown.set_postfix(loss=f"{loss / rows:.2f}", refresh=False)
+    return time.perf_counter()
+
+
+def _running(acc: Tensor, stack: bool) -> dict:
+    """The epoch's running means so far of the training terms, nats per example, on the device (no read):
+    ``{"recon", "kl", "loss"}``, each 0-d, or (N,) for a stack."""
+    means = acc[:, :len(TERMS)] / acc[:, STATS.index("rows"), None]
+    return {k: means[:, i] if stack else means[0, i] for i, k in enumerate(TERMS)}
 
 
 def same_bits(a, b) -> bool:
@@ -176,9 +198,10 @@ def _close_epoch(run: Run, epoch: int, acc: Tensor, train: TrainState, began: fl
         record["seconds"] = time.perf_counter() - began
         W.warn_if_nonfinite(record, m if run.stack else None, run.steps_per_epoch)
         records.append(record)
-        if run.world.is_main:
-            for callback in run.callbacks:
-                callback(record if not run.stack else {**record, "model": m})
+        if run.callbacks:  # before the epoch's checkpoint: one that raises leaves the last one on disk
+            one = train if not run.stack else optree.tree_map(lambda t: t[m], train, namespace="funcvae")
+            run.callbacks.epoch_end(record if not run.stack else {**record, "model": m}, run.model, one,
+                                    f"at the end of epoch {epoch}" + (f" (model {m})" if run.stack else ""))
     return records
 
 

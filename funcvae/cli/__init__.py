@@ -7,17 +7,19 @@ A model of your own: ``--model my_vae.py:model`` runs the file and trains its ``
 Exit codes: 0 done; 2 a usage error (an option, before any work) or a run folder that cannot be used as it
 is (a garbage file, files of different runs, a resume that would lose epochs: one line naming the file);
 1 the run could not go on though the command is right (a non-finite loss; a run folder another command
-holds: the same command works once that one ends); 128 + N on signal N (the run is checkpointed)."""
+holds: the same command works once that one ends); 128 + N on signal N (train checkpoints the run; eval, sample
+and sweep stop on Ctrl-C with one line, before writing their JSON)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
+import signal
 import sys
 
-from funcvae._runtime import lock
+from funcvae._runtime import lock, progress
 from funcvae._moved import module_getattr
-from funcvae.cli import evaluate, options, sweep, train
+from funcvae.cli import evaluate, sweep, train
 from funcvae.cli.evaluate import format_eval_table
 from funcvae.cli.folder import RunError
 from funcvae.cli.model import model_from_file
@@ -35,16 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv  # what options.given reads again
-    # The compiler's note that a CPU-only machine has no CUDA runtime would land in the middle of the table.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
-        return args.run(args)
+        with progress.silenced() if getattr(args, "quiet", False) else contextlib.nullcontext():
+            return args.run(args)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except lock.FolderLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # eval, sample, sweep: train saves its run and says so itself
+        print(f"\ninterrupted: {argv[0]} stopped on Ctrl-C; its JSON record was not written", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,9 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m funcvae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    model, common = options.model_options(), options.common_options()
-    train.add_parser(sub, model)
-    evaluate.add_eval(sub, common)
-    evaluate.add_sample(sub, common)
-    sweep.add_parser(sub, common, model)
+    train.add_parser(sub)
+    evaluate.add_eval(sub)
+    evaluate.add_sample(sub)
+    sweep.add_parser(sub)
     return parser

@@ -3,7 +3,6 @@ each writes its numbers as JSON beside its pictures in the run folder."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -15,61 +14,86 @@ import funcvae
 import funcvae.sweep
 from funcvae import diagnostics, pictures, quality
 from funcvae._runtime import records
+from funcvae.cli import own_data
 from funcvae.cli.folder import ACCEPT_HELP, RunError
-from funcvae.cli.options import at_least
-from funcvae.cli.runs import open_run
+from funcvae.cli.options import add_common_options, at_least, command
+from funcvae.cli.runs import open_run, open_scored
 
 PICTURES = ("reconstructions", "samples", "nearest_training_images", "interpolations", "traversal", "loss_curves")
+#: eval's default (k, examples): seconds on two cores; ``--full`` takes IWAE_FULL_K on every held-out example.
+QUICK = (1000, 1000)
+FULL_K = 5000
 #: Samples shown beside their nearest training images.
 NEIGHBOURS_SHOWN = 12
 
 
-def add_eval(sub, common: argparse.ArgumentParser) -> None:
-    """``eval RUN``: the ``common`` options, ``--k`` and ``--n``."""
-    p = sub.add_parser("eval", parents=[common], help="score a trained run on its held-out data, draw its pictures")
-    p.add_argument("run_dir", metavar="RUN", help="a run folder written by train (its files are checked to be one "
-                                                  "finished run's)")
-    p.add_argument("--k", default=5000, type=at_least(1), help="importance samples of IWAE_k (default: 5000)")
-    p.add_argument("--n", default=None, type=at_least(2), help="use the first N held-out examples (default: all)")
-    p.add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
+def add_eval(sub) -> None:
+    """``eval RUN`` or ``eval --pretrained NAME [--out DIR]``: the common options, ``--k`` and ``--n``."""
+    p, g = command(sub, "eval", "score a trained run on its held-out data, draw its pictures",
+                   ("evaluation", "data", "run"))
+    p.add_argument("run_dir", metavar="RUN", nargs="?", help="a run folder written by train (its files are checked to "
+                                                               "be one finished run's)")
+    g["run"].add_argument("--pretrained", default=None, choices=sorted(funcvae.models.PRETRAINED), metavar="NAME",
+                          help="instead of RUN, the model shipped with the package that was trained on data set NAME: "
+                               + ", ".join(sorted(funcvae.models.PRETRAINED)) + " (default: none, RUN is scored)")
+    g["run"].add_argument("--out", default=None, metavar="DIR",
+                          help="with --pretrained: the folder for eval.json and the pictures (default: "
+                               "runs/pretrained-NAME)")
+    add_common_options(g)
+    g["evaluation"].add_argument("--k", default=None, type=at_least(1),
+                                 help=f"importance samples of IWAE_k (default: {QUICK[0]})")
+    g["evaluation"].add_argument("--n", default=None, type=at_least(2),
+                                 help=f"use the first N held-out examples (default: {QUICK[1]})")
+    g["evaluation"].add_argument("--full", action="store_true",
+                                 help=f"IWAE_{FULL_K} on every held-out example, the figure papers report (minutes "
+                                      "where the default takes seconds)")
+    g["run"].add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
     p.set_defaults(run=run_eval, parser=p)
 
 
-def add_sample(sub, common: argparse.ArgumentParser) -> None:
-    """``sample RUN``: the ``common`` options and ``--n``."""
-    p = sub.add_parser("sample", parents=[common], help="decode draws from the prior of a trained run")
+def add_sample(sub) -> None:
+    """``sample RUN``: the common options, ``--n`` and ``--context``."""
+    p, g = command(sub, "sample", "decode draws from the prior of a trained run", ("sampling", "data", "run"))
     p.add_argument("run_dir", metavar="RUN", help="a run folder written by train")
-    p.add_argument("--n", default=64, type=at_least(1), help="samples, 8 per row (default: 64)")
-    p.add_argument("--context", default=None, type=at_least(0), metavar="LABEL",
-                   help="a conditional run: samples of this label (default: every label in turn)")
-    p.add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
+    add_common_options(g)
+    g["sampling"].add_argument("--n", default=64, type=at_least(1), help="samples, 8 per row")
+    g["sampling"].add_argument("--context", default=None, type=at_least(0), metavar="LABEL",
+                               help="a conditional run: samples of this label (default: every label in turn)")
+    g["run"].add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
     p.set_defaults(run=run_sample, parser=p)
 
 
 def run_eval(args) -> int:
     """``eval``: print the run's scores and findings, write eval.json and the pictures; the exit code."""
-    run_dir, config, params, history = open_run(args)
+    if args.full and (args.k is not None or args.n is not None):
+        args.parser.error("--full is IWAE_5000 on every held-out example; it takes no --k or --n")
+    args.k = FULL_K if args.full else QUICK[0] if args.k is None else args.k
+    run_dir, config, params, history = open_scored(args)
     if not history:
         raise RunError(f"{run_dir}: history.jsonl holds no epoch; nothing to diagnose")
-    x = _held_out(args, config)
-    c = None if params.model.context is None else funcvae.data.labels(config["dataset"], "test",
-                                                                       root=args.data_root)[:x.shape[0]]
+    x, c, split = _held_out(args, config, params.model.context is not None)
     print(f"run folder: {run_dir}")
-    print(f"{params}; the first {x.shape[0]} held-out {config['dataset']} examples"
+    what = f"held-out {config['dataset']}" if split == "test" else f"{split} ({config['data'][split]['path']})"
+    print(f"{params}; the first {x.shape[0]} {what} examples"
           f"{'' if config['binarize'] is None else ', binarised (' + config['binarize'] + ')'}; nats per example")
+    if split == "train":
+        print("the run has no held-out data (train --val-data): these scores are on images it trained on, and "
+              "flatter it")
     print(f"IWAE_{args.k} on {x.shape[0]} examples ({args.k * x.shape[0]:,} decoder passes) ...", flush=True)
-    result = {"run": str(run_dir), "dataset": config["dataset"], "split": "test", "binarize": config["binarize"],
+    result = {"run": str(run_dir), "dataset": config["dataset"], "split": split, "binarize": config["binarize"],
+              "data": None if split == "test" else config["data"][split]["path"],
               "n": int(x.shape[0]), "seed": args.seed,
-              **_scores(params, x, history, k=args.k, seed=args.seed, context=c)}
+              **_scores(params, x, history, k=args.k, seed=args.seed, context=c, progress=not args.quiet and None)}
     print(f"IWAE_{args.k} took {result['iwae_seconds']:.1f} s")
     print(format_eval_table(result))
     diverged = not all(math.isfinite(result[k]) for k in ("recon", "kl", "loss", "iwae"))
-    x_train = None if diverged else _training_images(args, config)
+    x_train = None if diverged or config["dataset"] is None else _training_images(args, config)
     result["samples"] = None if diverged else _samples(params, x, x_train, config, seed=args.seed, context=c)
     if result["samples"] is not None:
         print(format_samples_table(result["samples"]))
         result["findings"] += result["samples"]["findings"]
-    result["conditional"] = None if diverged or c is None else quality.samples.conditional_quality(
+    result["conditional"] = None if diverged or c is None or config["dataset"] is None else \
+        quality.samples.conditional_quality(
         params, x, c, seed=args.seed, network=config["dataset"])
     if result["conditional"] is not None:
         print(format_conditional(result["conditional"]))
@@ -82,17 +106,27 @@ def run_eval(args) -> int:
     return 0
 
 
-def _held_out(args, config: dict):
-    """The first ``--n`` held-out examples, binarised as the run's training saw them."""
+def _held_out(args, config: dict, labelled: bool) -> tuple:
+    """The first ``--n`` examples eval scores, (N, F) binarised as the run's training saw them; their labels when
+    ``labelled`` (else None); and their split: a data set's "test", or a ``--data`` run's "val" (its --val-data)
+    or "train" (``own_data.held_out``: a run without held-out data is scored on its training images)."""
     seed = config["fit"]["seed"]
-    static = "static" if config["binarize"] == "static" else None
-    x = funcvae.data.load(config["dataset"], "test", root=args.data_root, binarize=static, seed=seed)
+    if config.get("data") is not None:
+        x, c, split = own_data.held_out(config, labelled)
+    else:
+        static = "static" if config["binarize"] == "static" else None
+        x = funcvae.data.load(config["dataset"], "test", root=args.data_root, binarize=static, seed=seed)
+        c = funcvae.data.labels(config["dataset"], "test", root=args.data_root) if labelled else None
+        split = "test"
+    if args.n is not None and args.n > x.shape[0]:
+        args.parser.error(f"--n {args.n} is more than the {x.shape[0]} held-out examples")
+    n = x.shape[0] if args.full else QUICK[1] if args.n is None else args.n
+    if split != "test":  # a file's images, perhaps memory-mapped: only the first n are read
+        x = own_data.values(x[:n])
     x = x.reshape(x.shape[0], -1)
     if config["binarize"] == "dynamic":  # the one fixed draw fit scored its held-out data on
         x = funcvae.data.held_out(x, seed, "dynamic")
-    if args.n is not None and args.n > x.shape[0]:
-        args.parser.error(f"--n {args.n} is more than the {x.shape[0]} held-out examples")
-    return x[:args.n]
+    return x[:n], None if c is None else c[:n], split
 
 
 def _training_images(args, config: dict):
@@ -108,13 +142,17 @@ def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int, con
     if x.shape[0] < 12:
         print(f"samples: not scored, {x.shape[0]} held-out examples are too few to split into two sets of 6")
         return None
+    if config["dataset"] is None:
+        print("samples: not scored, their features need a classifier of the data (one per data set; none for --data)")
+        return None
     began = time.perf_counter()
     out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network=config["dataset"], context=context)
     out["seconds"] = time.perf_counter() - began
     return out
 
 
-def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int, context=None) -> dict:
+def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int, context=None,
+            progress: bool | None = False) -> dict:
     """eval's numbers, nats per example: ELBO terms and IWAE_k (means, standard errors), diagnostics, verdicts.
     The KL of each latent dim is None where it has no closed form (a prior that does not factorise, a posterior
     given as a draw); the KL of each latent group is None for a model without groups; the mutual information
@@ -122,7 +160,7 @@ def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int
     model = params.model
     terms = funcvae.elbo(params, x, seed=seed, context=context)
     began = time.perf_counter()
-    bound = funcvae.iwae(params, x, k=k, seed=seed, context=context)
+    bound = funcvae.iwae(params, x, k=k, seed=seed, context=context, progress=progress)
     seconds = time.perf_counter() - began
     kl_dims = diagnostics.kl_per_dim(params, x, context=context) if model.gaussian and model.prior.factorised else None
     active = diagnostics.active_units(params, x, context=context, seed=seed)
@@ -140,7 +178,11 @@ def _scores(params: funcvae.Params, x, history: list[dict], *, k: int, seed: int
                active_variance=active.variance.tolist(), **information,
                findings=diagnostics.diagnose(_with_groups(history, groups), kl_per_dim=kl_dims, active=active,
                                              factorised_prior=model.prior.factorised or groups is not None))
-    out["bits_per_dim"] = {k: out[k] / (model.features * math.log(2)) for k in ("recon", "kl", "loss", "nll")}
+    # A density's nats are no code lengths: bits/dim of its likelihood terms would need log 256 nats a dimension
+    # more and dequantised training (docs/models.md, "Bits per dimension"), so they are left out; the KL's stand.
+    discrete = model.likelihood.discrete
+    out["bits_per_dim"] = {k: funcvae.likelihoods.bits_per_dim(out[k], model.features) if discrete or k == "kl"
+                           else None for k in ("recon", "kl", "loss", "nll")}
     return out
 
 
@@ -286,7 +328,8 @@ def run_sample(args) -> int:
         path = pictures.prior_samples(params, run_dir / f"{name}.png", n=args.n, seed=args.seed)
     else:
         images = funcvae.sample(params, args.n, seed=args.seed, context=torch.full((args.n,), args.context))
-        path = pictures.save_grid(images, run_dir / f"{name}.png", nrow=8)
+        path = pictures.save_grid(images, run_dir / f"{name}.png", nrow=8, title=f"{args.n} prior samples of label "
+                                  f"{args.context} (seed {args.seed})")
     (run_dir / "samples.json").write_text(json.dumps({"n": args.n, "seed": args.seed, "context": args.context,
                                                       "path": str(path)}, indent=2) + "\n")
     label = "" if args.context is None else f" of label {args.context}"

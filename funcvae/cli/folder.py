@@ -49,9 +49,14 @@ def or_null(kind: Kind) -> Kind:
 
 NUMBER = Kind(lambda v: type(v) in (int, float), "a number")
 OBJECT = Kind(lambda v: isinstance(v, dict), "an object")
-#: config.json as train writes it (model_file: absent in runs made before models of one's own).
-TOP = dict(dataset=one_of(*funcvae.data.DATASETS), binarize=one_of(None, "static", "dynamic"),
-           model=or_null(OBJECT), model_file=or_null(Kind(lambda v: isinstance(v, str), "a string")), fit=OBJECT)
+STRING = Kind(lambda v: isinstance(v, str), "a string")
+#: config.json as train writes it (model_file: absent in runs made before models of one's own; data: absent in
+#: runs made before --data, null in runs of a data set).
+TOP = dict(dataset=one_of(*funcvae.data.DATASETS, None), binarize=one_of(None, "static", "dynamic"),
+           model=or_null(OBJECT), model_file=or_null(STRING), data=or_null(OBJECT), fit=OBJECT)
+#: config.json's record of each file of a --data run (``own_data.record``).
+DATA_FILE = dict(path=STRING, shape=Kind(lambda v: isinstance(v, list) and all(type(n) is int for n in v),
+                                         "a list of ints"), dtype=STRING, sha256=STRING)
 #: config.json's "fit", every setting train writes; ranges of the floats are the library's to check (on resume).
 FIT = dict(epochs=at_least(1), batch_size=at_least(1), seed=at_least(0), binarize=one_of(None, "dynamic"),
            compile=one_of(None, True, False), checkpoint_every=or_null(at_least(1)),
@@ -74,8 +79,9 @@ def read_config(run_dir: Path) -> dict:
         raise RunError(f"{path} is not JSON ({e})") from None
     if not isinstance(config, dict):
         raise RunError(f"{path} must hold a JSON object, not {type(config).__name__}")
-    config = {"model_file": None, **config}
+    config = {"model_file": None, "data": None, **config}
     _check(config, TOP, f"{path}: ")
+    _check_data(config, path)
     fit = {**LEGACY_FIT, **config["fit"]}
     unknown = sorted(fit.keys() - FIT.keys())
     if unknown:
@@ -86,6 +92,20 @@ def read_config(run_dir: Path) -> dict:
     if fit["binarize"] != ("dynamic" if config["binarize"] == "dynamic" else None):
         raise RunError(f"{path}: binarize {config['binarize']!r} and fit.binarize {fit['binarize']!r} disagree")
     return {**config, "fit": fit}
+
+
+def _check_data(config: dict, path: Path) -> None:
+    """RunError unless config.json names exactly one of a data set and --data files (``DATA_FILE`` each)."""
+    data = config["data"]
+    if (config["dataset"] is None) == (data is None):
+        raise RunError(f"{path}: exactly one of dataset and data must be set, got dataset {config['dataset']!r} and "
+                       f"data {_short(data)}")
+    if data is None:
+        return
+    _check(data, dict(train=OBJECT, val=or_null(OBJECT)), f"{path}: data.")
+    for split in ("train", "val"):
+        if data[split] is not None:
+            _check(data[split], DATA_FILE, f"{path}: data.{split}.")
 
 
 def write_config(run_dir: Path, config: dict) -> None:

@@ -18,9 +18,10 @@ BUILT_IN = ("arch", "hidden", "latent", "activation", "likelihood", "obs_std", "
             "posterior", "flow_steps", "context")
 
 
-def model_of(args) -> tuple[funcvae.Model, dict]:
+def model_of(args, input_shape: tuple[int, int, int] | None = None) -> tuple[funcvae.Model, dict]:
     """The model of the options and what config.json records of it: ``{"model": the built-in ModelSpec as a
-    dict, "model_file": None}`` or ``{"model": None, "model_file": "/abs/FILE.py:NAME"}``."""
+    dict, "model_file": None}`` or ``{"model": None, "model_file": "/abs/FILE.py:NAME"}``. A built-in model takes
+    ``input_shape`` (C, H, W), the shape of the data it will train on, when given (``--data``)."""
     given = [f"--{name.replace('_', '-')}" for name in BUILT_IN if getattr(args, name) is not None]
     if args.model is not None:
         if given:
@@ -32,6 +33,8 @@ def model_of(args) -> tuple[funcvae.Model, dict]:
         args.parser.error("--pseudo-inputs applies to --prior vamp only")
     if "flow_steps" in fields and fields.get("posterior") != "iaf":
         args.parser.error("--flow-steps applies to --posterior iaf only")
+    if input_shape is not None:
+        fields["input_shape"] = tuple(input_shape)
     if fields.get("arch") == "ladder":
         fields.setdefault("hidden", (512, 256))
         fields.setdefault("latents", (64, 32))

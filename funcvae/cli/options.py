@@ -23,49 +23,71 @@ LEGACY_FIT = dict(objective="elbo", k=None, free_bits=None, optimizer="adam", mo
 FIT_FIELDS = frozenset(f.name for f in dataclasses.fields(funcvae.FitConfig))
 
 
-def model_options() -> argparse.ArgumentParser:
-    """The options train and sweep share: data set, model, optimiser, compiling, output folder."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--dataset", default="fashion-mnist", choices=sorted(funcvae.data.DATASETS))
-    p.add_argument("--model", default=None, metavar="FILE.py:NAME",
-                   help="a funcvae.Model of your own: the attribute NAME of the Python file FILE.py (instead of "
-                        "the built-in model that --arch ... --pseudo-inputs describe)")
-    p.add_argument("--arch", default=None, choices=ARCHS, help="default: mlp")
-    p.add_argument("--hidden", default=None, type=at_least(1), nargs="*", help="hidden sizes (default: 400)")
-    p.add_argument("--latent", default=None, type=at_least(1), help="default: 20")
-    p.add_argument("--activation", default=None, choices=sorted(funcvae.nn.ACTIVATIONS), help="default: relu")
-    p.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: bernoulli")
-    p.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
-    p.add_argument("--prior", default=None, choices=PRIORS, help="normal (default): N(0, I); vamp: the VampPrior")
-    p.add_argument("--latents", default=None, type=at_least(1), nargs="+",
+#: The groups of ``--help``, in its order.
+GROUPS = ("model", "objective", "optimiser", "data", "run")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help whose every option shows its default: an option whose help does not state one already gets
+    "(default: ...)" added (flags and options unset by default say what unset means in their own words)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or not action.option_strings or unset:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def command(sub, name: str, help: str, titles=GROUPS) -> tuple[argparse.ArgumentParser, dict]:
+    """A sub-command's parser and its option groups by title (``--help`` lists them in ``titles``' order)."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    return p, {title: p.add_argument_group(title) for title in titles}
+
+
+def add_model_options(groups: dict) -> None:
+    """The options train and sweep share: the model, its data set, the optimiser, compiling, the output folder."""
+    m, o, d, r = groups["model"], groups["optimiser"], groups["data"], groups["run"]
+    m.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                   help="a funcvae.Model of your own: the attribute NAME of the Python file FILE.py (default: the "
+                        "built-in model that --arch ... --pseudo-inputs describe)")
+    m.add_argument("--arch", default=None, choices=ARCHS, help="default: mlp")
+    m.add_argument("--hidden", default=None, type=at_least(1), nargs="*", help="hidden sizes (default: 400)")
+    m.add_argument("--latent", default=None, type=at_least(1), help="default: 20")
+    m.add_argument("--activation", default=None, choices=sorted(funcvae.nn.ACTIVATIONS), help="default: relu")
+    m.add_argument("--likelihood", default=None, choices=LIKELIHOODS, help="default: bernoulli")
+    m.add_argument("--obs-std", default=None, type=float, help="gaussian: fixed std (default: learned)")
+    m.add_argument("--prior", default=None, choices=PRIORS, help="normal (default): N(0, I); vamp: the VampPrior")
+    m.add_argument("--latents", default=None, type=at_least(1), nargs="+",
                    help="--arch ladder: each latent group's size, bottom to top, one per --hidden size (default: 64 32 "
                         "with --hidden 512 256)")
-    p.add_argument("--posterior", default=None, choices=POSTERIORS,
+    m.add_argument("--posterior", default=None, choices=POSTERIORS,
                    help="mlp, conv: diagonal (default), full (full-covariance Gaussian) or iaf (flow steps)")
-    p.add_argument("--flow-steps", default=None, type=at_least(1), help="--posterior iaf: MADE steps (default: 2)")
-    p.add_argument("--context", default=None, type=at_least(1), metavar="K",
-                   help="a conditional model on the dataset's labels: a context of K (10 for its classes)")
-    p.add_argument("--pseudo-inputs", default=None, type=at_least(1),
+    m.add_argument("--flow-steps", default=None, type=at_least(1), help="--posterior iaf: MADE steps (default: 2)")
+    m.add_argument("--context", default=None, type=at_least(1), metavar="K",
+                   help="a conditional model on the dataset's labels: a context of K, 10 for its classes (default: "
+                        "unconditional)")
+    m.add_argument("--pseudo-inputs", default=None, type=at_least(1),
                    help="vamp only: its pseudo-inputs (default: 500)")
-    p.add_argument("--free-bits", default=None, type=float, metavar="NATS",
-                   help="the ELBO with a factorised prior (not vamp) only: a floor on each latent dimension's KL")
-    p.add_argument("--batch-size", default=128, type=at_least(1))
-    p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default: adam")
-    p.add_argument("--lr", default=None, type=float, help="learning rate (default: 1e-3)")
-    p.add_argument("--momentum", default=None, type=float, help="sgd only (default: 0.9)")
-    p.add_argument("--weight-decay", default=None, type=float, help="adamw only: decoupled (default: 0.01)")
-    p.add_argument("--no-compile", action="store_true", help="run the eager step (no torch.compile)")
-    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
-    return p
+    groups["objective"].add_argument(
+        "--free-bits", default=None, type=float, metavar="NATS",
+        help="the ELBO with a factorised prior (not vamp) only: a floor on each latent dimension's KL (default: none)")
+    o.add_argument("--batch-size", default=128, type=at_least(1), help="examples per step")
+    o.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default: adam")
+    o.add_argument("--lr", default=None, type=float, help="learning rate (default: 1e-3)")
+    o.add_argument("--momentum", default=None, type=float, help="sgd only (default: 0.9)")
+    o.add_argument("--weight-decay", default=None, type=float, help="adamw only: decoupled (default: 0.01)")
+    d.add_argument("--dataset", default="fashion-mnist", choices=sorted(funcvae.data.DATASETS), help="images to train on")
+    r.add_argument("--no-compile", action="store_true", help="run the eager step (no torch.compile)")
+    r.add_argument("--out", default="runs", help="parent folder of the run folder")
 
 
-def common_options() -> argparse.ArgumentParser:
+def add_common_options(groups: dict) -> None:
     """The options eval, sample and sweep share: seed, data folder, progress bar."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--seed", default=0, type=at_least(0), help="names every random draw (default: 0)")
-    common.add_argument("--data-root", default=None, help="folder to look in first for the data (eval, sweep)")
-    common.add_argument("--quiet", action="store_true", help="no progress bar")
-    return common
+    groups["run"].add_argument("--seed", default=0, type=at_least(0), help="names every random draw")
+    groups["data"].add_argument("--data-root", default=None,
+                                help="folder to look in first for the data (default: the system's, then a download)")
+    groups["run"].add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def at_least(minimum: int):

@@ -4,7 +4,6 @@ beside the curves' picture."""
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -14,18 +13,21 @@ from funcvae import shorthand
 from funcvae._runtime import records
 from funcvae.cli import runs
 from funcvae.cli.model import model_of
-from funcvae.cli.options import at_least, check_data, check_settings, optimizer_settings
+from funcvae.cli.options import (add_common_options, add_model_options, at_least, check_data, check_settings, command,
+                                 optimizer_settings)
 
 #: The sweep's settings that ``funcvae.sweep.rate_distortion`` takes as they are (the others build the optimiser).
 SWEEP_FIELDS = ("betas", "epochs", "seed", "batch_size", "compile", "free_bits")
 
 
-def add_parser(sub, common: argparse.ArgumentParser, model: argparse.ArgumentParser) -> None:
-    """``sweep``: the ``common`` and ``model`` options, ``--betas`` and ``--epochs``."""
-    p = sub.add_parser("sweep", parents=[common, model],
-                       help="rate-distortion: one model per KL weight (of the ELBO), one stacked fit")
-    p.add_argument("--betas", default=[0.1, 0.5, 1.0, 2.0, 4.0, 8.0], type=float, nargs="+", help="KL weights")
-    p.add_argument("--epochs", default=10, type=at_least(1))
+def add_parser(sub) -> None:
+    """``sweep``: the shared model and common options, ``--betas`` and ``--epochs``."""
+    p, g = command(sub, "sweep", "rate-distortion: one model per KL weight (of the ELBO), one stacked fit")
+    add_model_options(g)
+    add_common_options(g)
+    g["objective"].add_argument("--betas", default=[0.1, 0.5, 1.0, 2.0, 4.0, 8.0], type=float, nargs="+",
+                                help="KL weights")
+    g["optimiser"].add_argument("--epochs", default=10, type=at_least(1), help="epochs of each model")
     p.set_defaults(run=run, parser=p)
 
 

@@ -27,6 +27,7 @@ from funcvae import checkpoint, data, nn, optim, schedules
 from funcvae._runtime import files
 from funcvae.model import paths_and_leaves
 from funcvae.rng import generator
+from funcvae._runtime.progress import bar
 
 #: Names ``load`` knows: the shipped network and the one trained on first use.
 NETWORKS = ("fashion-mnist", "mnist")
@@ -40,6 +41,8 @@ WEIGHTS = Path(__file__).with_name("fashion-mnist.safetensors")
 SHA256 = "cfea98a73d9c7d3ada7081b130095de93e9c39a75dcd1c129bbe5782a438bcd2"
 ACCURACY = 0.9105
 
+#: Image sets this large have their features kept on disk by ``features``.
+KEPT_FROM = 10_000
 _CHUNK = 1024  # images per forward pass in ``apply``: the first layer's output is then 100 MB (float32)
 
 
@@ -65,8 +68,35 @@ def apply(tree: dict, x: Tensor) -> tuple[Tensor, Tensor]:
     """
     x = _images(x)
     device = tree["logits"]["kernel"].device
-    outs = [_forward(tree, chunk.to(device)) for chunk in x.split(_CHUNK)]
+    chunks = bar(x.split(_CHUNK), desc="features", unit="chunk")  # a bar where stderr is a terminal
+    outs = [_forward(tree, chunk.to(device)) for chunk in chunks]
     return torch.cat([f for f, _ in outs]), torch.cat([l for _, l in outs])
+
+
+def features(name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``apply(load(name), x)``. A set of ``KEPT_FROM`` images or more (a training set, which every ``eval``
+    of a run compares its samples with) is passed once per network: its outputs are kept in funcvae's data
+    folder under ``features/kept/``, named by the SHA-256 of the network's and the images' bytes, and read
+    back (checked against their checksums) the next time; an unreadable file is computed again."""
+    tree, x = load(name), _images(x)
+    if x.shape[0] < KEPT_FROM:
+        return apply(tree, x)
+    key = hashlib.sha256(f"{name}\0{tuple(x.shape)}\0{x.dtype}\0".encode())
+    for path, t in paths_and_leaves(tree):
+        key.update(path.encode())
+        key.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    key.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    path = data._cache_dir() / "features" / "kept" / f"{name}-{key.hexdigest()[:32]}.safetensors"
+    try:
+        kept, meta = files.read(path)
+        files.verify(path, kept, meta)
+        return kept["features"], kept["logits"]
+    except (FileNotFoundError, ValueError):
+        pass
+    feats, logits = apply(tree, x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write(path, {"features": feats, "logits": logits}, {})
+    return feats, logits
 
 
 def accuracy(tree: dict, x: Tensor, y: Tensor) -> float:

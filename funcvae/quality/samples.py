@@ -58,7 +58,7 @@ def embed(x, *, network: str | Callable = "fashion-mnist") -> Embedded:
     if callable(network):
         feats, logits = _returned(network(x), x.shape[0])
     else:
-        feats, logits = networks.apply(networks.load(network), x)
+        feats, logits = networks.features(network, x)
     return Embedded(feats.detach().double(), None if logits is None else logits.argmax(-1))
 
 
