@@ -26,10 +26,7 @@ benchmarks/memmap.py child VARIANT PATH`` is one child's run, printing one JSON 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -39,6 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import objectives  # noqa: E402  (benchmarks/: the machine's record)
+from fit_speed import _reset_peak, _status_mb  # noqa: E402  (a process's peak resident memory)
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
@@ -76,21 +76,6 @@ def child(variant: str, path: Path, compile: bool | None) -> dict:
     fit_s = time.perf_counter() - t0
     return {"baseline_mb": baseline, "opened_mb": opened - baseline, "peak_mb": _status_mb("VmHWM") - baseline,
             "epoch_s": history[0]["seconds"], "fit_s": fit_s}
-
-
-def _status_mb(field: str) -> float:
-    """A field of /proc/self/status (VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
-def _reset_peak() -> float:
-    """Reset the kernel's high-water mark of this process's resident memory to what it holds now ("5" to
-    /proc/self/clear_refs) and return that mark in MiB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_mb("VmHWM")
 
 
 def run_child(variant: str, path: Path, eager: bool) -> dict:
@@ -133,19 +118,8 @@ def measure(n: int, rounds: int, eager: bool, memory_only: bool) -> dict:
 
 
 def machine() -> dict:
-    """The CPU model (from /proc/cpuinfo), cores, torch threads and version, and the date (UTC)."""
-    import torch
-
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        cpuinfo = []
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-                 platform.processor())
-    return {"processor": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    """The benchmarks' record of the machine (``objectives.machine``) and numpy's version."""
+    return {**objectives.machine(), "numpy": np.__version__}
 
 
 def table(report: dict) -> str:

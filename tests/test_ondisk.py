@@ -18,6 +18,8 @@ from funcvae.batches import epoch_batches
 from funcvae.distributions import check_support
 from funcvae.ondisk import OnDisk
 
+from test_uint8_data import spy_batches  # fit's training set and each batch's x, as model_batches gets them
+
 LOOP = importlib.import_module("funcvae._train.loop")
 FOLDER = importlib.import_module("funcvae._train.folder")
 SMALL = dict(hidden=(16,), latent=3)
@@ -44,19 +46,6 @@ def same(a, b) -> bool:
 
 def without_seconds(history: list) -> list:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
-
-
-def spy_batches(monkeypatch) -> list:
-    """fit's training set as it holds it, then the x of each batch."""
-    seen, real = [], LOOP.model_batches
-
-    def batches(x, *args, **kwargs):
-        seen.append(x)
-        for batch in real(x, *args, **kwargs):
-            seen.append(batch[0])
-            yield batch
-    monkeypatch.setattr(LOOP, "model_batches", batches)
-    return seen
 
 
 # -- Reading rows -------------------------------------------------------------------------------------------
