@@ -3,9 +3,9 @@ folder of colour PNG files as a user's own would be, and scored in bits per dime
 
     python benchmarks/colour.py --out benchmarks/results/colour
 
-The folder holds coloured shapes (``funcvae.data.shapes``, 32 x 32 RGB) written as PNG files, train/ and test/ of
-a temporary folder (``--images`` keeps them), and read back with ``funcvae.data.folder``. Writes DIR/results.json
-(settings, history, held-out ELBO terms and -IWAE_k in nats per example and bits per dimension),
+The folder holds coloured shapes (``funcvae.data.coloured_shapes``, 32 x 32 RGB) written as PNG files, train/
+and test/ of a temporary folder (``--images`` keeps them), and read back with ``funcvae.data.folder``. Writes
+DIR/results.json (settings, history, held-out ELBO terms and -IWAE_k in nats per example and bits per dimension),
 DIR/reconstructions.png (held-out images above their reconstructions) and DIR/samples.png (prior samples): the
 likelihood's mean images.
 """
@@ -31,7 +31,7 @@ FIT = dict(batch_size=64, lr=1e-3, seed=0)
 def write_folder(root: Path, n: int, seed: int) -> None:
     """``n`` coloured shapes as PNG files ``root/00000.png`` ... (a fresh folder)."""
     root.mkdir(parents=True)
-    images, _ = funcvae.data.shapes(n, size=32, seed=seed)
+    images, _ = funcvae.data.coloured_shapes(n, size=32, seed=seed)
     for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
         Image.fromarray(image, mode="RGB").save(root / f"{i:05d}.png")
 

@@ -4,7 +4,8 @@
 IDX files, gzipped or not, directly in ``root``), then in the Debian package location
 (``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST in /usr/share/datasets/fashion-mnist),
 and only then downloads. Gzipped files are unpacked once into a cache folder (``$FUNCVAE_DATA``, default
-``~/.cache/funcvae``), one folder per source, where torchvision reads them.
+``~/.cache/funcvae``), one folder per source, where torchvision reads them. ``load("shapes", split)`` reads
+nothing: it draws the dSprites-like set of ``funcvae.sprites`` at ``SHAPES_LOADED``'s size and grid.
 """
 
 from __future__ import annotations
@@ -20,18 +21,25 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
-from funcvae import images, synthetic
+from funcvae import images, sprites, synthetic
 from funcvae.rng import generator
 
 DATASETS = {
     "mnist": (datasets.MNIST, Path("/usr/share/datasets/mnist")),
     "fashion-mnist": (datasets.FashionMNIST, Path("/usr/share/datasets/fashion-mnist")),
+    "shapes": (None, None),  # drawn, not read: sprites.shapes(split, **SHAPES_LOADED)
 }
+#: Each data set's example shape (C, H, W).
+INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "shapes": (1, 32, 32)}
+#: What ``load("shapes", split)`` draws: the small grid at 32 x 32, for runs on a CPU.
+SHAPES_LOADED = dict(size=32, grid="small")
 SPLITS = ("train", "test")
 #: Images of one's own: a folder of image files, or a .npy / .npz file (``funcvae.images``).
 folder, array = images.folder, images.array
+#: A dSprites-like set on a grid of known factors: (N, 1, H, W) uint8 and (N, 5) factors (``funcvae.sprites``).
+shapes = sprites.shapes
 #: Coloured shapes made from a seed, with their factors: (N, 3, H, W) uint8 (``funcvae.synthetic``).
-shapes = synthetic.shapes
+coloured_shapes = synthetic.shapes
 BINARIZE = (None, "static")
 PIXELS = ("float32", "uint8")
 _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -39,7 +47,9 @@ _FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx
 
 def load(name: str, split: str, root: str | os.PathLike | None = None, binarize: str | None = None,
          seed: int = 0, pixels: str = "float32") -> Tensor:
-    """Images of ``name`` ("mnist" or "fashion-mnist"), ``split`` ("train": 60k, "test": 10k).
+    """Images of ``name`` ("mnist" or "fashion-mnist"), ``split`` ("train": 60k, "test": 10k); or of "shapes",
+    the dSprites-like set's small grid at 32 x 32 (``shapes(split, **SHAPES_LOADED)``: train 41,401, test 4,679
+    binary images, drawn in a fraction of a second; ``root`` is not used).
 
     Args:
       root: a folder to look in first, and to download into when the data is found nowhere.
@@ -50,7 +60,7 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, binarize:
         trains on them exactly as on the float32 images.
 
     Returns:
-      (N, 1, 28, 28) float32 in [0, 1], or uint8.
+      (N, 1, 28, 28) (shapes: (N, 1, 32, 32)) float32 in [0, 1], or uint8.
 
     Raises:
       FileNotFoundError: nothing on disk and no download possible; the message says where it looked.
@@ -64,7 +74,10 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, binarize:
         raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}{hint}")
     if pixels not in PIXELS:
         raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
-    levels = _dataset(name, split == "train", root).data.unsqueeze(1)
+    if name == "shapes":
+        levels = sprites.shapes(split, **SHAPES_LOADED)[0]
+    else:
+        levels = _dataset(name, split == "train", root).data.unsqueeze(1)
     if binarize is None:
         return levels if pixels == "uint8" else levels.to(torch.float32) / 255.0
     gen = generator(seed, "static-binarize", name, split)
@@ -74,11 +87,13 @@ def load(name: str, split: str, root: str | os.PathLike | None = None, binarize:
 
 def labels(name: str, split: str, root: str | os.PathLike | None = None) -> Tensor:
     """The class labels of ``load(name, split, root)``'s images, in their order: (N,) int64 in [0, 10) (the
-    context of a conditional model, ``fit(..., context=labels)``)."""
+    context of a conditional model, ``fit(..., context=labels)``); for "shapes", the shape, in [0, 3)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {tuple(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if name == "shapes":
+        return sprites.points(split, SHAPES_LOADED["grid"])[:, 0].clone()
     return torch.as_tensor(_dataset(name, split == "train", root).targets, dtype=torch.int64)
 
 

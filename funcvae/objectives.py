@@ -13,8 +13,19 @@ An ``Objective`` has
   the models of a stack may differ in them (the state is stacked and ``vmap``ped, as optimiser states are);
 - ``schedule(state, count, dtype) -> numbers``: those numbers in force at step ``count`` (a KL warm-up).
 
-``samples`` is the number of noise rows each example takes. Built here: the beta-ELBO (``elbo``), the
-importance-weighted bound (``iwae``), and the ``free_bits`` wrapper.
+``samples`` is the number of noise rows each example takes. An objective whose loss needs the whole batch (an
+estimate over it of the aggregate posterior q(z)) also has
+
+- ``batch(terms, weights, total, numbers) -> terms``: run on the batch's terms (B, ...) after the ``vmap`` and
+  before ``reduce``; it returns the terms ``reduce`` and the step read, ``loss`` among them, (B,) each;
+- ``reports``: the names of the further (B,) terms it returns (``mi``, ``tc``, ``dwkl``; ``mmd``), which the
+  step sums into its stats and ``fit`` records per epoch.
+
+Without them (``batch`` None, ``reports`` empty) nothing changes for an objective: its step and stats are
+those of before. With them, the loss of one example depends on the others, so an objective that is not
+``separable`` is refused by per-example optimisers (DP-SGD) and by data-parallel fit, whose shards each see
+part of the batch. Built here: the beta-ELBO (``elbo``), the importance-weighted bound (``iwae``), the
+``free_bits`` wrapper, and two batch objectives: ``beta_tcvae`` and ``mmd`` (InfoVAE).
 """
 
 from __future__ import annotations
@@ -28,10 +39,13 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from funcvae import aggregate, priors
 from funcvae import distributions as D
-from funcvae.checks import check_int, check_nonnegative
+from funcvae.checks import check_bool, check_int, check_nonnegative
 
 KL_MODES = ("auto", "analytic", "mc")
+#: What ``beta_tcvae`` reports besides recon, kl and loss: the KL's decomposition, nats per example.
+TC_TERMS = ("mi", "tc", "dwkl")
 
 
 class Objective(NamedTuple):
@@ -43,6 +57,14 @@ class Objective(NamedTuple):
     reduce: Callable
     kl_dims: bool = False  # whether terms carry an analytic per-dimension KL (what free bits needs)
     closed_form: bool = False  # whether it needs the prior's closed-form KL per dimension (kl="analytic", free bits)
+    batch: Callable | None = None  # batch(terms, weights, total, numbers) -> terms, between the vmap and reduce
+    reports: tuple[str, ...] = ()  # the further (B,) terms ``batch`` returns, summed into the step's stats
+
+    @property
+    def separable(self) -> bool:
+        """Whether the batch's loss is the mean of per-example losses, each of its own example alone: what
+        per-example gradients and a data-parallel shard need."""
+        return self.reduce is mean_loss and self.batch is None
 
 
 def elbo(beta: float = 1.0, *, kl: str = "auto", warmup: Callable | None = None, samples: int = 1) -> Objective:
@@ -87,18 +109,74 @@ def free_bits(objective: Objective, floor: float) -> Objective:
                          "the objective without them")
     if not isinstance(objective, Objective) or objective.terms not in {_elbo_terms(m) for m in KL_MODES}:
         raise ValueError("free bits floor the KL of each latent dimension or group: they need an ELBO "
-                         "(objectives.elbo), not the IWAE bound")
+                         "(objectives.elbo), not " + (objective.name if isinstance(objective, Objective) and
+                                                      objective.batch is not None else "the IWAE bound"))
     floor = check_nonnegative("floor", floor)
     return objective._replace(name=f"free_bits({objective.name}, {floor})",
                               init=partial(_with_floor, objective.init, floor), reduce=_floored_loss)
 
 
+def beta_tcvae(beta: float, dataset_size: int, *, stratified: bool = False) -> Objective:
+    """beta-TCVAE (Chen et al. 2018): ``loss = recon + mi + beta * tc + dwkl`` per example, nats, the KL split
+    at the example's draw z ~ q(z | x) with q(z) and prod_d q(z_d) estimated over the batch:
+
+    - ``mi`` = log q(z | x) - log q(z), the index-code mutual information;
+    - ``tc`` = log q(z) - sum_d log q(z_d), the total correlation, the one term beta weighs (alpha = gamma = 1);
+    - ``dwkl`` = sum_d log q(z_d) - log p(z), the dimension-wise KL.
+
+    They sum to the Monte Carlo KL log q(z | x) - log p(z) at the draw, so at beta = 1 the loss is the negative
+    ELBO with a one-sample Monte Carlo KL. ``kl`` is the analytic KL, reported and not optimised. The
+    estimates (``funcvae.aggregate``) take the batch's M real rows as a sample of the N training examples:
+    minibatch-weighted sampling, log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N·M), or with
+    ``stratified`` minibatch-stratified sampling (unbiased for q(z_i)); padding rows are not members. MWS's
+    weights sum to 1/N, as the paper writes it: its log q(z) lies up to log N low (log N where the posteriors
+    overlap, log M where they are apart), so its ``mi`` and ``tc`` read high and its ``dwkl`` low by such
+    offsets, which the gradients do not see; MSS's weights sum to 1, the estimates to read the terms by.
+
+    Args:
+      beta: the weight of the total correlation (the paper's beta); kept in the state, with N, so a stack may
+        hold one per model.
+      dataset_size: N, the size of the training set the batches are drawn from.
+      stratified: minibatch-stratified sampling (MSS) instead of minibatch-weighted sampling (MWS).
+
+    Needs a Gaussian ``encode`` and a factorised prior (``check``). One sample per example. Its loss couples the
+    batch's examples: no per-example optimiser, no data parallelism.
+    """
+    beta, n = check_nonnegative("beta", beta), check_int("dataset_size", dataset_size)
+    stratified = check_bool("stratified", stratified)
+    name = f"beta_tcvae(beta={beta}, dataset_size={n}" + (", stratified=True)" if stratified else ")")
+    return Objective(name, 1, partial(_tc_init, beta, n), _no_schedule, _tc_terms, mean_loss,
+                     batch=_tc_batch(stratified), reports=TC_TERMS)
+
+
+def mmd(weight: float = 1000.0, *, kernel: str = "gaussian") -> Objective:
+    """The MMD-VAE of InfoVAE (Zhao et al. 2017, alpha = 1, lambda = ``weight``): ``loss = recon + weight *
+    mmd``, nats per example, ``mmd`` the batch's unbiased MMD² between its M draws of q(z) and M draws of the
+    N(0, I) prior (the same for each of its rows; 0 for a batch of one real row).
+
+    ``kernel`` "gaussian" is InfoVAE's released code's: k(x, y) = exp(-|x - y|² / D²), a Gaussian RBF with
+    2σ² = D², D the latent size; "imq" is WAE's inverse multiquadratic C / (C + |x - y|²), C = 2D
+    (``funcvae.aggregate.kernel``). The prior's draws are the second noise row of each example (``samples``
+    is 2), so the randomness is the batch's, drawn outside the step, and a resumed run draws the same.
+    ``recon`` and ``kl`` (analytic where it can be, else Monte Carlo) are reported; the KL is not optimised.
+    The default weight, 1000, is InfoVAE's lambda: an MMD² is of order 1e-3 beside a reconstruction of about
+    100 nats. Needs the standard normal prior. Its loss couples the batch's examples: no per-example
+    optimiser, no data parallelism.
+    """
+    weight = check_nonnegative("weight", weight)
+    if kernel not in aggregate.KERNELS:
+        raise ValueError(f"kernel must be one of {aggregate.KERNELS}, got {kernel!r}")
+    return Objective(f"mmd(weight={weight}, kernel={kernel!r})", 2, partial(_mmd_init, weight), _no_schedule,
+                     _mmd_terms, mean_loss, batch=_mmd_batch(kernel), reports=("mmd",))
+
+
 def check(objective: Objective, model) -> None:
     """Raise ValueError, before any work, when ``objective`` cannot train ``model`` (an analytic KL or free
-    bits with a prior that has no closed-form, per-dimension KL)."""
+    bits with a prior that has no closed-form, per-dimension KL; beta-TCVAE without a Gaussian ``encode`` and a
+    factorised prior; the MMD without the standard normal prior)."""
     if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be a funcvae.objectives.Objective (elbo, iwae, free_bits), got "
-                        f"{type(objective).__name__}")
+        raise TypeError("objective must be a funcvae.objectives.Objective (elbo, iwae, free_bits, beta_tcvae, mmd), "
+                        f"got {type(objective).__name__}")
     floors = objective.reduce is _floored_loss
     closed = model.gaussian and model.prior.factorised
     if (objective.closed_form or floors and model.gaussian and objective.kl_dims) and not closed:
@@ -113,6 +191,13 @@ def check(objective: Objective, model) -> None:
     if floors and not model.gaussian and kl_groups(model) is None:
         raise ValueError(f"{objective.name} floors the KL of each latent group, but {model} gives no KL per group: "
                          "its posterior and prior must both return dicts of log-densities keyed like its latent groups")
+    if objective.terms is _tc_terms and not closed:
+        raise ValueError(f"{objective.name} estimates q(z) from the batch's diagonal Gaussian posteriors and splits "
+                         "the KL over latent dimensions: it needs a model given by encode= and a factorised prior, "
+                         + (f"not the {model.prior}" if model.gaussian else "not a posterior given as a draw"))
+    if objective.terms is _mmd_terms and not isinstance(model.prior, priors.StandardNormal):
+        raise ValueError(f"{objective.name} compares q(z) with draws of the prior made from standard normal noise: "
+                         f"it needs the standard normal prior ('normal'), not the {model.prior}")
 
 
 def kl_groups(model) -> tuple[str, ...] | None:
@@ -150,6 +235,8 @@ def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = 
 
     def loss(p):
         terms = batch_terms(p, x, eps, numbers, objective, context)
+        if objective.batch is not None:
+            terms = objective.batch(terms, weights, weights.sum(), numbers)
         return objective.reduce(terms, weights, weights.sum(), numbers), terms
 
     return grad_and_value(loss, has_aux=True)(params)
@@ -157,6 +244,14 @@ def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = 
 
 def _init(beta: float) -> dict:
     return {"beta": torch.tensor(float(beta), dtype=torch.float64)}
+
+
+def _tc_init(beta: float, dataset_size: int) -> dict:
+    return {**_init(beta), "dataset_size": torch.tensor(float(dataset_size), dtype=torch.float64)}
+
+
+def _mmd_init(weight: float) -> dict:
+    return {"mmd_weight": torch.tensor(float(weight), dtype=torch.float64)}
 
 
 def _schedule_name(schedule: Callable) -> str:
@@ -231,25 +326,27 @@ def _total(log_density) -> Tensor:
     return sum(log_density.values()) if isinstance(log_density, dict) else log_density
 
 
+def _kl_terms(params, d: Draws, c: Tensor | None, kl_mode: str) -> dict:
+    """``kl`` of ONE example's draws, with ``kl_dims`` where it is analytic, or ``kl_groups`` where the model's
+    densities come per latent group."""
+    model = params.model
+    kl_dims = None
+    if kl_mode != "mc" and d.gauss is not None:
+        kl_dims = model.prior.kl_dims(params.tree, model, *d.gauss)
+    if kl_dims is None and kl_mode == "analytic":
+        raise ValueError(f"the {model.prior} has no closed-form KL; use kl='mc' or 'auto'")
+    if kl_dims is not None:
+        return {"kl": kl_dims.sum(), "kl_dims": kl_dims}
+    ratio, groups = log_ratios(params, d, c)
+    return {"kl": ratio.mean()} if groups is None else {"kl": ratio.mean(), "kl_groups": groups.mean(0)}
+
+
 @functools.lru_cache(maxsize=None)
 def _elbo_terms(kl_mode: str) -> Callable:
     def terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None = None) -> dict:
         d = draws(params, x, eps, c)
         recon = -d.log_px_z.mean()
-        model = params.model
-        kl_dims = None
-        if kl_mode != "mc" and d.gauss is not None:
-            kl_dims = model.prior.kl_dims(params.tree, model, *d.gauss)
-        if kl_dims is None and kl_mode == "analytic":
-            raise ValueError(f"the {model.prior} has no closed-form KL; use kl='mc' or 'auto'")
-        out = {"recon": recon}
-        if kl_dims is None:
-            ratio, groups = log_ratios(params, d, c)
-            out["kl"] = ratio.mean()
-            if groups is not None:
-                out["kl_groups"] = groups.mean(0)
-        else:
-            out["kl"], out["kl_dims"] = kl_dims.sum(), kl_dims
+        out = {"recon": recon, **_kl_terms(params, d, c, kl_mode)}
         out["loss"] = recon + numbers["beta"] * out["kl"]
         return out
 
@@ -265,6 +362,46 @@ def _iwae_terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None 
     if groups is not None:
         out["kl_groups"] = groups.mean(0)
     return out
+
+
+def _tc_terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None = None) -> dict:
+    """What ``_tc_batch`` needs of ONE example: recon, the analytic kl, its draw z, the posterior's mean and
+    logvar, and log q(z | x), log p(z) at the draw."""
+    d = draws(params, x, eps, c)
+    log_p = vmap(params.model.log_prior, in_dims=(None, 0, None))(params.tree, d.z, c)
+    return {"recon": -d.log_px_z.mean(), "kl": _kl_terms(params, d, c, "analytic")["kl"], "z": d.z[0],
+            "mean": d.gauss[0], "logvar": d.gauss[1], "log_q": log_q(d)[0], "log_p": log_p[0]}
+
+
+@functools.lru_cache(maxsize=None)
+def _tc_batch(stratified: bool) -> Callable:
+    def batch(terms: dict, weights: Tensor, total: Tensor, numbers: dict) -> dict:
+        log_w = aggregate.log_weights(weights, numbers["dataset_size"], stratified)
+        log_qz, log_dims = aggregate.log_aggregate(terms["z"], terms["mean"], terms["logvar"], log_w)
+        mi, tc, dwkl = terms["log_q"] - log_qz, log_qz - log_dims, log_dims - terms["log_p"]
+        return {"recon": terms["recon"], "kl": terms["kl"], "loss": terms["recon"] + mi + numbers["beta"] * tc + dwkl,
+                "mi": mi, "tc": tc, "dwkl": dwkl}
+
+    return batch
+
+
+def _mmd_terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None = None) -> dict:
+    """ONE example's recon and kl from its first noise row's draw, the draw flat (``z``), and the prior's draw
+    made from its second noise row (``z_prior``)."""
+    d = draws(params, x, eps[:1], c)
+    out = {"recon": -d.log_px_z.mean(), **_kl_terms(params, d, c, "auto")}
+    out.pop("kl_dims", None)
+    return {**out, "z": params.model.join(d.z)[0], "z_prior": eps[1]}
+
+
+@functools.lru_cache(maxsize=None)
+def _mmd_batch(kernel: str) -> Callable:
+    def batch(terms: dict, weights: Tensor, total: Tensor, numbers: dict) -> dict:
+        mmd2 = aggregate.mmd2(terms["z"], terms["z_prior"], weights, kernel).expand(weights.shape)
+        kept = {k: v for k, v in terms.items() if k not in ("z", "z_prior")}
+        return {**kept, "loss": terms["recon"] + numbers["mmd_weight"] * mmd2, "mmd": mmd2}
+
+    return batch
 
 
 def mean_loss(terms: dict, weights: Tensor, total: Tensor, numbers: dict) -> Tensor:

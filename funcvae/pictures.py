@@ -12,6 +12,7 @@ take an explicit seed; each returns the path written.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -167,7 +168,7 @@ def interpolations(params: Params, x_from, x_to, path: str | os.PathLike, *, ste
 
 
 def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, steps: int = 9, span: float = 3.0,
-              context=None, seed: int = 0) -> Path:
+              context=None, seed: int = 0, names: Sequence[str] | None = None) -> Path:
     """A latent traversal grid: row i sets latent dim i to each of ``steps`` values in [-span, span] (prior
     standard deviations), the other dims held at the mean code of ``x``. For models whose latent is an int
     (a hierarchy's upper groups are not standard normal given the lower ones, so their traversal means
@@ -181,6 +182,8 @@ def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, step
       steps: values per dim.
       span: the values run from -span to span.
       context, seed: as for ``funcvae.encode``.
+      names: a label for each latent dim, shown after its index (e.g. the generative factor it is most
+        informative about, ``funcvae.disentanglement.most_informative``); None: the index alone.
 
     Returns:
       ``path``: min(dims, latent) rows of ``steps`` images.
@@ -193,14 +196,17 @@ def traversal(params: Params, x, path: str | os.PathLike, *, dims: int = 8, step
                          f"latent groups {list(params.model.groups)}, whose upper groups shape the lower ones' prior")
     x, c = examples_and_context(params, x, context)
     mean, _ = encode(params, x, context=c, seed=seed)
+    if names is not None and len(names) != mean.shape[1]:
+        raise ValueError(f"names must give one label per latent dim ({mean.shape[1]}), got {len(names)}")
     ranked = torch.argsort(active_units(params, x, context=c, seed=seed).variance, descending=True)[:dims]
     values = torch.linspace(-span, span, steps, dtype=mean.dtype, device=mean.device)
     z = mean.mean(0).repeat(len(ranked), steps, 1)  # (rows, steps, latent)
     z[torch.arange(len(ranked))[:, None], torch.arange(steps)[None, :], ranked[:, None]] = values
     z = z.reshape(-1, mean.shape[1])
     held = None if c is None else c[:1].expand(z.shape[0], -1)
+    labels = [f"z{int(d)}" + ("" if names is None else f" {names[int(d)]}") for d in ranked]
     return save_grid(mean_images(params, decode(params, z, context=held)), path, nrow=steps,
-                     title=f"traversals from {-span:g} to {span:g} prior std", row_labels=[f"z{int(d)}" for d in ranked])
+                     title=f"traversals from {-span:g} to {span:g} prior std", row_labels=labels)
 
 
 def loss_curves(history: list[dict], path: str | os.PathLike, *, dpi: int = 100) -> Path:

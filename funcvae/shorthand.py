@@ -13,12 +13,12 @@ from funcvae.config import per_model
 from funcvae.checks import check_nonnegative, check_positive, plain
 
 #: Every shorthand setting and what it means when left out (or None).
-DEFAULTS = {"objective": "elbo", "k": 5, "beta": 1.0, "kl_warmup": 0.0, "free_bits": None,
+DEFAULTS = {"objective": "elbo", "k": 5, "beta": 1.0, "kl_warmup": 0.0, "free_bits": None, "mmd_weight": 1000.0,
             "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-2,
             "clip_norm": None, "noise_multiplier": 0.0}
-OBJECTIVE_KEYS = ("objective", "k", "beta", "kl_warmup", "free_bits")
+OBJECTIVE_KEYS = ("objective", "k", "beta", "kl_warmup", "free_bits", "mmd_weight")
 OPTIMIZER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "clip_norm", "noise_multiplier")
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "beta-tcvae", "mmd")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 #: The shorthand ``fit`` takes as keywords (the objective and optimiser it names are objects).
 FIT_KEYS = ("lr", "beta", "kl_warmup", "free_bits", "clip_norm", "noise_multiplier")
@@ -32,20 +32,23 @@ class Built(NamedTuple):
 
 
 def build(settings: dict, steps_per_epoch: int = 1, n_models: int | None = None, *, objective=None,
-          optimizer=None) -> Built:
+          optimizer=None, examples: int | None = None) -> Built:
     """Each model's objective and optimiser.
 
     Args:
       settings: shorthand, keys of ``DEFAULTS`` (a missing or None value takes the default; other keys are
         not read):
         ``objective`` "elbo" (the beta-ELBO ``recon + beta * kl``, its weight rising linearly over
-        ``kl_warmup`` epochs) or "iwae" (``k`` samples); ``free_bits``: a floor in nats per latent dimension;
+        ``kl_warmup`` epochs), "iwae" (``k`` samples), "beta-tcvae" (``beta`` on the total correlation,
+        over a training set of ``examples``) or "mmd" (InfoVAE's, ``mmd_weight`` on the MMD);
+        ``free_bits``: a floor in nats per latent dimension;
         ``optimizer`` "adam", "adamw" (``weight_decay``) or "sgd" (``momentum``) at ``lr``, after DP-SGD's
         per-example clipping to ``clip_norm`` with noise of std ``noise_multiplier * clip_norm`` when
-        ``clip_norm`` is set. For a stack, ``beta`` and ``lr`` may give one value per model.
+        ``clip_norm`` is set. For a stack, ``beta``, ``mmd_weight`` and ``lr`` may give one value per model.
       steps_per_epoch: turns ``kl_warmup`` epochs into steps.
       n_models: the size of a stack, or None for one model.
       objective, optimizer: objects (one, or one per model) that take the place of the shorthand for them.
+      examples: the training set's size, which "beta-tcvae" needs.
 
     Returns:
       ``Built(objectives, optimizers)``, lists of ``n_models`` (or 1).
@@ -61,7 +64,7 @@ def build(settings: dict, steps_per_epoch: int = 1, n_models: int | None = None,
         objs = [_given(o, objectives.Objective, "objective", "objectives.elbo(beta), objectives.iwae(k)")
                 for o in per_model(n_models, "objective", objective)]
     else:
-        objs = _objectives(values, steps_per_epoch, n_models)
+        objs = _objectives(values, steps_per_epoch, n_models, examples)
     if optimizer is not None:
         _refuse(given, OPTIMIZER_KEYS, "optimizer", "optim.chain(optim.differentially_private_aggregate(...), "
                                                     "optim.adam(lr))")
@@ -72,11 +75,20 @@ def build(settings: dict, steps_per_epoch: int = 1, n_models: int | None = None,
     return Built(objs, opts)
 
 
-def _objectives(values: dict, steps_per_epoch: int, n_models: int | None) -> list:
-    if values["objective"] not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {values['objective']!r}")
-    if values["objective"] == "iwae":
+def _objectives(values: dict, steps_per_epoch: int, n_models: int | None, examples: int | None) -> list:
+    name = values["objective"]
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {name!r}")
+    if name in ("beta-tcvae", "mmd") and values["kl_warmup"]:
+        raise ValueError(f"objective {name!r} has no KL warm-up; kl_warmup must be 0, got {values['kl_warmup']!r}")
+    if name == "iwae":
         built = [objectives.iwae(values["k"])] * (n_models or 1)
+    elif name == "beta-tcvae":
+        if examples is None:
+            raise ValueError("objective 'beta-tcvae' needs the training set's size: build(..., examples=N)")
+        built = [objectives.beta_tcvae(plain(b), examples) for b in per_model(n_models, "beta", values["beta"])]
+    elif name == "mmd":
+        built = [objectives.mmd(plain(w)) for w in per_model(n_models, "mmd_weight", values["mmd_weight"])]
     else:
         betas = [check_nonnegative("beta", plain(b)) for b in per_model(n_models, "beta", values["beta"])]
         epochs = check_nonnegative("kl_warmup", plain(values["kl_warmup"]))

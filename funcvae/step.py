@@ -27,16 +27,18 @@ from funcvae.pixels import level_values, pixel_values
 
 #: What a step reports (``metrics``, one tensor): batch sums of recon, kl and loss over the real rows, the
 #: number of real rows, and ok (1 when the update was applied, 0 when a guard skipped it); then, for a model
-#: whose KL comes per latent group, the batch sum of each group's KL (``stat_names``).
+#: whose KL comes per latent group, the batch sum of each group's KL, and the batch sums of the terms its
+#: objective reports besides (``Objective.reports``) (``stat_names``).
 STATS = ("recon", "kl", "loss", "rows", "ok")
 TERMS = STATS[:3]
 OK = STATS.index("ok")
 
 
-def stat_names(model: Model) -> tuple[str, ...]:
+def stat_names(model: Model, objective: O.Objective | None = None) -> tuple[str, ...]:
     """The columns of ``model``'s step metrics: ``STATS``, then ``kl_<group>`` for each latent group whose KL
-    the model gives (``objectives.kl_groups``)."""
-    return STATS + tuple(f"kl_{g}" for g in (O.kl_groups(model) or ()))
+    the model gives (``objectives.kl_groups``), then the terms ``objective`` reports (``Objective.reports``)."""
+    groups = tuple(f"kl_{g}" for g in (O.kl_groups(model) or ()))
+    return STATS + groups + (() if objective is None else objective.reports)
 
 
 class TrainState(NamedTuple):
@@ -88,7 +90,7 @@ class TrainStep:
     def __init__(self, model: Model, objective: O.Objective, optimizer: GradientTransformation,
                  matmul_dtype: torch.dtype | None = None, scale: int | float | None = None):
         O.check(objective, model)
-        if optimizer.per_example and objective.reduce is not O.mean_loss:
+        if optimizer.per_example and not objective.separable:
             raise ValueError(f"{optimizer.name} takes per-example gradients, which {objective.name} cannot give "
                              "(its batch loss is not a mean of per-example losses)")
         self.model, self.objective, self.optimizer, self.matmul_dtype = model, objective, optimizer, matmul_dtype
@@ -99,7 +101,7 @@ class TrainStep:
         """What the step computes: the model, the code of the objective and the optimiser (not their numbers,
         which live in the state), and the scale of pixel levels (a constant of the compiled graph)."""
         o = self.objective
-        return (self.model, o.samples, o.schedule, o.terms, o.reduce, self.optimizer.update,
+        return (self.model, o.samples, o.schedule, o.terms, o.batch, o.reduce, self.optimizer.update,
                 self.optimizer.per_example, self.matmul_dtype, self.scale)
 
     def __eq__(self, other):
@@ -110,8 +112,8 @@ class TrainStep:
 
     def gradients(self, state: TrainState, batch: Batch) -> tuple[dict, Tensor]:
         """Gradients of the batch's loss w.r.t. ``state.tree`` (per example, leaves (B, ...), for a per-example
-        optimiser) and the batch's stats: sums of recon, kl, loss, the real rows and each latent group's KL
-        (``stat_names`` without ok)."""
+        optimiser) and the batch's stats: sums of recon, kl, loss, the real rows, each latent group's KL and
+        each term the objective reports (``stat_names`` without ok)."""
         batch = batch._replace(x=self._values(batch.x, batch.eps.dtype))
         numbers = self.objective.schedule(state.objective_state, state.count, batch.x.dtype)
         total = batch.weights.sum() if batch.total is None else batch.total
@@ -125,6 +127,8 @@ class TrainStep:
         stats = torch.stack([(terms[k] * w).sum() for k in TERMS] + [w.sum()])
         if "kl_groups" in terms:
             stats = torch.cat([stats, (terms["kl_groups"] * w.unsqueeze(-1)).sum(0)])
+        if self.objective.reports:
+            stats = torch.cat([stats, torch.stack([(terms[k] * w).sum() for k in self.objective.reports])])
         return grads, stats.detach()
 
     def apply(self, state: TrainState, grads: dict, stats: Tensor, batch: Batch) -> tuple[TrainState, Tensor]:
@@ -154,6 +158,8 @@ class TrainStep:
 
     def _batch_loss(self, tree: dict, batch: Batch, numbers: dict, total: Tensor):
         terms = O.batch_terms(self._params(tree), batch.x, batch.eps, numbers, self.objective, batch.context)
+        if self.objective.batch is not None:
+            terms = self.objective.batch(terms, batch.weights, total, numbers)
         return self.objective.reduce(terms, batch.weights, total, numbers), terms
 
     def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None):

@@ -68,7 +68,8 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
       (training averages, nats per example); ``val_recon``, ``val_kl``, ``val_loss`` (None without
       ``val_data``); ``beta`` (the KL weight in force at the epoch's end, or None); ``skipped`` (steps not
       applied); ``seconds``; for a model whose KL comes per latent group, ``kl_groups`` and ``val_kl_groups``
-      (``{group: nats}``). For a stack: the stacked params and a list of N such histories.
+      (``{group: nats}``); the training averages of the terms a batch objective reports (``mi``, ``tc``,
+      ``dwkl``; ``mmd``). For a stack: the stacked params and a list of N such histories.
 
     Raises:
       ValueError: bad data, settings or objects, a ``checkpoint_dir`` that cannot be used, or a checkpoint
@@ -125,7 +126,8 @@ def fit(params: Params, data, *, objective=None, optimizer=None, config: FitConf
             fresh = Checkpoint(params.model, train, 0, 0, prints or {}, [[] for _ in seeds])
             state = folder.start(fresh, ckpt, config.resume, prints, epochs=config.epochs, steps=spe,
                                  rng=torch.stack([g.get_state() for g in generators(seeds, 1, x.device)]),
-                                 device=x.device, accept_changed_code=config.accept_changed_code)
+                                 device=x.device, accept_changed_code=config.accept_changed_code,
+                                 objective=objs[0])
             distributed.check_identical(state.train.tree, world)
             info = RunInfo(told, Params(params.model, state.train.tree), n_models, opts[0], spe, state.epoch)
             show = progress.shown(config.progress) and world.is_main

@@ -17,27 +17,27 @@ TINY = dict(hidden=(16,), latent=4, channels=(4, 8), likelihood="discretized_log
 
 
 def test_shapes_are_seeded_uint8_images_with_their_factors():
-    images, factors = funcvae.data.shapes(40, size=32, seed=3)
+    images, factors = funcvae.data.coloured_shapes(40, size=32, seed=3)
     assert images.shape == (40, 3, 32, 32) and images.dtype == torch.uint8
     assert set(factors) == set(synthetic.FACTORS)
     for name, count in synthetic.FACTORS.items():
         assert factors[name].shape == (40,) and factors[name].dtype == torch.int64
         assert 0 <= int(factors[name].min()) and int(factors[name].max()) < count
-    again, same = funcvae.data.shapes(40, size=32, seed=3)
+    again, same = funcvae.data.coloured_shapes(40, size=32, seed=3)
     assert torch.equal(images, again) and all(torch.equal(factors[k], same[k]) for k in factors)
-    assert not torch.equal(images, funcvae.data.shapes(40, size=32, seed=4)[0])
+    assert not torch.equal(images, funcvae.data.coloured_shapes(40, size=32, seed=4)[0])
     # Each image is its shape's colour on black: the brightest pixel is the colour itself, the corners black.
     colours = torch.tensor(synthetic.COLOURS, dtype=torch.uint8)[factors["colour"]]
     brightest = images.flatten(2).gather(2, images.int().sum(1).flatten(1).argmax(1)[:, None, None].expand(40, 3, 1))
     assert torch.equal(brightest[:, :, 0], colours)
     assert images[:, :, 0, 0].eq(0).all() and images[:, :, -1, -1].eq(0).all()
-    assert funcvae.data.shapes(3, size=64)[0].shape == (3, 3, 64, 64)
+    assert funcvae.data.coloured_shapes(3, size=64)[0].shape == (3, 3, 64, 64)
 
 
 @pytest.mark.parametrize("bad", [dict(n=0), dict(n=True), dict(n=2, size=4), dict(n=2, seed=-1), dict(n=2.0)])
 def test_shapes_refuses_bad_arguments(bad):
     with pytest.raises(ValueError, match=next(iter(k for k in ("size", "seed", "n") if k in bad))):
-        funcvae.data.shapes(**bad)
+        funcvae.data.coloured_shapes(**bad)
 
 
 @pytest.mark.parametrize("arch, shape", [("conv", (3, 32, 32)), ("conv", (3, 64, 64)), ("mlp", (3, 32, 32)),
@@ -48,7 +48,7 @@ def test_built_in_models_take_colour_images_and_the_discretized_logistic(arch, s
     assert params.model.likelihood == likelihoods.discretized_logistic()
     mean, log_scale = params.model.decode(params.tree, torch.zeros(4))
     assert mean.shape == log_scale.shape == (features,)
-    x = funcvae.data.shapes(3, size=shape[1])[0][:, :shape[0]].float() / 255
+    x = funcvae.data.coloured_shapes(3, size=shape[1])[0][:, :shape[0]].float() / 255
     terms = funcvae.elbo(params, x, seed=0)
     assert terms["loss"].shape == (3,) and torch.isfinite(terms["loss"]).all()
     images = funcvae.sample(params, 2, seed=0)
@@ -63,7 +63,7 @@ def test_conv_refuses_sizes_its_strides_do_not_divide(shape, channels, factor):
 
 def test_non_levels_are_refused_before_any_work():
     params = funcvae.init(seed=0, arch="conv", input_shape=(3, 32, 32), **TINY)
-    x = funcvae.data.shapes(4)[0].float() / 256  # the wrong 8-bit scale: only 0 of its values is a level k/255
+    x = funcvae.data.coloured_shapes(4)[0].float() / 256  # the wrong 8-bit scale: only 0 of its values is a level k/255
     first = x.flatten(1)[0].nonzero()[0, 0]
     with pytest.raises(ValueError, match=rf"not 8-bit levels k/255 in \[0, 1\].*the first is "
                                          rf"{float(x.flatten(1)[0, first])}, at index \(0, {first}\)"):
@@ -91,7 +91,7 @@ def test_8_bit_levels_are_checked_on_the_values_they_stand_for(scale, levels):
 
 
 def test_a_tiny_fit_on_coloured_shapes_lowers_the_loss(tmp_path):
-    images = funcvae.data.shapes(160, size=16, seed=0)[0]
+    images = funcvae.data.coloured_shapes(160, size=16, seed=0)[0]
     params = funcvae.init(seed=0, arch="conv", input_shape=(3, 16, 16), **TINY)
     trained, history = funcvae.fit(params, images[:128], scale=255, val_data=images[128:], epochs=2,
                                    batch_size=32, lr=3e-3, compile=False, progress=False, checkpoint_dir=tmp_path)
@@ -126,7 +126,7 @@ def test_a_models_own_likelihood_is_recorded_and_checked_on_load(tmp_path):
 @pytest.mark.parametrize("likelihood, discrete", [("discretized_logistic", True), ("gaussian", False)])
 def test_eval_gives_bits_per_dim_only_for_a_discrete_likelihood(likelihood, discrete):
     params = funcvae.init(seed=0, arch="mlp", input_shape=(3, 8, 8), **{**TINY, "likelihood": likelihood})
-    x = funcvae.data.shapes(16, size=8)[0].flatten(1).float() / 255
+    x = funcvae.data.coloured_shapes(16, size=8)[0].flatten(1).float() / 255
     history = [{"epoch": 1, "recon": 1.0, "kl": 1.0, "loss": 2.0, "val_recon": 1.0, "val_kl": 1.0, "val_loss": 2.0}]
     scores = evaluate._scores(params, x, history, k=2, seed=0)
     bits = scores["bits_per_dim"]

@@ -201,7 +201,7 @@ def test_offline_with_nothing_found_says_where_it_looked(tmp_path, cache, monkey
 
 
 @pytest.mark.parametrize("args,message", [
-    (("cifar10", "train"), r"unknown dataset 'cifar10'; choose from \('mnist', 'fashion-mnist'\)"),
+    (("cifar10", "train"), r"unknown dataset 'cifar10'; choose from \('mnist', 'fashion-mnist', 'shapes'\)"),
     (("Fashion-MNIST", "train"), "unknown dataset 'Fashion-MNIST'"),
     (("fashion-mnist", "val"), r"split must be one of \('train', 'test'\), got 'val'"),
     (("fashion-mnist", True), r"split must be one of \('train', 'test'\), got True"),

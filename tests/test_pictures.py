@@ -139,6 +139,17 @@ def test_traversal_rows_follow_the_most_variable_dims(images, tmp_path):
     torch.testing.assert_close(pixels[2:30, 2:30], expected, atol=1 / 255, rtol=0)
 
 
+def test_traversal_rows_can_name_what_each_dim_encodes(images, tmp_path):
+    params = funcvae.init(seed=0, hidden=(32,), latent=5)
+    plain = pictures.traversal(params, images, tmp_path / "plain.png", dims=2, steps=3)
+    named = pictures.traversal(params, images, tmp_path / "named.png", dims=2, steps=3,
+                               names=["shape", "scale", "orientation", "x", "y"])
+    assert fits(named, 2, 3) and size(named)[0] > size(plain)[0]  # the same grid beside longer labels
+    torch.testing.assert_close(grid_of(named, 2, 3), grid_of(plain, 2, 3), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="one label per latent dim \\(5\\), got 2"):
+        pictures.traversal(params, images, tmp_path / "bad.png", names=["x", "y"])
+
+
 def test_interpolations_need_pairs(images, tmp_path):
     params = funcvae.init(seed=0, hidden=(32,), latent=5)
     with pytest.raises(ValueError, match="as many examples"):

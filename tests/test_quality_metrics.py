@@ -1,5 +1,6 @@
 """Sample-quality metrics: FID against closed forms and scipy, KID's unbiasedness, k-NN metrics on sets with
-known answers and against their expectations, class coverage, and errors that name the argument."""
+known answers and against their expectations, class coverage, the classifier's confusion and the true class
+shares behind its predictions, duplicates, and errors that name the argument."""
 
 import math
 
@@ -105,6 +106,32 @@ def test_frechet_distance_takes_singular_covariances():
         float(v.square().sum()), rel=1e-12)  # W^2 to a point mass is the trace
 
 
+@pytest.mark.parametrize("dead", [0, 58])
+def test_fid_of_a_set_with_itself_is_zero_before_the_clamp(dead):
+    # ReLU features, some units zero on every image (58 of the shipped network's 128 are, among the others): the
+    # distance of a set to itself, and to its rows in another order, is 0 within the roundoff of one
+    # eigendecomposition, d eps tr(cov), without the clamp at 0. Square roots of the roundoff eigenvalues the
+    # dead units leave would make it -7.6e-6 here, 4e-9 of tr(cov): 10^5 times the roundoff.
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(128 - dead, 128 - dead, generator=g, dtype=torch.float64)
+    live = (torch.randn(2000, 128 - dead, generator=g, dtype=torch.float64) @ mix).relu()
+    x = torch.cat([live, torch.zeros(2000, dead, dtype=torch.float64)], 1)[:, torch.randperm(128, generator=g)]
+    tolerance = 128 * torch.finfo(torch.float64).eps * float(torch.cov(x.T).trace())
+    for other in (x, x.flip(0)):
+        distance = float(metrics._frechet(x.mean(0), torch.cov(x.T), other.mean(0), torch.cov(other.T)))
+        assert abs(distance) <= tolerance
+
+
+def test_units_dead_on_both_sets_add_nothing_to_fid():
+    # The distance with 58 constant units is the distance without them, within roundoff.
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(500, 70, generator=g).relu(), (torch.randn(500, 70, generator=g) + 0.1).relu()
+    dead = torch.zeros(500, 58)
+    roundoff = 128 * torch.finfo(torch.float64).eps * float(torch.cov(real.double().T).trace())
+    assert metrics.fid(torch.cat([real, dead], 1), torch.cat([fake, dead], 1)) == pytest.approx(
+        metrics.fid(real, fake), rel=0, abs=roundoff)
+
+
 def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel():
     # With one subset the size of both sets, the subset is the whole set (in some order): the estimate is the
     # U-statistic written out term by term.
@@ -135,6 +162,13 @@ def test_kid_tells_one_distribution_from_two():
     assert abs(mean) <= 4 * std
     mean, std = metrics.kid(real, shifted, subsets=50, subset_size=100)
     assert mean > 4 * std
+
+
+def test_kid_of_sets_no_larger_than_a_subset_is_one_estimate():
+    # Every subset is then both whole sets, in some order: one estimate, whatever the number of subsets.
+    x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 3, dtype=torch.float64) + 0.3
+    mean, std = metrics.kid(x, y, subsets=7, subset_size=40)
+    assert std == 0.0 and mean == pytest.approx(float(metrics._mmd2(x.flip(0), y)), rel=1e-12)
 
 
 def test_kid_subsets_follow_the_seed():
@@ -228,6 +262,59 @@ def test_nearest_finds_the_nearest_reference_row():
     assert all(torch.equal(a, b) for a, b in zip(metrics.nearest(queries, reference), (distances, indices)))
 
 
+def test_nearest_other_skips_the_row_itself():
+    x = torch.randn(30, 4, dtype=torch.float64)
+    x[5] = x[9]  # a repeated row: its nearest other row is its copy
+    full = (x[:, None] - x[None]).square().sum(-1).sqrt() + torch.diag(torch.full((30,), math.inf))
+    got = metrics.nearest_other(x)
+    torch.testing.assert_close(got, full.min(1).values, rtol=1e-12, atol=0)
+    assert float(got[5]) == float(got[9]) == 0.0
+
+
+@pytest.mark.parametrize("block", [None, 7])
+def test_distinct_counts_each_group_of_copies_once(monkeypatch, block):
+    if block is not None:
+        monkeypatch.setattr(metrics, "_BLOCK", block)  # one row per block
+    base = torch.randn(12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    copies = base[torch.randperm(12, generator=torch.Generator().manual_seed(1)).repeat(4)]  # 48 rows, 12 distinct
+    assert metrics.distinct(copies, 0.0) == 12 and metrics.distinct(base, 0.0) == 12
+    pair = torch.tensor([[0.0, 0.0], [3.0, 4.0]])  # 5 apart: the same within a radius of 5 (inclusive), not 4.99
+    assert metrics.distinct(pair, 5.0) == 1 and metrics.distinct(pair, 4.99) == 2
+
+
+def test_confusion_of_a_calibrated_classifier_matches_the_labelled_one():
+    # Calibrated by construction: each image's label is drawn from the classifier's own probabilities. The
+    # label-free estimate and the count of labelled predictions agree within 4 standard errors of the count
+    # (binomial, per true class), doubled for the estimate's own error.
+    g = torch.Generator().manual_seed(0)
+    p = (3 * torch.randn(20_000, 4, generator=g, dtype=torch.float64)).softmax(1)
+    labels = torch.multinomial(p, 1, generator=g).squeeze(1)
+    predicted = p.argmax(1)
+    counted = torch.stack([torch.bincount(predicted[labels == t], minlength=4).double() / int((labels == t).sum())
+                           for t in range(4)])
+    per_class = torch.bincount(labels, minlength=4).double()[:, None]
+    standard_error = (counted * (1 - counted) / per_class).sqrt()
+    estimated = metrics.confusion(p)
+    roundoff = len(p) * torch.finfo(torch.float64).eps  # of sums of N probabilities
+    torch.testing.assert_close(estimated.sum(1), torch.ones(4, dtype=torch.float64), rtol=0, atol=roundoff)
+    assert ((estimated - counted).abs() <= 2 * 4 * standard_error).all()
+
+
+def test_class_shares_take_the_confusion_out():
+    # Two true classes of three, half each, predicted through C: the counts are 1000 * (pi @ C) exactly.
+    c = torch.tensor([[0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.0, 0.1, 0.9]], dtype=torch.float64)
+    ids = torch.tensor([0] * 475 + [1] * 500 + [2] * 25)  # class 2 predicted 25 times, all misclassified
+    assert torch.equal(torch.bincount(ids).double(), 1000 * torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64) @ c)
+    few, many = metrics.class_shares(ids, c, steps=1000), metrics.class_shares(ids, c, steps=10_000)
+    # EM approaches a share of 0 as 1/steps; the others settle as fast.
+    assert many[2] <= few[2] / 5 and few[2] < 1e-3
+    torch.testing.assert_close(many[:2], torch.full((2,), 0.5, dtype=torch.float64), rtol=0, atol=float(few[2]))
+    # Shares all inside (0, 1) are found to roundoff: EM converges geometrically there.
+    pi = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    ids = torch.repeat_interleave(torch.arange(3), (1000 * pi @ c).round().long())  # 195, 340, 465 exactly
+    torch.testing.assert_close(metrics.class_shares(ids, c), pi, rtol=0, atol=3 * torch.finfo(torch.float64).eps)
+
+
 def test_class_coverage_of_one_class():
     three = torch.full((50,), 3)
     assert metrics.class_coverage(three[:20], three, 10) == {
@@ -272,6 +359,11 @@ cov = torch.eye(3)
     (lambda: metrics.class_coverage(torch.tensor([0]), torch.tensor([0]), 0), "classes"),
     (lambda: metrics.nearest(x, x, chunk=0), "chunk"),
     (lambda: metrics.nearest(x, torch.zeros(0, 3)), "reference"),
+    (lambda: metrics.nearest_other(x[:1]), "x"),
+    (lambda: metrics.distinct(x[:0], 1.0), "x"),
+    (lambda: metrics.confusion(torch.zeros(0, 3)), "probabilities"),
+    (lambda: metrics.class_shares(torch.tensor([0, 3]), torch.eye(3)), "classes"),
+    (lambda: metrics.class_shares(torch.tensor([0]), torch.eye(3)[:2]), "confusion_matrix"),
 ])
 def test_bad_inputs_name_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):

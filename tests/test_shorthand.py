@@ -16,8 +16,8 @@ def names(built: shorthand.Built) -> tuple[list, list]:
 
 def test_the_defaults():
     assert shorthand.DEFAULTS == {"objective": "elbo", "k": 5, "beta": 1.0, "kl_warmup": 0.0, "free_bits": None,
-                                  "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-2,
-                                  "clip_norm": None, "noise_multiplier": 0.0}
+                                  "mmd_weight": 1000.0, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9,
+                                  "weight_decay": 1e-2, "clip_norm": None, "noise_multiplier": 0.0}
     assert names(shorthand.build({})) == ([objectives.elbo(1.0).name], [optim.adam(1e-3).name])
 
 

@@ -93,10 +93,12 @@ def data_fingerprint(x: Tensor | OnDisk, scale: int | float | None, dtype: torch
 
 
 def start(fresh: Checkpoint, ckpt: Path | None, resume: bool, prints: dict | None, *, epochs: int,
-          steps: int, rng: Tensor, device: torch.device, accept_changed_code: bool = False) -> Checkpoint:
+          steps: int, rng: Tensor, device: torch.device, accept_changed_code: bool = False,
+          objective=None) -> Checkpoint:
     """The state training starts from: ``fresh``, or the checkpoint at ``ckpt`` when resuming and one exists.
     ``prints``: this run's ``fingerprint``; ``rng``: the stacked generator states of this run's first epoch
-    (the shape a mid-epoch checkpoint's must have).
+    (the shape a mid-epoch checkpoint's must have); ``objective``: the run's (its reports are columns of the
+    sums).
 
     Raises:
       ValueError: a checkpoint made with other settings or data, or one this run cannot continue (more
@@ -116,12 +118,13 @@ def start(fresh: Checkpoint, ckpt: Path | None, resume: bool, prints: dict | Non
     if mismatch:
         diffs = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in mismatch.items())
         raise ValueError(f"cannot resume from {ckpt}: it was made with other settings or data ({diffs})")
-    _check_resumable(state, ckpt, epochs, steps, rng, len(fresh.history))
+    _check_resumable(state, ckpt, epochs, steps, rng, len(fresh.history), stat_names(state.model, objective))
     return replace(state, train=state.train._replace(
         opt_state=restore(fresh.train.opt_state, state.train.opt_state, ckpt)))
 
 
-def _check_resumable(state: Checkpoint, ckpt: Path, epochs: int, steps: int, rng: Tensor, models: int) -> None:
+def _check_resumable(state: Checkpoint, ckpt: Path, epochs: int, steps: int, rng: Tensor, models: int,
+                     columns: tuple) -> None:
     """What a checkpoint of this run's settings must also hold to continue it: no more epochs than asked for,
     and mid-epoch, a step inside the epoch with this device's generator states and the epoch's sums."""
     where = f"cannot resume from {ckpt}"
@@ -136,7 +139,7 @@ def _check_resumable(state: Checkpoint, ckpt: Path, epochs: int, steps: int, rng
     if state.rng.shape != rng.shape:
         raise ValueError(f"{where}: field 'rng' has shape {tuple(state.rng.shape)}; this run's generators need "
                          f"{tuple(rng.shape)}")
-    width = len(stat_names(state.model))
+    width = len(columns)
     if state.sums.shape != (models, width):
         raise ValueError(f"{where}: field 'sums' has shape {tuple(state.sums.shape)}, not "
                          f"{(models, width)}")

@@ -77,7 +77,7 @@ def run_epoch(run: Run, runner: Runner, state: Checkpoint, received: list, look:
     device = run.x.device
     gens = generators(run.seeds, epoch, device)
     # float64: an epoch's sums of finite float32 step sums cannot overflow.
-    width = len(stat_names(run.model))
+    width = len(stat_names(run.model, run.objective))
     acc = state.sums.to(device, torch.float64) if start else torch.zeros(len(run.seeds), width,
                                                                           dtype=torch.float64, device=device)
     rng_states = list(state.rng) if start else None
@@ -175,16 +175,22 @@ def _noise(tree: dict, gen: torch.Generator) -> dict:
 def _close_epoch(run: Run, epoch: int, acc: Tensor, train: TrainState, began: float) -> list[dict]:
     """Each model's history record for the epoch; evaluation on held-out data; callbacks on rank 0."""
     sums = acc.tolist()  # one device read per epoch
-    groups = run.model.groups if len(sums[0]) > len(STATS) else None
+    reports = run.objective.reports
+    groups = run.model.groups if len(sums[0]) > len(STATS) + len(reports) else None
+    # A batch objective's loss is its own (it has no warm-up), not recon + beta * kl; its held-out scores are
+    # the ELBO's (beta = 1), since its loss is not defined for one example alone.
+    batchwise = run.objective.batch is not None
     records = []
-    for m, (recon, kl, loss, rows, skipped, *group_kls) in enumerate(sums):
+    for m, (recon, kl, loss, rows, skipped, *rest) in enumerate(sums):
+        group_kls, reported = rest[:len(rest) - len(reports)], rest[len(rest) - len(reports):]
         numbers = train.objective_state
         numbers = numbers if not run.stack else {k: v[m] for k, v in numbers.items()}
-        target = float(numbers["beta"]) if "beta" in numbers else None
+        target = float(numbers["beta"]) if "beta" in numbers and not batchwise else None
         recon, kl, loss = (recon / rows, kl / rows, loss / rows) if rows else (math.nan, math.nan, math.nan)
         record = {"epoch": epoch, "recon": recon, "kl": kl, "loss": loss if target is None else recon + target * kl,
                   "val_recon": None, "val_kl": None, "val_loss": None, "beta": _beta_in_force(run, numbers, train, m),
                   "skipped": int(skipped)}
+        record.update({name: v / rows if rows else math.nan for name, v in zip(reports, reported)})
         if groups:
             record["kl_groups"] = {g: v / rows if rows else math.nan for g, v in zip(groups, group_kls)}
             record["val_kl_groups"] = None

@@ -13,7 +13,6 @@ from funcvae._runtime import distributed
 from funcvae._train import watch as W
 from funcvae._runtime.compiling import compile_step
 from funcvae.config import steps_per_epoch
-from funcvae.objectives import mean_loss
 from funcvae.step import Batch, TrainState, stacked
 
 
@@ -33,14 +32,15 @@ def make_runner(step, *, compile, watching: bool, world: distributed.World, stac
 
     Raises:
       ValueError: a data-parallel run of a stack, of per-example clipping, of a loss that is not a mean over
-        examples, or of a ``batch_size`` that does not divide by the number of processes.
+        examples each of its own (a batch objective's shard would see part of the batch), or of a ``batch_size``
+        that does not divide by the number of processes.
     """
     device = like.device
     if world.size > 1:
         if stack or per_example:
             raise ValueError("data-parallel fit trains one model on the batch gradient (no stack or per-example "
                              "clipping)")
-        if step.objective.reduce is not mean_loss:
+        if not step.objective.separable:
             raise ValueError("data-parallel fit needs a batch loss that is a mean over examples; "
                              f"{step.objective.name} is not")
         if batch_size % world.size:

@@ -87,12 +87,12 @@ def run_eval(args) -> int:
     print(f"IWAE_{args.k} took {result['iwae_seconds']:.1f} s")
     print(format_eval_table(result))
     diverged = not all(math.isfinite(result[k]) for k in ("recon", "kl", "loss", "iwae"))
-    x_train = None if diverged or config["dataset"] is None else _training_images(args, config)
+    x_train = None if diverged or _network(config) is None else _training_images(args, config)
     result["samples"] = None if diverged else _samples(params, x, x_train, config, seed=args.seed, context=c)
     if result["samples"] is not None:
         print(format_samples_table(result["samples"]))
         result["findings"] += result["samples"]["findings"]
-    result["conditional"] = None if diverged or c is None or config["dataset"] is None else \
+    result["conditional"] = None if diverged or c is None or _network(config) is None else \
         quality.samples.conditional_quality(
         params, x, c, seed=args.seed, network=config["dataset"])
     if result["conditional"] is not None:
@@ -136,14 +136,20 @@ def _training_images(args, config: dict):
     return x.reshape(x.shape[0], -1)
 
 
+def _network(config: dict) -> str | None:
+    """The feature network of the run's data set (``quality.network.NETWORKS``), or None: --data, shapes."""
+    return config["dataset"] if config["dataset"] in quality.network.NETWORKS else None
+
+
 def _samples(params: funcvae.Params, x, x_train, config: dict, *, seed: int, context=None) -> dict | None:
     """``quality.sample_quality`` on the held-out examples with the dataset's own feature network (None, said
     why, for held-out sets too small to split)."""
     if x.shape[0] < 12:
         print(f"samples: not scored, {x.shape[0]} held-out examples are too few to split into two sets of 6")
         return None
-    if config["dataset"] is None:
-        print("samples: not scored, their features need a classifier of the data (one per data set; none for --data)")
+    if _network(config) is None:
+        print("samples: not scored, their features need a classifier of the data (one for mnist and fashion-mnist; "
+              "none for shapes or --data)")
         return None
     began = time.perf_counter()
     out = quality.sample_quality(params, x, seed=seed, x_train=x_train, network=config["dataset"], context=context)

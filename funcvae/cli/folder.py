@@ -63,6 +63,8 @@ FIT = dict(epochs=at_least(1), batch_size=at_least(1), seed=at_least(0), binariz
            on_nonfinite=one_of("raise", "skip"), matmul_dtype=one_of(None, "bfloat16"), objective=one_of(*OBJECTIVES),
            k=or_null(at_least(1)), beta=or_null(NUMBER), kl_warmup=or_null(NUMBER), free_bits=or_null(NUMBER),
            optimizer=one_of(*OPTIMIZERS), lr=NUMBER, momentum=or_null(NUMBER), weight_decay=or_null(NUMBER))
+#: The settings of config.json's "fit" that only some objectives record (absent for the others).
+FIT_OWN = dict(mmd_weight=NUMBER)
 #: What eval, its pictures and train's table read of an epoch's record (others may be there too).
 RECORD = dict(epoch=at_least(1), recon=NUMBER, kl=NUMBER, loss=NUMBER, val_recon=or_null(NUMBER),
               val_kl=or_null(NUMBER), val_loss=or_null(NUMBER), seconds=NUMBER)
@@ -83,10 +85,10 @@ def read_config(run_dir: Path) -> dict:
     _check(config, TOP, f"{path}: ")
     _check_data(config, path)
     fit = {**LEGACY_FIT, **config["fit"]}
-    unknown = sorted(fit.keys() - FIT.keys())
+    unknown = sorted(fit.keys() - FIT.keys() - FIT_OWN.keys())
     if unknown:
         raise RunError(f"{path}: fit has settings train does not write: {', '.join(unknown)}")
-    _check(fit, FIT, f"{path}: fit.")
+    _check(fit, {**FIT, **{k: kind for k, kind in FIT_OWN.items() if k in fit}}, f"{path}: fit.")
     if config["model"] is None and config["model_file"] is None:
         raise RunError(f"{path}: no model (model and model_file are both null)")
     if fit["binarize"] != ("dynamic" if config["binarize"] == "dynamic" else None):

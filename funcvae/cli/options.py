@@ -103,17 +103,29 @@ def at_least(minimum: int):
 
 def objective_settings(args) -> dict:
     """config.json's record of the objective: ``objective``, ``k``, ``beta``, ``kl_warmup``, ``free_bits``
-    (None where they do not apply); an option that does not apply to the objective is a usage error."""
+    (None where they do not apply), and for mmd only ``mmd_weight``; an option that does not apply to the
+    objective is a usage error. beta-tcvae's training set size is the data's, known once they are loaded."""
     name = args.objective or DEFAULTS["objective"]
-    if name == "iwae":
+    if args.mmd_weight is not None and name != "mmd":
+        args.parser.error("--mmd-weight applies to --objective mmd only")
+    if name in ("iwae", "mmd"):
         wrong = [flag for flag, value in (("--beta", args.beta), ("--kl-warmup", args.kl_warmup)) if value is not None]
         if wrong:
-            args.parser.error(f"--objective iwae has no KL weight to set ({' and '.join(wrong)} are options of "
+            args.parser.error(f"--objective {name} has no KL weight to set ({' and '.join(wrong)} are options of "
                               "the ELBO)")
+    if args.k is not None and name != "iwae":
+        args.parser.error("--k (importance samples) applies to --objective iwae only")
+    if name == "iwae":
         return dict(objective=name, k=DEFAULTS["k"] if args.k is None else args.k, beta=None, kl_warmup=None,
                     free_bits=args.free_bits)
-    if args.k is not None:
-        args.parser.error("--k (importance samples) applies to --objective iwae only")
+    if name == "mmd":
+        return dict(objective=name, k=None, beta=None, kl_warmup=None, free_bits=args.free_bits,
+                    mmd_weight=DEFAULTS["mmd_weight"] if args.mmd_weight is None else args.mmd_weight)
+    if name == "beta-tcvae":
+        if args.kl_warmup is not None:
+            args.parser.error("--kl-warmup: --objective beta-tcvae has no KL warm-up")
+        return dict(objective=name, k=None, beta=DEFAULTS["beta"] if args.beta is None else args.beta,
+                    kl_warmup=None, free_bits=args.free_bits)
     warmup = DEFAULTS["kl_warmup"] if args.kl_warmup is None else args.kl_warmup
     if not (math.isfinite(warmup) and warmup >= 0):
         args.parser.error(f"--kl-warmup must be a finite number of epochs >= 0, got {warmup}")
@@ -144,12 +156,14 @@ def check_settings(args, model: funcvae.Model | None, fit_settings: dict, each_o
 def settings_problem(model: funcvae.Model | None, fit_settings: dict, each_objective: list[dict]) -> str | None:
     """What is wrong with the settings, or None: ``funcvae.FitConfig`` must take them, each objective must be
     able to train ``model`` and the optimiser must be buildable (checked before any work: the warm-up's length
-    in steps is not known yet, so it is checked at one step per epoch)."""
+    in steps is not known yet, so it is checked at one step per epoch, and beta-tcvae's training set at one
+    batch)."""
+    examples = fit_settings.get("batch_size") or 1
     try:
         funcvae.FitConfig(**fit_fields(fit_settings))
-        shorthand.build({**fit_settings, "free_bits": None})
+        shorthand.build({**fit_settings, "free_bits": None}, examples=examples)
         for settings in each_objective:
-            built = shorthand.build({**settings, "free_bits": None}).objectives[0]
+            built = shorthand.build({**settings, "free_bits": None}, examples=examples).objectives[0]
             if model is not None:
                 objectives.check(built, model)
     except ValueError as e:
@@ -158,7 +172,7 @@ def settings_problem(model: funcvae.Model | None, fit_settings: dict, each_objec
         return None
     for settings in each_objective:
         try:
-            objectives.check(shorthand.build(settings).objectives[0], model)
+            objectives.check(shorthand.build(settings, examples=examples).objectives[0], model)
         except ValueError as e:  # only free bits are left to refuse
             return f"--free-bits {settings['free_bits']}: {e}"
     return None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import funcvae
 import funcvae.sweep
-from funcvae import shorthand
+from funcvae import quality, shorthand
 from funcvae._runtime import records
 from funcvae.cli import runs
 from funcvae.cli.model import model_of
@@ -49,7 +49,7 @@ def run(args) -> int:
     began = time.perf_counter()
     rows = funcvae.sweep.rate_distortion(params, x_train, val_data=x_test, scale=255,
                                          progress=False if args.quiet else None, optimizer=optimizer,
-                                         network=args.dataset,
+                                         network=args.dataset if args.dataset in quality.network.NETWORKS else None,
                                          **{k: settings[k] for k in SWEEP_FIELDS})
     print(funcvae.sweep.format_table(rows))
     print(f"trained {len(rows)} models in {time.perf_counter() - began:.1f} s")
@@ -61,7 +61,7 @@ def run(args) -> int:
 
 def _sweep_config(args) -> tuple[funcvae.Model, dict, dict]:
     """The model, what config.json records of it, and the sweep's settings, checked before any work."""
-    model, described = model_of(args)
+    model, described = model_of(args, input_shape=funcvae.data.INPUT_SHAPES[args.dataset])
     try:
         betas = funcvae.sweep.check_betas(args.betas)
     except ValueError as e:

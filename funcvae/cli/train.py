@@ -29,9 +29,9 @@ RESUMABLE = frozenset({"epochs", "data_root", "quiet", "resume", "accept_changed
                        "val_data"})
 #: The folder of a run folder that --tensorboard writes its event files in; the held-out images it shows.
 TENSORBOARD, TENSORBOARD_IMAGES = "tensorboard", 16
-#: The options config.json's "fit" records under their own names.
-AS_RECORDED = ("batch_size", "seed", "lr", "beta", "kl_warmup", "objective", "k", "free_bits", "optimizer", "momentum",
-               "weight_decay", "checkpoint_every", "on_nonfinite")
+#: The options config.json's "fit" records under their own names (mmd_weight for --objective mmd only).
+AS_RECORDED = ("batch_size", "seed", "lr", "beta", "kl_warmup", "objective", "k", "free_bits", "mmd_weight",
+               "optimizer", "momentum", "weight_decay", "checkpoint_every", "on_nonfinite")
 _UNKNOWN = object()
 
 
@@ -41,9 +41,14 @@ def add_parser(sub) -> None:
     add_model_options(g)
     o, d, r = g["objective"], g["data"], g["run"]
     o.add_argument("--objective", default=None, choices=OBJECTIVES,
-                   help="elbo (default): the beta-ELBO; iwae: the importance-weighted bound of --k samples")
+                   help="elbo (default): the beta-ELBO; iwae: the importance-weighted bound of --k samples; "
+                        "beta-tcvae: --beta on the total correlation, estimated over each batch; mmd: InfoVAE's "
+                        "MMD-VAE, the reconstruction and --mmd-weight times the MMD between q(z) and the prior")
     o.add_argument("--k", default=None, type=at_least(1), help="iwae only: importance samples per example (default: 5)")
-    o.add_argument("--beta", default=None, type=float, help="elbo only: the KL weight (default: 1)")
+    o.add_argument("--beta", default=None, type=float,
+                   help="elbo: the KL weight; beta-tcvae: the total correlation's (default: 1)")
+    o.add_argument("--mmd-weight", default=None, type=float,
+                   help=f"mmd only: the MMD's weight (default: {shorthand.DEFAULTS['mmd_weight']:g}, InfoVAE's lambda)")
     o.add_argument("--kl-warmup", default=None, type=float, help="elbo only: epochs of linear KL warm-up (default: 0)")
     d.add_argument("--data-root", default=None,
                    help="folder to look in first, and to download into (default: the system's, then a cache folder)")
@@ -104,7 +109,8 @@ def _train(args, run_dir: Path | None, config: dict, model: funcvae.Model, done:
     x_train, x_test, contexts, scale = loaded or _data(args, run_dir, config, model)
     check_data(args, model, x_train, settings["batch_size"])
     params = model.init(settings["seed"])
-    (objective,), (optimizer,) = shorthand.build(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]))
+    (objective,), (optimizer,) = shorthand.build(settings, steps_per_epoch(x_train.shape[0], settings["batch_size"]),
+                                                 examples=int(x_train.shape[0]))
     if run_dir is None:
         config.update(n_train=int(x_train.shape[0]), n_test=None if x_test is None else int(x_test.shape[0]))
         run_dir = runs.create(Path(args.out), f"{_data_name(config)}-{model_name(model, config)}-"
@@ -150,7 +156,7 @@ def _new_run(args) -> tuple[dict, funcvae.Model, tuple | None]:
     if args.data is None:
         if args.val_data is not None:
             args.parser.error("--val-data is the held-out set of --data; a --dataset brings its own")
-        model, described = model_of(args)
+        model, described = model_of(args, input_shape=funcvae.data.INPUT_SHAPES[args.dataset])
         check_settings(args, model, settings, [settings])
         return {"dataset": args.dataset, "binarize": args.binarize, "data": None, **described, "fit": settings}, model, None
     if "dataset" in given(args, "train"):
@@ -270,7 +276,7 @@ def _changed_options(args, config: dict, run_dir: Path) -> list[str]:
 def _recorded_options(config: dict, run_dir: Path) -> dict:
     """What each option (by ``dest``) would have been to describe the run config.json records."""
     fit, spec = config["fit"], config["model"] or {}
-    return {**{name: spec.get(name) for name in BUILT_IN}, **{name: fit[name] for name in AS_RECORDED},
+    return {**{name: spec.get(name) for name in BUILT_IN}, **{name: fit.get(name) for name in AS_RECORDED},
             "dataset": config["dataset"], "binarize": config["binarize"], "model": config["model_file"],
             "no_compile": fit["compile"] is False, "bf16": fit["matmul_dtype"] == "bfloat16",
             "out": run_dir.resolve().parent}

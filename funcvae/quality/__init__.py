@@ -4,13 +4,15 @@ an ImageNet network, whose features are biased on data unlike ImageNet (Kynkää
 
     quality.features(x)                 # (N, 128) domain features of images in [0, 1]
     quality.fid(x_a, x_b)               # Fréchet distance between two image sets
-    quality.sample_quality(params, x_test, x_train=x_train)  # prior samples, reconstructions, real floor
+    quality.assess(samples, x_test, reconstructions=recon, train=x_train)  # scores and verdicts of image sets
+    quality.sample_quality(params, x_test, x_train=x_train)  # a model's prior samples, reconstructions, real floor
 
 ``metrics`` holds the metrics as pure functions of feature matrices (FID, KID, precision/recall,
-density/coverage, class coverage); ``network`` the classifier; ``samples`` the scoring and the verdicts.
+density/coverage, class coverage, true class shares, duplicates); ``network`` the classifier; ``samples`` the
+scoring and the verdicts.
 """
 
 from funcvae.quality import metrics, network
-from funcvae.quality.samples import SETS, embed, features, fid, sample_quality, scores, verdicts
+from funcvae.quality.samples import SETS, assess, embed, features, fid, sample_quality, scores, verdicts
 
-__all__ = ["SETS", "embed", "features", "fid", "metrics", "network", "sample_quality", "scores", "verdicts"]
+__all__ = ["SETS", "assess", "embed", "features", "fid", "metrics", "network", "sample_quality", "scores", "verdicts"]

@@ -2,10 +2,14 @@
 held-out real images on a domain classifier's features, beside the same scores of real images against real
 images (the floor every figure is read against); the verdicts that follow from them.
 
-The three sets are made to be alike in all but what is measured: the held-out images are split into two
-disjoint halves of ``n``; the first half is the reference, and the prior samples (``n`` draws), the
-reconstructions of the second half and the second half itself are each compared with it. Every metric is
-computed on sets of the same size, so their finite-sample biases (FID's grows as 1/n) are the same.
+``assess`` scores sets of images, whatever made them; ``sample_quality`` makes a model's sets and assesses
+them. The sets are made to be alike in all but what is measured: the real images are split into two
+disjoint halves of ``n``; the first half is the reference, and the samples (``n``), the reconstructions of
+the second half and the second half itself are each compared with it. Every metric is computed on sets of
+the same size, so their finite-sample biases (FID's grows as 1/n) are the same.
+
+Each verdict's threshold was set on image sets whose truth is known, built from Fashion-MNIST's images
+(``tests/test_verdicts.py``; figures in docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -29,25 +33,49 @@ from funcvae.checks import check_int
 
 #: The sets ``sample_quality`` scores, in its table's order; "real" is the floor.
 SETS = ("prior samples", "reconstructions", "real")
-#: Prior samples are "not realistic" (a prior hole) when their FID is this many times the reconstructions'.
+#: A prior hole: the prior samples' FID is over this many times the reconstructions' (and the floor's)...
 #: Every VAE's prior samples are somewhat worse than its reconstructions (the default model's are 2.1 times,
 #: beta = 0.1's 4.2 times, on Fashion-MNIST): the verdict is for a hole that dominates the samples.
 PRIOR_HOLE_RATIO = 3.0
-#: Samples are "all the same" when they cover under this fraction of the real set's classes, or their class
-#: histogram has under this fraction of the real one's entropy. Recall and coverage are shown beside them but
-#: do not decide: on a VAE they measure blur as much as diversity (the default model's diverse samples reach
-#: 0.29 and 0.34 of the real floor's, an undertrained model's 0.01 and 0.07, its reconstructions' 0.00).
+#: ...and over the reconstructions' (or floor's) by this fraction of the reference's spread, tr(cov) of its
+#: features (the FID of a set collapsed onto the reference's mean). A ratio alone calls near-real samples a hole
+#: beside perfect reconstructions: real images with Gaussian noise of 0.05 are 0.017 of the spread above them,
+#: with noise of 0.1 0.08; blends of two real images are 0.22, a blur of 1 pixel 0.27, and the shipped model's
+#: samples 0.11 above its reconstructions (at a ratio of 2.1). Not in units of the floor's FID, which shrinks
+#: as 1/n: the same samples would be more floors away in a larger set.
+PRIOR_HOLE_GAP = 0.15
+#: Sample collapse: the samples hold under this fraction of the reference's effective number of classes (the
+#: exponential of the entropy of the true class shares, the classifier's confusion taken out), or under this
+#: fraction of its share of distinct images. Sets of 1, 2 and 4 classes and of 90% one class hold 4.1 classes
+#: or fewer, against the real set's 10; every class, held-out images blurred by 1 pixel or noised by 0.05,
+#: and the shipped model's samples 9.4 or more.
 COLLAPSE_FRACTION = 0.5
-#: Memorisation: the share of samples nearer a training image than all but this share of held-out images are.
+#: Two images are the same (duplicates) when their features lie within this fraction of the reference's median
+#: distance from an image to its nearest other one: on Fashion-MNIST the copies of an image with Gaussian
+#: noise of 0.005 lie at 0.04 of it, two distinct real images at 0.3 or more, two distinct images blurred
+#: into blobs (4 pixels) at 0.04 or more.
+DUPLICATE_RADIUS = 0.02
+#: Memorisation: the share of samples relatively nearer a training image than all but this share of held-out
+#: images are (see ``memorisation``)... Of 1000 copies of training images, exact, with noise of 0.05 or
+#: blurred by 0.5 or 1.5 pixels, 62% to 100% are; of fresh images among which 5% are copies (exact or blurred
+#: by 1), 6.6%; of fresh images, blurred or noised or not, 0.7% to 1.7% (flagged above 2.8%).
 MEMORISED_QUANTILE = 0.01
+#: ...compared on thumbnails: images blurred by a Gaussian of this many pixels, then averaged over squares of
+#: this many pixels a side (28x28 to 7x7). A VAE's copies are blurred; blurred again they match their source,
+#: and the averaging takes out pixel noise.
+THUMBNAIL_BLUR = 2.0
+THUMBNAIL_POOL = 4
+#: A share counts as above its chance rate when it exceeds it by this many standard errors.
+SIGNIFICANT = 4.0
 
 
 class Embedded(NamedTuple):
-    """Images as the feature network sees them: ``features`` (N, d) float64 and predicted ``classes`` (N,),
-    or None for a feature function without a classifier."""
+    """Images as the feature network sees them: ``features`` (N, d) float64, predicted ``classes`` (N,) and
+    class ``probabilities`` (N, K) float64, or None for a feature function without a classifier."""
 
     features: Tensor
     classes: Tensor | None
+    probabilities: Tensor | None = None
 
 
 @renamed_keyword("network_name", "network")
@@ -59,7 +87,9 @@ def embed(x, *, network: str | Callable = "fashion-mnist") -> Embedded:
         feats, logits = _returned(network(x), x.shape[0])
     else:
         feats, logits = networks.features(network, x)
-    return Embedded(feats.detach().double(), None if logits is None else logits.argmax(-1))
+    if logits is None:
+        return Embedded(feats.detach().double(), None)
+    return Embedded(feats.detach().double(), logits.argmax(-1), logits.detach().double().softmax(-1))
 
 
 def _returned(out, n: int) -> tuple[Tensor, Tensor | None]:
@@ -103,13 +133,106 @@ def fid(x_a, x_b, *, network: str | Callable = "fashion-mnist") -> float:
 
 def scores(real: Embedded, other: Embedded, *, seed: int) -> dict:
     """Every metric of ``other`` against the reference ``real`` (equal sizes), as JSON values: FID, KID mean
-    and std, precision and recall (k=3), density and coverage (k=5), and with a classifier class coverage."""
+    and std, precision and recall (k=3), density and coverage (k=5), the shares of ``distinct`` images in
+    both (``DUPLICATE_RADIUS``); with a classifier, ``classes``: ``metrics.class_coverage`` of the predicted
+    classes, and the true class ``shares`` behind them (``metrics.class_shares``, through the confusion
+    estimated from the classifier's probabilities on ``real``) with their ``effective`` number of classes, the
+    exponential of their entropy, in both (k for k equal classes)."""
+    return _scores(real, other, _Reference.of(real), seed=seed)
+
+
+class _Reference(NamedTuple):
+    """What ``scores`` reads of the reference alone, found once for all the sets scored against it."""
+
+    radius: float  # within which two images are duplicates
+    distinct: float  # the reference's share of distinct images
+    confusion: Tensor | None  # the classifier's, estimated from its probabilities on the reference
+    effective: float | None  # the reference's effective number of classes
+
+    @staticmethod
+    def of(real: Embedded) -> _Reference:
+        radius = DUPLICATE_RADIUS * float(metrics.nearest_other(real.features).median())
+        distinct = metrics.distinct(real.features, radius) / real.features.shape[0]
+        if real.probabilities is None:
+            return _Reference(radius, distinct, None, None)
+        confusion = metrics.confusion(real.probabilities)
+        return _Reference(radius, distinct, confusion, _effective(metrics.class_shares(real.classes, confusion)))
+
+
+def _scores(real: Embedded, other: Embedded, known: _Reference, *, seed: int) -> dict:
+    """``scores``, with the figures of the reference alone already ``known``."""
     kid, kid_std = metrics.kid(real.features, other.features, seed=seed)
     out = {"fid": metrics.fid(real.features, other.features), "kid": kid, "kid_std": kid_std,
-           **metrics.prdc(real.features, other.features), "classes": None}
+           **metrics.prdc(real.features, other.features),
+           "distinct": metrics.distinct(other.features, known.radius) / other.features.shape[0],
+           "distinct_real": known.distinct, "classes": None}
     if real.classes is not None and other.classes is not None:
-        out["classes"] = metrics.class_coverage(real.classes, other.classes, networks.CLASSES)
+        shares = None if known.confusion is None else metrics.class_shares(other.classes, known.confusion)
+        out["classes"] = {**metrics.class_coverage(real.classes, other.classes, networks.CLASSES),
+                          "shares": None if shares is None else shares.tolist(),
+                          "effective": None if shares is None else _effective(shares),
+                          "effective_real": known.effective}
     return out
+
+
+def _effective(shares: Tensor) -> float:
+    """The effective number of classes of class shares: the exponential of their entropy (k for k equal)."""
+    return math.exp(-float(torch.where(shares > 0, shares * shares.log(), 0.0).sum()))
+
+
+def assess(samples, real, *, reconstructions=None, train=None, seed: int = 0,
+           network: str | Callable = "fashion-mnist") -> dict:
+    """Score image sets and judge them: samples against real images, beside reconstructions and the floor.
+
+    ``real`` is split into a reference half ``real[:n]`` and a floor half ``real[n:2 n]``, with
+    ``n = min(len(samples), len(real) // 2)``; the first ``n`` samples, the reconstructions of the floor half
+    and the floor half itself are each scored against the reference.
+
+    Args:
+      samples: (M, ...) generated images in [0, 1], as ``embed`` takes them.
+      real: (N, ...) held-out real images, N >= 12.
+      reconstructions: the reconstructions of ``real`` row for row (N images), or of its floor half alone
+        (n images); None: not scored, and no prior-hole verdict.
+      train: the training images, for the memorisation check (None: no check).
+      seed: names KID's subsets.
+      network: the feature network (a name of ``quality.network.NETWORKS``) or a function (see ``embed``).
+
+    Returns:
+      ``{"n", "network", "spread" (tr(cov) of the reference's features), "sets": {set: scores},
+      "memorisation": dict or None, "verdicts": [...]}``; the sets are ``SETS`` (each ``scores``; no
+      "reconstructions" without them); the verdicts are ``verdicts``'.
+    """
+    samples, real = _images(samples, "samples"), _images(real, "real")
+    n = min(samples.shape[0], real.shape[0] // 2)
+    if n < 6:
+        raise ValueError(f"assess needs 6 samples and 12 real images at least (sets of n >= 6: the reference "
+                         f"half, the floor half); got {samples.shape[0]} and {real.shape[0]}")
+    made = {"prior samples": samples[:n]}
+    if reconstructions is not None:
+        made["reconstructions"] = _floor_half(_images(reconstructions, "reconstructions"), real.shape[0], n)
+    made["real"] = real[n:2 * n]
+    with torch.no_grad():
+        reference = embed(real[:n], network=network)
+        known = _Reference.of(reference)
+        embedded = {name: embed(images, network=network) for name, images in made.items()}
+        result = {"n": n, "network": network if isinstance(network, str) else _name(network),
+                  "spread": float(torch.cov(reference.features.T).trace()),
+                  "sets": {name: _scores(reference, e, known, seed=seed) for name, e in embedded.items()},
+                  "memorisation": None}
+        if train is not None:
+            result["memorisation"] = memorisation(made["prior samples"], made["real"], _images(train, "train"))
+    result["verdicts"] = verdicts(result)
+    return result
+
+
+def _floor_half(recon: Tensor, real: int, n: int) -> Tensor:
+    """The reconstructions of the floor half: rows n:2n of reconstructions of all ``real`` images, or all n."""
+    if recon.shape[0] == real:
+        return recon[n:2 * n]
+    if recon.shape[0] == n:
+        return recon
+    raise ValueError(f"reconstructions must be of the real images row for row ({real}) or of their floor half "
+                     f"real[{n}:{2 * n}] ({n}); got {recon.shape[0]}")
 
 
 def prior_images(params: Params, n: int, *, seed: int) -> Tensor:
@@ -144,8 +267,8 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
         reconstructions; its prior samples take every class alike.
 
     Returns:
-      ``{"n", "network", "sets": {set: scores}, "memorisation": dict or None, "findings": [...]}``; the
-      sets are ``SETS`` (each ``scores``); the findings are ``verdicts``.
+      ``assess``'s result with the verdicts as ``"findings"``: ``{"n", "network", "spread", "sets":
+      {set: scores}, "memorisation": dict or None, "findings": [...]}``.
     """
     check_params(params)
     x, c = examples_and_context(params, x_real, context, name="x_real")
@@ -155,19 +278,11 @@ def sample_quality(params: Params, x_real, *, n: int | None = None, seed: int = 
     if n < 6 or 2 * n > x.shape[0]:
         raise ValueError(f"x_real has {x.shape[0]} images; sample_quality needs 2 n of them (n = {n} >= 6: the "
                          "reference half and the real half it is compared with)")
-    reference, held = x[:n], x[n:2 * n]
     with torch.no_grad():
-        recon = reconstruction_images(params, held, seed=seed, context=None if c is None else c[n:2 * n])
-        made = {"prior samples": prior_images(params, n, seed=seed), "reconstructions": recon,
-                "real": held}
-        embedded = {name: embed(images, network=network) for name, images in made.items()}
-        real = embed(reference, network=network)
-        result = {"n": n, "network": network if isinstance(network, str) else _name(network),
-                  "sets": {name: scores(real, embedded[name], seed=seed) for name in SETS}, "memorisation": None}
-        if x_train is not None:
-            train = embed(x_train, network=network)
-            result["memorisation"] = memorisation(embedded["prior samples"], embedded["real"], train)
-    result["findings"] = verdicts(result)
+        recon = reconstruction_images(params, x[n:2 * n], seed=seed, context=None if c is None else c[n:2 * n])
+        made = prior_images(params, n, seed=seed)
+    result = assess(made, x[:2 * n], reconstructions=recon, train=x_train, seed=seed, network=network)
+    result["findings"] = result.pop("verdicts")
     return result
 
 
@@ -217,23 +332,42 @@ def conditional_quality(params: Params, x_real, labels, *, seed: int = 0, per_cl
             "real_accuracy": float((real.classes.cpu() == wanted).double().mean()), "fid_per_class": fids}
 
 
-def memorisation(samples: Embedded, held: Embedded, train: Embedded) -> dict:
-    """How near the training images the samples lie, against held-out real images (which the model never saw).
+def memorisation(samples: Tensor, held: Tensor, train: Tensor) -> dict:
+    """How much nearer the training images the samples lie than fresh images do: images (as ``embed`` takes
+    them) of samples, held-out real images (which the model never saw) and training images.
 
-    Each sample's and each held-out image's nearest training image, in feature space. A model that copies
-    its training images puts many samples nearer to one than almost any held-out image is: ``share`` is the
-    fraction of samples nearer than the ``MEMORISED_QUANTILE`` quantile of the held-out distances, about
-    that quantile when nothing is copied (its binomial standard error is ``share_se``).
+    Each image is compared on its thumbnail (``THUMBNAIL_BLUR``, ``THUMBNAIL_POOL``), where a blurred or noisy
+    copy still matches its source, and scored by the ratio of its distance to the nearest training image to
+    its distance to the nearest held-out one (another one, for a held-out image): a copy is far nearer its
+    source than any held-out image, however degraded, while a fresh image, or a fresh image degraded alike,
+    is about as near both sets. ``share`` is the fraction of samples whose ratio is at most the
+    ``MEMORISED_QUANTILE`` quantile of the held-out images' (the ``threshold``), ``expected`` the held-out
+    images' own fraction (about that quantile): they differ by chance by ``share_se`` (binomial, both sets).
+
+    Returns:
+      ``{"share", "expected", "share_se", "threshold", "median_samples", "median_held_out"`` (thumbnail
+      distances to the nearest training image), ``"median_ratio_samples", "median_ratio_held_out",
+      "nearest"`` (each sample's nearest training image, a row of ``train``)``}``.
     """
-    d_samples, nearest = metrics.nearest(samples.features, train.features)
-    d_held, _ = metrics.nearest(held.features, train.features)
-    threshold = float(torch.quantile(d_held, MEMORISED_QUANTILE))
-    share = float((d_samples < threshold).double().mean())
-    n = d_samples.shape[0]
-    return {"share": share, "expected": MEMORISED_QUANTILE,
-            "share_se": math.sqrt(MEMORISED_QUANTILE * (1 - MEMORISED_QUANTILE) / n), "threshold": threshold,
-            "median_samples": float(d_samples.median()), "median_held_out": float(d_held.median()),
-            "nearest": nearest.tolist()}
+    s, h, t = (_thumbnails(x) for x in (samples, held, train))
+    d_samples, nearest = metrics.nearest(s, t)
+    d_held = metrics.nearest(h, t)[0]
+    ratio = _ratio(d_samples, metrics.nearest(s, h)[0])
+    ratio_held = _ratio(d_held, metrics.nearest_other(h))
+    threshold = float(torch.quantile(ratio_held, MEMORISED_QUANTILE))
+    expected = float((ratio_held <= threshold).double().mean())
+    return {"share": float((ratio <= threshold).double().mean()), "expected": expected,
+            "share_se": math.sqrt(expected * (1 - expected) * (1 / len(ratio) + 1 / len(ratio_held))),
+            "threshold": threshold, "median_samples": float(d_samples.median()),
+            "median_held_out": float(d_held.median()), "median_ratio_samples": float(ratio.median()),
+            "median_ratio_held_out": float(ratio_held.median()), "nearest": nearest.tolist()}
+
+
+def _ratio(to_train: Tensor, to_held: Tensor) -> Tensor:
+    """Distances to the nearest training image over those to the nearest held-out one (inf where only the
+    held-out one is 0; 1 where both are: an image in both sets)."""
+    both = (to_train == 0) & (to_held == 0)
+    return torch.where(both, 1.0, to_train / to_held)
 
 
 def verdicts(result: dict) -> list[dict]:
@@ -241,26 +375,26 @@ def verdicts(result: dict) -> list[dict]:
     ``advice``):
 
     - "prior hole": the prior samples' FID is over ``PRIOR_HOLE_RATIO`` times the reconstructions' (and the
-      floor's): the decoder makes realistic images from the codes of real ones, but the prior puts its mass
-      where the aggregate posterior is not;
-    - "sample collapse": the prior samples cover under ``COLLAPSE_FRACTION`` of the real set's classes or of
-      its class entropy (their recall and coverage, against the floor's, are its evidence too);
-    - "memorisation": more samples than chance (4 standard errors above ``MEMORISED_QUANTILE``) lie nearer
-      a training image than almost every held-out image does.
+      floor's) and above them by over ``PRIOR_HOLE_GAP`` of the reference's spread: the decoder makes
+      realistic images from the codes of real ones, but the prior puts its mass where the aggregate posterior
+      is not;
+    - "sample collapse": the samples hold under ``COLLAPSE_FRACTION`` of the reference's effective number of
+      classes or of its share of distinct images (their recall and coverage, against the floor's, are its
+      evidence too);
+    - "memorisation": more samples than chance (``SIGNIFICANT`` standard errors above the held-out images'
+      share) lie relatively nearer a training image than almost every held-out image does.
     """
     sets, out = result["sets"], []
-    prior, recon, floor = sets["prior samples"], sets["reconstructions"], sets["real"]
-    if prior["fid"] > PRIOR_HOLE_RATIO * max(recon["fid"], floor["fid"]):
-        out.append({"name": "prior hole", "severity": "warning",
-                    "evidence": {"fid_prior_samples": prior["fid"], "fid_reconstructions": recon["fid"],
-                                 "fid_real": floor["fid"]},
+    hole = _prior_hole(sets, result["spread"])
+    if hole:
+        out.append({"name": "prior hole", "severity": "warning", "evidence": hole,
                     "advice": "Samples are not realistic: the decoder draws realistic images from the codes of "
                               "real ones, but the aggregate posterior does not fill the prior, so prior draws land "
                               "where no code was trained (a KL weight too low leaves the latent space "
                               "unregularised). Sample from a richer prior: the VampPrior (prior=priors.vamp(500), "
                               "CLI --prior vamp), or a density fitted to the codes of the training set (ex-post "
                               "density estimation, Ghosh et al. 2020); with beta < 1, a KL weight nearer 1."})
-    short = _collapsed(prior, floor)
+    short = _collapsed(sets["prior samples"], sets["real"])
     if short:
         out.append({"name": "sample collapse", "severity": "warning", "evidence": short,
                     "advice": "Samples are all the same: they miss much of the real set's variety. The decoder "
@@ -268,7 +402,7 @@ def verdicts(result: dict) -> list[dict]:
                               "map to a few modes. Lower the KL weight or warm it up (kl_warmup), use free bits, "
                               "or a weaker decoder."})
     memo = result["memorisation"]
-    if memo is not None and memo["share"] > memo["expected"] + 4 * memo["share_se"]:
+    if memo is not None and memo["share"] > memo["expected"] + SIGNIFICANT * memo["share_se"]:
         out.append({"name": "memorisation", "severity": "warning",
                     "evidence": {"share": memo["share"], "expected": memo["expected"],
                                  "median_distance_samples": memo["median_samples"],
@@ -280,17 +414,61 @@ def verdicts(result: dict) -> list[dict]:
     return out
 
 
-def _collapsed(prior: dict, floor: dict) -> dict:
-    """The class figures of the prior samples that fall short of the real set's, with their recall and
-    coverage beside the floor's ({} when the classes do not fall short, or there is no classifier)."""
-    classes = prior["classes"]
-    if classes is None or (classes["covered"] >= COLLAPSE_FRACTION
-                           and classes["entropy"] >= COLLAPSE_FRACTION * classes["entropy_real"]):
+def _prior_hole(sets: dict, spread: float) -> dict:
+    """The FIDs that show a prior hole, with the gap in units of the reference's spread ({} when they do not,
+    or there are no reconstructions)."""
+    if "reconstructions" not in sets:
         return {}
-    return {"classes_covered": classes["classes_covered"], "classes_real": classes["classes_real"],
-            "class_entropy": classes["entropy"], "class_entropy_real": classes["entropy_real"],
+    prior, recon, floor = (sets[name]["fid"] for name in SETS)
+    base = max(recon, floor)
+    gap = (prior - base) / spread if spread > 0 else math.inf
+    if prior <= PRIOR_HOLE_RATIO * base or gap <= PRIOR_HOLE_GAP:
+        return {}
+    return {"fid_prior_samples": prior, "fid_reconstructions": recon, "fid_real": floor, "gap": gap}
+
+
+def _collapsed(prior: dict, floor: dict) -> dict:
+    """The diversity figures of the prior samples that fall short of the reference's, with their recall and
+    coverage beside the floor's ({} when they do not fall short)."""
+    classes = prior["classes"] or {}
+    few = classes.get("effective") is not None and (classes["effective"]
+                                                     < COLLAPSE_FRACTION * classes["effective_real"])
+    same = prior["distinct"] < COLLAPSE_FRACTION * prior["distinct_real"]
+    if not (few or same):
+        return {}
+    return {"effective_classes": classes.get("effective"), "effective_classes_real": classes.get("effective_real"),
+            "classes_covered": classes.get("classes_covered"), "classes_real": classes.get("classes_real"),
+            "distinct": prior["distinct"], "distinct_real": prior["distinct_real"],
             "recall": prior["recall"], "recall_real": floor["recall"], "coverage": prior["coverage"],
             "coverage_real": floor["coverage"]}
+
+
+def _thumbnails(x: Tensor) -> Tensor:
+    """(N, C h w) float64 thumbnails of images: each channel blurred by a Gaussian of ``THUMBNAIL_BLUR`` pixels
+    (edges repeated), then averaged over ``THUMBNAIL_POOL``-pixel squares, as two fixed matrices on the rows and
+    columns. Images of no known grid ((N, D) with D not a square) are their pixels as they are."""
+    x = x.detach()
+    if x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 != x.shape[1]:
+        return x.double()
+    if x.ndim == 2:
+        x = x.reshape(x.shape[0], math.isqrt(x.shape[1]), -1)
+    rows, columns = (_shrink(size).to(x.device) for size in x.shape[-2:])
+    return torch.cat([torch.einsum("ij,...jk,lk->...il", rows, chunk.double(), columns).flatten(1)
+                      for chunk in x.split(4096)])
+
+
+def _shrink(size: int) -> Tensor:
+    """(ceil(size / pool), size) float64: the Gaussian blur of one axis, then its pooling, as one matrix."""
+    reach = math.ceil(3 * THUMBNAIL_BLUR)
+    offsets = torch.arange(-reach, reach + 1, dtype=torch.float64)
+    kernel = torch.exp(-offsets.square() / (2 * THUMBNAIL_BLUR**2))
+    blur = torch.zeros(size, size, dtype=torch.float64)
+    for i in range(size):
+        blur[i].index_add_(0, (i + offsets.long()).clamp(0, size - 1), kernel / kernel.sum())
+    pool = torch.zeros(math.ceil(size / THUMBNAIL_POOL), size, dtype=torch.float64)
+    for j in range(pool.shape[0]):
+        pool[j, j * THUMBNAIL_POOL:(j + 1) * THUMBNAIL_POOL] = 1.0
+    return (pool / pool.sum(1, keepdim=True)) @ blur
 
 
 def _images(x, name: str) -> Tensor:
