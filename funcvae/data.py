@@ -29,10 +29,11 @@ DATASETS = {
     "fashion-mnist": (datasets.FashionMNIST, Path("/usr/share/datasets/fashion-mnist")),
     "shapes": (None, None),  # drawn, not read: sprites.shapes(split, **SHAPES_LOADED)
 }
-#: Each data set's example shape (C, H, W).
-INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "shapes": (1, 32, 32)}
 #: What ``load("shapes", split)`` draws: the small grid at 32 x 32, for runs on a CPU.
 SHAPES_LOADED = dict(size=32, grid="small")
+#: Each data set's example shape (C, H, W); shapes' follows from the size ``load`` draws it at.
+INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28),
+                "shapes": (1, SHAPES_LOADED["size"], SHAPES_LOADED["size"])}
 SPLITS = ("train", "test")
 #: Images of one's own: a folder of image files, or a .npy / .npz file (``funcvae.images``).
 folder, array = images.folder, images.array
