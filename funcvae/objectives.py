@@ -232,14 +232,18 @@ def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = 
     x = x.reshape(x.shape[0], -1)
     numbers = objective.schedule(objective.init(), torch.tensor(count), x.dtype)
     weights = x.new_ones(x.shape[0])
+    return grad_and_value(batch_loss, has_aux=True)(params, x, eps, numbers, objective, context, weights,
+                                                    weights.sum())
 
-    def loss(p):
-        terms = batch_terms(p, x, eps, numbers, objective, context)
-        if objective.batch is not None:
-            terms = objective.batch(terms, weights, weights.sum(), numbers)
-        return objective.reduce(terms, weights, weights.sum(), numbers), terms
 
-    return grad_and_value(loss, has_aux=True)(params)
+def batch_loss(params, x: Tensor, eps: Tensor, numbers: dict, objective: Objective, c: Tensor | None,
+               weights: Tensor, total: Tensor) -> tuple[Tensor, dict]:
+    """The batch's loss, 0-d, and its terms, (B,) each: ``batch_terms``, then the objective's batch stage (where
+    it has one), then its ``reduce`` over the rows ``weights`` marks real, divided by ``total``."""
+    terms = batch_terms(params, x, eps, numbers, objective, c)
+    if objective.batch is not None:
+        terms = objective.batch(terms, weights, total, numbers)
+    return objective.reduce(terms, weights, total, numbers), terms
 
 
 def _init(beta: float) -> dict:

@@ -157,10 +157,8 @@ class TrainStep:
         return Params(self.model, with_matmul_dtype(tree, self.matmul_dtype))
 
     def _batch_loss(self, tree: dict, batch: Batch, numbers: dict, total: Tensor):
-        terms = O.batch_terms(self._params(tree), batch.x, batch.eps, numbers, self.objective, batch.context)
-        if self.objective.batch is not None:
-            terms = self.objective.batch(terms, batch.weights, total, numbers)
-        return self.objective.reduce(terms, batch.weights, total, numbers), terms
+        return O.batch_loss(self._params(tree), batch.x, batch.eps, numbers, self.objective, batch.context,
+                            batch.weights, total)
 
     def _example_loss(self, tree: dict, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None):
         terms = self.objective.terms(self._params(tree), x, eps, numbers, c)
