@@ -41,7 +41,8 @@ def train(params: funcvae.Params, x: torch.Tensor, *, epochs: int, batch_size: i
 def main(argv: list[str] | None = None) -> tuple[funcvae.Params, list[float]]:
     args = _parser().parse_args(argv)
     x = funcvae.data.load(args.dataset, "train")[:args.n_train]
-    params = funcvae.init(seed=args.seed, hidden=tuple(args.hidden), latent=args.latent)
+    params = funcvae.init(seed=args.seed, input_shape=funcvae.data.INPUT_SHAPES[args.dataset],
+                          hidden=tuple(args.hidden), latent=args.latent)
     return train(params, x, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
 

@@ -257,7 +257,7 @@ def factor_vae_score(represent: Callable, images, factors, *, seed: int = 0, bat
     Returns:
       ``{"score" (= eval_accuracy), "train_accuracy", "eval_accuracy", "active" (dimensions), "note"}``.
     """
-    y, names = _factors(factors, names, rows=_length(images, "images"), factor_count=2)
+    y, names = factor_table(factors, names, rows=_length(images, "images"), factor_count=2)
     _check_represent(represent, images)
     batch_size = check_int("batch_size", batch_size, minimum=2)
     train, eval = check_int("train", train), check_int("eval", eval)
@@ -296,7 +296,7 @@ def beta_vae_score(represent: Callable, images, factors, *, seed: int = 0, batch
     Returns:
       ``{"score" (= eval_accuracy), "train_accuracy", "eval_accuracy", "converged", "factors"}``.
     """
-    y, names = _factors(factors, names, rows=_length(images, "images"), factor_count=2)
+    y, names = factor_table(factors, names, rows=_length(images, "images"), factor_count=2)
     _check_represent(represent, images)
     batch_size = check_int("batch_size", batch_size)
     train, eval = check_int("train", train, minimum=2), check_int("eval", eval)
@@ -343,7 +343,7 @@ def scores(params: Params, images, factors, *, seed: int = 0, n: int = 10000, ki
       lists.
     """
     check_params(params)
-    y, names = _factors(factors, names, rows=_length(images, "images"), factor_count=2)
+    y, names = factor_table(factors, names, rows=_length(images, "images"), factor_count=2)
     n = check_int("n", n, minimum=3)
     if n > len(y):
         raise ValueError(f"n={n} rows asked for, but the data set has {len(y)}")
@@ -457,7 +457,7 @@ def _pair(codes, factors, names, *, rows: int, dims: int, factor_count: int = 1)
     if z.shape[1] < dims:
         raise ValueError(f"codes has {z.shape[1]} dimension(s); the score compares the two best of each factor, "
                          f"so it needs at least {dims}")
-    y, names = _factors(factors, names, rows=len(z), factor_count=factor_count, least=rows)
+    y, names = factor_table(factors, names, rows=len(z), factor_count=factor_count, least=rows)
     return z, y, names
 
 
@@ -476,10 +476,14 @@ def _code_array(codes, name: str) -> np.ndarray:
     return a
 
 
-def _factors(factors, names, *, rows: int, factor_count: int = 1,
-             least: int = 2) -> tuple[np.ndarray, tuple[str, ...]]:
-    """``factors`` as (N, K) int64 for ``rows`` images (at least ``least``), every factor taking two values or
-    more, and their names."""
+def factor_table(factors, names: Sequence[str] | None = None, *, rows: int, factor_count: int = 1,
+                 least: int = 2) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``factors`` (as the scores take them) checked and made (N, K) int64 for ``rows`` images (at least
+    ``least``), with at least ``factor_count`` factors, each taking two values or more; and their names.
+
+    Raises:
+      TypeError, ValueError: the message names what is wrong (dtype, shape, rows, names, a constant factor).
+    """
     if isinstance(factors, dict):
         if names is not None:
             raise ValueError("factors given as a dict are named by its keys; pass names= with an (N, K) array only")

@@ -173,3 +173,15 @@ def test_custom_model_runs_as_a_script(tmp_path, monkeypatch, capsys, loads):
     assert f"saved {path}; loaded back identical" in capsys.readouterr().out
     params = funcvae.load_params(tmp_path / path, model=example("custom_model").model)
     assert params.model.latent == 50
+
+
+def test_the_examples_take_each_data_set_their_model_fits(capsys):
+    """own_loop builds its model for the data set's image size (shapes: 32 x 32); custom_model's 784 inputs
+    take the 28 x 28 data sets only, and refuse shapes before any work."""
+    params, elbos = example("own_loop").main(["--dataset", "shapes", "--epochs", "1", "--n-train", "256",
+                                              "--hidden", "8", "--latent", "2"])
+    assert params.model.input_shape == funcvae.data.INPUT_SHAPES["shapes"] == (1, 32, 32)
+    assert len(elbos) == 1 and math.isfinite(elbos[0])
+    with pytest.raises(SystemExit) as info:
+        example("custom_model")._parser().parse_args(["--dataset", "shapes"])
+    assert info.value.code == 2 and "invalid choice: 'shapes'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import funcvae
 from funcvae.train import CHECKPOINT_FILE
 
 WORKER = Path(__file__).parent / "workers" / "fit_worker.py"
-TRIALS = 20
+KILLS = 12
 EPOCHS, STEPS_PER_EPOCH = 4, 12  # the worker's 600 examples in batches of 50
 
 
@@ -73,25 +73,27 @@ def wait_for_step(path: Path, proc: subprocess.Popen, target: int, timeout: floa
 
 
 def test_sigkill_at_random_points_then_resume_always_ends_at_the_same_params(tmp_path, reference):
+    # One run killed again and again, each process resuming what the last one left: KILLS kills for KILLS + 1
+    # process starts, and every resume but the first starts from a resumed run's checkpoint.
     rng = random.Random(0)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out.safetensors"
     killed_mid_run, resumed_from = 0, set()
-    for trial in range(TRIALS):
-        ckpt, out = tmp_path / f"t{trial}", tmp_path / f"out{trial}.safetensors"
+    for target in sorted(rng.sample(range(1, EPOCHS * STEPS_PER_EPOCH), KILLS)):
         proc = start(ckpt, out)
-        wait_for_step(ckpt / CHECKPOINT_FILE, proc, rng.randrange(1, EPOCHS * STEPS_PER_EPOCH))
+        wait_for_step(ckpt / CHECKPOINT_FILE, proc, target)
         time.sleep(rng.uniform(0.0, 0.02))  # anywhere in the step or the checkpoint write that follows
         proc.kill()  # SIGKILL: no handler runs
         proc.communicate()
         killed_mid_run += proc.returncode == -signal.SIGKILL and not out.exists()
         state = funcvae.load(ckpt / CHECKPOINT_FILE)  # never unreadable, whenever the kill came
         resumed_from.add((state.epoch, state.step))
-        finish(ckpt, out)
-        assert os.listdir(ckpt) == [CHECKPOINT_FILE]  # a write cut short leaves a temporary file; resume removes it
-        got = leaves(out)
-        for path, t in reference.items():
-            assert torch.equal(got[path], t), f"trial {trial}: {path}"
+    finish(ckpt, out)
+    assert os.listdir(ckpt) == [CHECKPOINT_FILE]  # a write cut short leaves a temporary file; resume removes it
+    got = leaves(out)
+    for path, t in reference.items():
+        assert torch.equal(got[path], t), path
     # The kills really landed inside training, at many different points.
-    assert killed_mid_run >= TRIALS - 2 and len(resumed_from) >= TRIALS // 2, (killed_mid_run, resumed_from)
+    assert killed_mid_run >= KILLS - 2 and len(resumed_from) >= KILLS // 2, (killed_mid_run, resumed_from)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

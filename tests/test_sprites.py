@@ -14,6 +14,7 @@ import torch
 import funcvae
 import funcvae.cli
 from funcvae import sprites, synthetic
+from funcvae.cli import factors
 
 #: Each point's index in the full grid, y fastest: factors @ FLAT.
 FLAT = torch.tensor([6 * 40 * 32 * 32, 40 * 32 * 32, 32 * 32, 32, 1])
@@ -216,6 +217,13 @@ def test_train_eval_and_sample_on_shapes(tmp_path, capsys):
     assert funcvae.cli.main(["eval", str(run_dir), "--k", "2", "--n", "20", "--quiet"]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["dataset"] == "shapes" and result["n"] == 20 and result["samples"] is None
-    assert "none for shapes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "none for shapes" in out
+    # The disentanglement scores, on the whole grid the run's images came from, at eval's quick sizes.
+    scored = result["disentanglement"]
+    assert scored["factors"] == list(funcvae.sprites.FACTOR_NAMES) and scored["sizes"] == factors.QUICK
+    assert "shapes set's whole factor grid (46,080 images" in scored["data"] and len(scored["dims"]) == 2
+    assert f"MIG                 | {scored['mig']['mig']:.3f}" in out
+    assert result["files"]["traversal"] is not None
     assert funcvae.cli.main(["sample", str(run_dir), "--n", "4"]) == 0
     assert (run_dir / "samples-seed0.png").is_file()

@@ -126,13 +126,14 @@ def test_the_bernoulli_term_in_softplus_form_equals_the_reference():
 
 
 def test_many_models_in_one_process_each_compile_once():
-    # Dynamo allows 8 recompiles per code object; every step gets a code object of its own.
+    # Dynamo allows 8 recompiles per code object; every step gets a code object of its own, so a ninth model
+    # compiles as the first did.
     backend = CountingBackend()
     x = small_data(64)
-    for width in range(8, 20):
+    for width in range(8, 17):
         funcvae.fit(funcvae.init(seed=0, hidden=(width,), latent=2), x, epochs=1, batch_size=32, compile=backend,
                     share_cores=False)  # one thread count: one graph per width
-    assert backend.graphs == 12
+    assert backend.graphs == 9
 
 
 def test_a_users_model_compiles_once_across_fits_learning_rates_and_betas():

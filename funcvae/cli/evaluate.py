@@ -14,7 +14,7 @@ import funcvae
 import funcvae.sweep
 from funcvae import diagnostics, pictures, quality
 from funcvae._runtime import records
-from funcvae.cli import own_data
+from funcvae.cli import factors, own_data
 from funcvae.cli.folder import ACCEPT_HELP, RunError
 from funcvae.cli.options import add_common_options, at_least, command
 from funcvae.cli.runs import open_run, open_scored
@@ -46,7 +46,9 @@ def add_eval(sub) -> None:
                                  help=f"use the first N held-out examples (default: {QUICK[1]})")
     g["evaluation"].add_argument("--full", action="store_true",
                                  help=f"IWAE_{FULL_K} on every held-out example, the figure papers report (minutes "
-                                      "where the default takes seconds)")
+                                      "where the default takes seconds; the disentanglement scores take "
+                                      "disentanglement_lib's sizes)")
+    g["data"].add_argument("--factors", default=None, metavar="FILE", help=factors.help_text())
     g["run"].add_argument("--accept-changed-code", action="store_true", help=ACCEPT_HELP)
     p.set_defaults(run=run_eval, parser=p)
 
@@ -72,6 +74,7 @@ def run_eval(args) -> int:
     if not history:
         raise RunError(f"{run_dir}: history.jsonl holds no epoch; nothing to diagnose")
     x, c, split = _held_out(args, config, params.model.context is not None)
+    factor_data = _factor_data(args, config, params)
     print(f"run folder: {run_dir}")
     what = f"held-out {config['dataset']}" if split == "test" else f"{split} ({config['data'][split]['path']})"
     print(f"{params}; the first {x.shape[0]} {what} examples"
@@ -97,10 +100,16 @@ def run_eval(args) -> int:
         params, x, c, seed=args.seed, network=config["dataset"])
     if result["conditional"] is not None:
         print(format_conditional(result["conditional"]))
+    result["disentanglement"] = None
+    if factor_data is not None and not diverged:
+        print("disentanglement ...", flush=True)
+        result["disentanglement"] = factors.score(params, factor_data, seed=args.seed, full=args.full)
+        print(factors.format_table(result["disentanglement"]))
     print(diagnostics.format_report(result["findings"], history))
     result["files"] = _eval_pictures(params, x, history, run_dir, seed=args.seed, diverged=diverged,
                                      nearest=None if result["samples"] is None else (x_train, result["samples"]),
-                                     context=c)
+                                     context=c, names=None if result["disentanglement"] is None else
+                                     result["disentanglement"]["dims"])
     (run_dir / "eval.json").write_text(records.dumps(result, indent=2) + "\n")
     print(f"wrote {run_dir / 'eval.json'}, " + ", ".join(filter(None, result["files"].values())))
     return 0
@@ -127,6 +136,26 @@ def _held_out(args, config: dict, labelled: bool) -> tuple:
     if config["binarize"] == "dynamic":  # the one fixed draw fit scored its held-out data on
         x = funcvae.data.held_out(x, seed, "dynamic")
     return x[:n], None if c is None else c[:n], split
+
+
+def _factor_data(args, config: dict, params: funcvae.Params) -> tuple | None:
+    """``factors.of_run``'s data for the run (None: no factors, or a conditional model, said why), read and
+    checked before any scoring. ``--factors`` goes with the held-out images eval reads, all of them: the run's
+    --val-data (else its --data) file as it is, or the data set's test split as the run saw it."""
+    def held_out():
+        if config.get("data") is not None:
+            x, _, split = own_data.held_out(config, False)
+            return x, split
+        static = "static" if config["binarize"] == "static" else None
+        return funcvae.data.load(config["dataset"], "test", root=args.data_root, binarize=static,
+                                 seed=config["fit"]["seed"]), "test"
+
+    data = factors.of_run(config, held_out, args.factors)
+    if data is not None and params.model.context is not None:
+        print("disentanglement: not scored; a conditional model's code is read with its context, which the scores "
+              "do not vary")
+        return None
+    return data
 
 
 def _training_images(args, config: dict):
@@ -200,12 +229,14 @@ def _with_groups(history: list[dict], groups: dict | None) -> list[dict]:
 
 
 def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path, *, seed: int,
-                   diverged: bool, nearest: tuple | None, context=None) -> dict[str, str | None]:
+                   diverged: bool, nearest: tuple | None, context=None,
+                   names: list[str] | None = None) -> dict[str, str | None]:
     """The pictures of ``PICTURES`` written into the run folder, by name; the nearest training images need
     ``nearest`` (the training images and the ``samples`` result), else are None. A ``diverged`` run's model
     (scores not finite) may map data to non-finite latents, which the pictures refuse (ValueError): such a
     picture is None, and why is printed, so that eval.json still records the run. A conditional model has no
-    interpolations and a model with latent groups no traversal (None, said why)."""
+    interpolations and a model with latent groups no traversal (None, said why). ``names`` labels the
+    traversal's latent dims (each one's most informative factor)."""
     pairs = min(x.shape[0] // 2, 5)
     model = params.model
     c10 = None if context is None else context[:10]
@@ -218,7 +249,7 @@ def _eval_pictures(params: funcvae.Params, x, history: list[dict], run_dir: Path
                  params, x[:pairs], x[pairs:2 * pairs], run_dir / "interpolations.png", seed=seed),
              "traversal": lambda: None if model.groups is not None else pictures.traversal(
                  params, x[:1000], run_dir / "traversal.png", context=None if context is None else context[:1000],
-                 seed=seed),
+                 seed=seed, names=names),
              "loss_curves": lambda: pictures.loss_curves(history, run_dir / "loss_curves.png")}
     files = {}
     for name in PICTURES:
@@ -253,18 +284,30 @@ def format_samples_table(samples: dict) -> str:
         lines.append(" | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
     memo = samples["memorisation"]
     if memo is not None:
-        lines.append(f"nearest training image: median distance {memo['median_samples']:.2f} for samples, "
-                     f"{memo['median_held_out']:.2f} for held-out images; {memo['share']:.1%} of samples nearer than "
-                     f"{1 - memo['expected']:.0%} of held-out images (chance: {memo['expected']:.0%})")
+        lines.append(f"nearest training image (on thumbnails): median distance {memo['median_samples']:.2f} for "
+                     f"samples, {memo['median_held_out']:.2f} for held-out images; distance to it over distance to "
+                     f"the nearest held-out image: median {memo['median_ratio_samples']:.2f} for samples, "
+                     f"{memo['median_ratio_held_out']:.2f} for held-out images; {memo['share']:.1%} of samples are "
+                     f"relatively nearer a training image than {1 - memo['expected']:.0%} of held-out images are "
+                     f"(chance: {memo['expected']:.1%}, memorisation flagged above "
+                     f"{memo['expected'] + quality.samples.SIGNIFICANT * memo['share_se']:.1%})")
     return "\n".join(lines)
 
 
 def _sample_cells(r: dict) -> list[str]:
-    """One set's row of the samples section: FID, KID ± std, precision, recall, density, coverage, classes."""
+    """One set's row of the samples section: FID, KID ± std (significant digits: KID is often under 0.01),
+    precision, recall, density, coverage, classes."""
     classes = r["classes"]
-    return [f"{r['fid']:.2f}", f"{r['kid']:.2f}±{r['kid_std']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+    return [f"{r['fid']:.2f}", f"{_significant(r['kid'], 3)}±{_significant(r['kid_std'], 2)}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
             f"{r['density']:.3f}", f"{r['coverage']:.3f}",
             "-" if classes is None else f"{classes['classes_covered']}/{classes['classes_real']}"]
+
+
+def _significant(x: float, digits: int) -> str:
+    """``x`` in fixed point to ``digits`` significant digits (114.35 -> "114", 2.0 -> "2.0", 0.00123 -> "0.00123")."""
+    if not math.isfinite(x) or x == 0:
+        return f"{x:.{digits - 1}f}"
+    return f"{x:.{max(0, digits - 1 - math.floor(math.log10(abs(x))))}f}"
 
 
 def format_eval_table(result: dict) -> str:
