@@ -10,6 +10,7 @@ import torch
 import funcvae
 from funcvae import quality
 from funcvae._runtime import records
+from funcvae.quality import rules as R
 from funcvae.quality import samples as S
 
 SMALL = dict(hidden=(32,), latent=4)
@@ -83,25 +84,25 @@ def test_assess_takes_as_many_samples_as_half_the_real_images(fashion):
 def test_memorisation_of_a_model_that_copies_its_training_images(fashion):
     # Samples that ARE training images lie nearer to one (distance 0) than any held-out image does.
     x_train, x_test = fashion[0][:300].reshape(300, -1), fashion[1][:200].reshape(200, -1)
-    memo = S.memorisation(x_train[:100], x_test[:100], x_train)
+    memo = R.memorisation(x_train[:100], x_test[:100], x_train)
     assert memo["share"] == 1.0 and memo["median_samples"] == 0.0 and memo["nearest"] == list(range(100))
-    fresh = S.memorisation(x_test[100:200], x_test[:100], x_train)
-    assert fresh["share"] <= fresh["expected"] + S.SIGNIFICANT * fresh["share_se"]
+    fresh = R.memorisation(x_test[100:200], x_test[:100], x_train)
+    assert fresh["share"] <= fresh["expected"] + R.SIGNIFICANT * fresh["share_se"]
 
 
 def test_thumbnails_are_blurred_and_pooled_images():
     # A constant image stays constant (the blur's weights sum to 1, edges repeated); one bright pixel spreads
     # its mass, 1/16 of it (a 4x4 pool's mean), over the 7x7 thumbnail of a 28x28 image.
     flat = torch.full((1, 784), 0.5)
-    torch.testing.assert_close(S._thumbnails(flat), torch.full((1, 49), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(R._thumbnails(flat), torch.full((1, 49), 0.5, dtype=torch.float64))
     dot = torch.zeros(1, 1, 28, 28)
     dot[0, 0, 13, 13] = 1.0
-    thumb = S._thumbnails(dot)
+    thumb = R._thumbnails(dot)
     roundoff = 784 * torch.finfo(torch.float64).eps  # of sums over the image's pixels
     assert thumb.shape == (1, 49) and float(thumb.sum()) == pytest.approx(1 / 16, rel=roundoff)
     assert int(thumb.argmax()) == 3 * 7 + 3  # the centre
     odd = torch.rand(3, 10)  # no known grid: the pixels as they are
-    assert torch.equal(S._thumbnails(odd), odd.double())
+    assert torch.equal(R._thumbnails(odd), odd.double())
 
 
 def result_with(prior=None, recon=None, real=None, memorisation=None, spread=600.0):
@@ -118,7 +119,7 @@ def result_with(prior=None, recon=None, real=None, memorisation=None, spread=600
 
 
 def names(result):
-    return [f["name"] for f in S.verdicts(result)]
+    return [f["name"] for f in R.verdicts(result)]
 
 
 def test_a_healthy_model_has_no_sample_findings():
@@ -130,7 +131,7 @@ def test_a_prior_hole_is_prior_samples_far_worse_than_reconstructions(prior_fid,
     result = result_with(prior={"fid": prior_fid}, spread=100.0)  # gaps of 0.2 to 0.5 of the spread
     assert ("prior hole" in names(result)) == found
     if found:
-        (finding,) = S.verdicts(result)
+        (finding,) = R.verdicts(result)
         assert finding["evidence"]["fid_prior_samples"] == prior_fid
         assert finding["evidence"]["gap"] == (prior_fid - 10.0) / 100.0
         assert "VampPrior" in finding["advice"] and "Ghosh" in finding["advice"]
@@ -144,7 +145,7 @@ def test_no_prior_hole_when_the_reconstructions_are_as_poor():
 def test_no_prior_hole_for_near_real_samples_beside_perfect_reconstructions():
     # Far over 3 times the reconstructions' FID, but within PRIOR_HOLE_GAP of the spread above them: near-real
     # samples beside perfect reconstructions (real images with noise of 0.05 are 0.017 of the spread above).
-    gap = S.PRIOR_HOLE_GAP * 600.0
+    gap = R.PRIOR_HOLE_GAP * 600.0
     assert names(result_with(prior={"fid": 1.0 + gap - 1e-9}, recon={"fid": 1.0})) == []
     assert names(result_with(prior={"fid": 1.0 + gap + 1e-9}, recon={"fid": 1.0})) == ["prior hole"]
     without = result_with(prior={"fid": 500.0})
@@ -159,7 +160,7 @@ def test_no_prior_hole_for_near_real_samples_beside_perfect_reconstructions():
 ])
 def test_sample_collapse_is_few_classes_or_few_distinct_images(figures):
     result = result_with(prior={"fid": 12.0, **figures})
-    (finding,) = S.verdicts(result)
+    (finding,) = R.verdicts(result)
     assert finding["name"] == "sample collapse"
     assert finding["evidence"]["effective_classes"] == figures.get("effective", 9.5)
     assert finding["evidence"]["distinct"] == figures.get("distinct", 1.0)

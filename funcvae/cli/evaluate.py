@@ -290,7 +290,7 @@ def format_samples_table(samples: dict) -> str:
                      f"{memo['median_ratio_held_out']:.2f} for held-out images; {memo['share']:.1%} of samples are "
                      f"relatively nearer a training image than {1 - memo['expected']:.0%} of held-out images are "
                      f"(chance: {memo['expected']:.1%}, memorisation flagged above "
-                     f"{memo['expected'] + quality.samples.SIGNIFICANT * memo['share_se']:.1%})")
+                     f"{memo['expected'] + quality.rules.SIGNIFICANT * memo['share_se']:.1%})")
     return "\n".join(lines)
 
 

@@ -9,10 +9,12 @@ an ImageNet network, whose features are biased on data unlike ImageNet (Kynkää
 
 ``metrics`` holds the metrics as pure functions of feature matrices (FID, KID, precision/recall,
 density/coverage, class coverage, true class shares, duplicates); ``network`` the classifier; ``samples`` the
-scoring and the verdicts.
+scoring; ``rules`` the verdicts and their thresholds.
 """
 
-from funcvae.quality import metrics, network
-from funcvae.quality.samples import SETS, assess, embed, features, fid, sample_quality, scores, verdicts
+from funcvae.quality import metrics, network, rules
+from funcvae.quality.rules import SETS, verdicts
+from funcvae.quality.samples import assess, embed, features, fid, sample_quality, scores
 
-__all__ = ["SETS", "assess", "embed", "features", "fid", "metrics", "network", "sample_quality", "scores", "verdicts"]
+__all__ = ["SETS", "assess", "embed", "features", "fid", "metrics", "network", "rules", "sample_quality", "scores",
+           "verdicts"]
