@@ -2,6 +2,8 @@
 benchmarks/results/, never asserted here)."""
 
 import json
+import os
+import resource
 import sys
 from pathlib import Path
 
@@ -29,7 +31,12 @@ def test_fit_speed_children_report_epochs_and_memory(capsys):
     assert len(epochs["epoch_s"]) == 2 and all(s > 0 for s in epochs["epoch_s"])
     fit_speed.main(["child", "memory", "--n", "300", "--eager"])
     memory = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert memory["data_mb"] == 300 * 784 / 2**20 and memory["peak_rss_mb"] >= memory["before_mb"] > 0
+    # Linux keeps a process's RSS in per-CPU counters and /proc reads their approximate sum, off by up to a
+    # counter batch (max(32, 2 x CPUs) pages) on each CPU: a peak read after the mark can sit that far below it.
+    cpus = os.cpu_count()
+    slack_mb = cpus * max(32, 2 * cpus) * resource.getpagesize() / 2**20
+    assert memory["data_mb"] == 300 * 784 / 2**20 and memory["before_mb"] > 0
+    assert memory["peak_rss_mb"] >= memory["before_mb"] - slack_mb, (memory, slack_mb)
 
 
 def _rows(**named):
