@@ -75,6 +75,19 @@ def test_mig_of_independent_codes_is_within_the_plug_in_bias(values, bins, dims,
     assert np.all(out["mutual_information"] <= bound)
 
 
+def test_plugin_bias_is_the_mean_information_of_independent_pairs():
+    # 2 N I is about chi-squared with df = (bins - 1)(values - 1): mean df, variance 2 df; 40 pairs of 40 codes.
+    n, values, bins = 4000, 4, 20
+    rng = np.random.default_rng(0)
+    info = dis.mig(rng.uniform(size=(n, 20)), rng.integers(0, values, size=(n, 2)), bins=bins)["mutual_information"]
+    df = (bins - 1) * (values - 1)
+    assert dis.plugin_bias(values, n, bins=bins) == df / (2 * n)
+    se = math.sqrt(2 * df) / (2 * n) / math.sqrt(info.size)
+    assert abs(info.mean() - dis.plugin_bias(values, n, bins=bins)) < 4 * se
+    with pytest.raises(ValueError, match="bins"):
+        dis.plugin_bias(values, n, bins=1)
+
+
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**31), dims=st.integers(2, 5), sizes=st.lists(st.integers(2, 6), min_size=1, max_size=3),
        bins=st.integers(2, 25))

@@ -123,8 +123,7 @@ def _held_out(args, config: dict, labelled: bool) -> tuple:
     if config.get("data") is not None:
         x, c, split = own_data.held_out(config, labelled)
     else:
-        static = "static" if config["binarize"] == "static" else None
-        x = funcvae.data.load(config["dataset"], "test", root=args.data_root, binarize=static, seed=seed)
+        x = _dataset_images(args, config, "test")
         c = funcvae.data.labels(config["dataset"], "test", root=args.data_root) if labelled else None
         split = "test"
     if args.n is not None and args.n > x.shape[0]:
@@ -146,9 +145,7 @@ def _factor_data(args, config: dict, params: funcvae.Params) -> tuple | None:
         if config.get("data") is not None:
             x, _, split = own_data.held_out(config, False)
             return x, split
-        static = "static" if config["binarize"] == "static" else None
-        return funcvae.data.load(config["dataset"], "test", root=args.data_root, binarize=static,
-                                 seed=config["fit"]["seed"]), "test"
+        return _dataset_images(args, config, "test"), "test"
 
     data = factors.of_run(config, held_out, args.factors)
     if data is not None and params.model.context is not None:
@@ -160,9 +157,14 @@ def _factor_data(args, config: dict, params: funcvae.Params) -> tuple | None:
 
 def _training_images(args, config: dict):
     """The run's training images as its model sees them (flattened; binarised as for training when static)."""
-    static = "static" if config["binarize"] == "static" else None
-    x = funcvae.data.load(config["dataset"], "train", root=args.data_root, binarize=static, seed=config["fit"]["seed"])
+    x = _dataset_images(args, config, "train")
     return x.reshape(x.shape[0], -1)
+
+
+def _dataset_images(args, config: dict, split: str):
+    """A data set run's images of ``split`` as its training saw them: binarised by the run's seed when static."""
+    static = "static" if config["binarize"] == "static" else None
+    return funcvae.data.load(config["dataset"], split, root=args.data_root, binarize=static, seed=config["fit"]["seed"])
 
 
 def _network(config: dict) -> str | None:
@@ -298,8 +300,8 @@ def _sample_cells(r: dict) -> list[str]:
     """One set's row of the samples section: FID, KID ± std (significant digits: KID is often under 0.01),
     precision, recall, density, coverage, classes."""
     classes = r["classes"]
-    return [f"{r['fid']:.2f}", f"{_significant(r['kid'], 3)}±{_significant(r['kid_std'], 2)}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
-            f"{r['density']:.3f}", f"{r['coverage']:.3f}",
+    return [f"{r['fid']:.2f}", f"{_significant(r['kid'], 3)}±{_significant(r['kid_std'], 2)}",
+            f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['density']:.3f}", f"{r['coverage']:.3f}",
             "-" if classes is None else f"{classes['classes_covered']}/{classes['classes_real']}"]
 
 

@@ -23,8 +23,8 @@ NO_FACTOR = "none"
 
 
 def help_text() -> str:
-    return ("the generative factors of the run's held-out images, one row per image in their order: a .npy of (N, K) "
-            "integers, or a .npz of (N,) integer arrays named by their factors; eval then reports the "
+    return ("the generative factors of the run's held-out images, one row per image in their order: a .npy of "
+            "(N, K) integers, or a .npz of (N,) integer arrays named by their factors; eval then reports the "
             "disentanglement scores (a shapes run has its own: default none)")
 
 
@@ -91,9 +91,9 @@ def score(params: funcvae.Params, data: tuple, *, seed: int, full: bool) -> dict
         out = disentanglement.scores(params, images, factors, seed=seed, scale=scale, names=names, **sizes)
     except (TypeError, ValueError) as e:
         raise RunError(f"disentanglement: {e}") from None
-    info = np.asarray(out["mig"]["mutual_information"])
-    values = max(len(np.unique(column)) for column in _columns(factors))
-    bias = (20 - 1) * (values - 1) / (2 * sizes["n"])  # the plug-in MI's bias for an independent pair (mig)
+    y, _ = disentanglement.factor_table(factors, names, rows=len(images), factor_count=2)
+    bias = disentanglement.plugin_bias(max(len(np.unique(column)) for column in y.T), sizes["n"])
+    info = out["mig"]["mutual_information"]
     dims = [NO_FACTOR if k < 0 else out["factors"][k] for k in disentanglement.most_informative(info, minimum=bias)]
     return {**out, "dims": dims, "sizes": sizes, "data": where, "seconds": time.perf_counter() - began}
 
@@ -104,7 +104,8 @@ def format_table(result: dict) -> str:
     dci = result["dci"]
     rows = [("MIG", result["mig"]["mig"], "mutual information gap, mean over factors; Chen et al. 2018"),
             ("SAP", result["sap"]["sap"], "separated attribute predictability; Kumar et al. 2018"),
-            ("DCI disentanglement", dci["disentanglement"], "gradient-boosted trees' importances; Eastwood & Williams 2018"),
+            ("DCI disentanglement", dci["disentanglement"],
+             "gradient-boosted trees' importances; Eastwood & Williams 2018"),
             ("DCI completeness", dci["completeness"], ""),
             ("DCI informativeness", dci["informativeness_test"], "the trees' held-out accuracy, mean over factors"),
             ("FactorVAE score", result["factor_vae"]["score"], "majority-vote accuracy; Kim & Mnih 2018"),
@@ -121,9 +122,3 @@ def format_table(result: dict) -> str:
         f"{d}:{name}" for d, name in enumerate(result["dims"])))
     return "\n".join(lines)
 
-
-def _columns(factors):
-    if isinstance(factors, dict):
-        return [np.asarray(v) for v in factors.values()]
-    a = np.asarray(factors)
-    return [a[:, k] for k in range(a.shape[1])] if a.ndim == 2 else [a]

@@ -25,14 +25,14 @@ from funcvae.codec import encode
 from funcvae.context import examples_and_context
 from funcvae.contract import check_params
 from funcvae.disentanglement._tables import _json, _length, _take, factor_table
-from funcvae.disentanglement.information import entropy, mig, most_informative, mutual_information
+from funcvae.disentanglement.information import entropy, mig, most_informative, mutual_information, plugin_bias
 from funcvae.disentanglement.interventions import REPRESENT_CHUNK, beta_vae_score, factor_vae_score
 from funcvae.disentanglement.predictors import dci, sap
 from funcvae.model import Params, some_leaf
 from funcvae.rng import derive_seed, generator
 
 __all__ = ["REPRESENT_CHUNK", "beta_vae_score", "codes", "dci", "entropy", "factor_table", "factor_vae_score", "mig",
-           "most_informative", "mutual_information", "sap", "scores"]
+           "most_informative", "mutual_information", "plugin_bias", "sap", "scores"]
 
 
 def codes(params: Params, images, *, kind: str = "mean", seed: int = 0, scale: float | None = None,

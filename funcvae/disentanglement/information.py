@@ -65,10 +65,17 @@ def entropy(a) -> float:
     return float(-np.sum(p * np.log(p)))
 
 
+def plugin_bias(values: int, rows: int, *, bins: int = 20) -> float:
+    """The upward bias of ``mig``'s plug-in mutual information, in nats, for a code dimension cut into ``bins``
+    bins and a factor of ``values`` values that are independent, over ``rows`` rows: (bins - 1)(values - 1)
+    / (2 rows) (the leading term of the estimate's expectation)."""
+    return (check_int("bins", bins, minimum=2) - 1) * (check_int("values", values) - 1) / (2 * check_int("rows", rows))
+
+
 def most_informative(mutual_information, *, minimum: float = 0.0) -> np.ndarray:
     """For each code dimension, the factor it holds most information about: (D,) int64 factor indices from a
     (D, K) matrix in nats (``mig(...)["mutual_information"]``), -1 where no factor has more than ``minimum``
-    nats (a collapsed dimension; the plug-in bias, (bins - 1)(values - 1) / (2 N), is a fair ``minimum``).
+    nats (a collapsed dimension; ``plugin_bias`` of the factor with the most values is a fair ``minimum``).
     Ties go to the lower factor index."""
     m = np.asarray(mutual_information, dtype=np.float64)
     minimum = check_nonnegative("minimum", minimum)
