@@ -767,11 +767,19 @@ def _time_ratio(results: dict, section_name: str, name: str, ref: str) -> float 
 def targets(results: dict, device: torch.device, why_no_jax: str | None) -> list[dict]:
     """The speed targets of the issue, each with its measured value (None where it was not measured)."""
     jax_why = why_no_jax or "section not run"
+    # JAX's step: level on an Intel CPU, within 10% on others (inductor's C++ against XLA's on AMD).
+    intel = funcvae._runtime.gemm.cpu_vendor() == "GenuineIntel" or device.type != "cpu"
     out = [_target("compiled step <= 0.5x the baseline (batch 128)",
                    _time_ratio(results, "step", "funcvae compiled", "baseline nn.Module eager"), 0.5, True, "x",
                    "section step not run"),
-           _target("compiled step <= 1.0x JAX jit (batch 128)",
-                   _time_ratio(results, "step", "funcvae compiled", "jax jit"), 1.0, True, "x", jax_why)]
+           _target(f"compiled step <= {1.0 if intel else 1.1}x JAX jit (batch 128)",
+                   _time_ratio(results, "step", "funcvae compiled", "jax jit"), 1.0 if intel else 1.1, True, "x",
+                   jax_why)]
+    bf16 = _time_ratio(results, "step", "funcvae compiled bf16 products", "funcvae compiled")
+    amx = device.type == "cpu" and torch.cpu.get_capabilities().get("amx_bf16", False)
+    out.append(_target("compiled step, bf16 products <= 0.6x fp32 (a CPU with AMX)", bf16 if amx else None, 0.6,
+                       True, "x", "section step not run" if bf16 is None else
+                       f"this CPU has no AMX; bf16 products give {bf16:.2f}x fp32 here"))
     for b in (b for b in BATCH_SIZES if b >= 1024):
         row = _row(results, "batch-sizes", f"funcvae compiled B={b}")
         out.append(_target(f"compiled step >= 60% of peak GEMM (batch {b})", row and row.get("pct_peak"),
@@ -799,8 +807,11 @@ def targets(results: dict, device: torch.device, why_no_jax: str | None) -> list
                            _time_ratio(results, "mkl-mode", f"{kind}, strict MKL", f"{kind}, MKL's default"), 1.05,
                            True, "x", "section mkl-mode not run"))
     cold = _row(results, "cold-start", "first step, empty compile cache")
-    out.append(_target("first step within 10 s of fit starting, empty compile cache", cold and cold["median_s"],
-                       10.0, True, "s", "section cold-start not run"))
+    out.append(_target("first step within 8 s of fit starting, empty compile cache", cold and cold["median_s"],
+                       8.0, True, "s", "section cold-start not run"))
+    warm = _row(results, "cold-start", "first step, warm compile cache")
+    out.append(_target("first step within 2 s of fit starting, warm compile cache", warm and warm["median_s"],
+                       2.0, True, "s", "section cold-start not run"))
     wide, narrow = _row(results, "memory", "fit on float32 data"), _row(results, "memory", "fit on uint8 data")
     saved = None if wide is None or narrow is None else (wide["peak_rss_mb"] - narrow["peak_rss_mb"]) / wide["data_mb"]
     out.append(_target("uint8 data saves >= 3/4 of the float32 set's size in peak RSS", saved, 0.75, False, "of",

@@ -150,8 +150,7 @@ def _adam_update(b1: float, b2: float, eps: float, schedule: Callable | None, de
               for v, gi in zip(optree.tree_leaves(state.nu, namespace="funcvae"), g)]
         # Moments below the smallest normal number are zero, as a flush-to-zero processor mode would make
         # them: subnormal moments stick and slow every CPU step (docs/speed.md, "Adam without subnormals").
-        mu = [torch.where(m.abs() < torch.finfo(m.dtype).tiny, 0.0, m) for m in mu]
-        nu = [torch.where(v < torch.finfo(v.dtype).tiny, 0.0, v) for v in nu]
+        mu, nu = [_flush_subnormal(m) for m in mu], [_flush_subnormal(v) for v in nu]
         # Bias corrections in float64, stacked so a compiled step computes them once a step, not once per
         # parameter element (docs/speed.md, "Adam's bias corrections once a step").
         t = count.to(torch.float64)
@@ -168,6 +167,14 @@ def _adam_update(b1: float, b2: float, eps: float, schedule: Callable | None, de
         return unflat(updates), AdamState(count, unflat(mu), unflat(nu), state.hyper)
 
     return update
+
+
+def _flush_subnormal(t: Tensor) -> Tensor:
+    """``t`` with every element of magnitude below the smallest normal number set to zero. hardshrink at the
+    largest subnormal is that selection in one vectorised pass; ``where(t.abs() < tiny, 0, t)`` took three,
+    its bool ones unvectorised on a CPU (docs/speed.md, "The eager step")."""
+    info = torch.finfo(t.dtype)
+    return torch.nn.functional.hardshrink(t, info.tiny * (1 - info.eps))  # tiny less the smallest subnormal
 
 
 def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransformation:
@@ -315,19 +322,23 @@ def _inner_lr(lr: Callable, state: ApplyIfFiniteState) -> Tensor:
 def _guarded_update(inner_update: Callable, freeze: bool) -> Callable:
     def update(grads, state: ApplyIfFiniteState, params=None, *, value: Tensor | None = None, **extra):
         leaves = optree.tree_leaves(grads, namespace="funcvae")
-        finite = [torch.isfinite(g).all() for g in leaves]
-        if value is not None:
-            finite.append(torch.isfinite(value).all())
-        ok = torch.stack(finite).all()
+        ok = _all_finite(leaves if value is None else [*leaves, value])
         live = state.live & ok if freeze else state.live
         ok = ok & state.live if freeze else ok
         updates, new_inner = inner_update(grads, state.inner, params, value=value, **extra)
-        updates = optree.tree_map(lambda u: torch.where(ok, u, torch.zeros_like(u)), updates, namespace="funcvae")
+        updates = optree.tree_map(lambda u: torch.where(ok, u, 0.0), updates, namespace="funcvae")
         new_inner = optree.tree_map(lambda new, old: torch.where(ok, new, old), new_inner, state.inner,
                                     namespace="funcvae")
         return updates, ApplyIfFiniteState(new_inner, ok, live, state.skipped + (~ok).to(torch.int64))
 
     return update
+
+
+def _all_finite(tensors: list[Tensor]) -> Tensor:
+    """0-d bool: no element of ``tensors`` is NaN or infinite. ``x * 0`` is 0 for a finite ``x`` and NaN
+    otherwise, so the sum is 0 exactly when all are finite, in two vectorised passes (``isfinite(x).all()``'s
+    bool passes are not vectorised on a CPU: 1 ms against 0.1 ms for the default model's gradients)."""
+    return torch.isfinite(torch.stack([(t * 0).sum() for t in tensors]).sum())
 
 
 def applied(state) -> Tensor | None:

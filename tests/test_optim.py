@@ -8,10 +8,13 @@ import optree
 import pytest
 import torch
 import torch._dynamo.testing
+from hypothesis import given, settings, strategies as st
 from torch.func import vmap
 
 import funcvae
 from funcvae import schedules
+from funcvae._runtime.compiling import has_cpp_compiler
+from funcvae.optim import _all_finite
 from funcvae.optim import (AdamState, ApplyIfFiniteState, HyperState, SgdState, adam, adamw, applied, apply_if_finite,
                            apply_updates, chain, clip_by_global_norm, differentially_private_aggregate, sgd)
 
@@ -418,3 +421,65 @@ def test_moments_of_a_stopped_gradient_reach_zero_instead_of_sticking_subnormal(
     for _ in range(1000):
         state = opt.update(zero, state, params)[1]
     assert torch.equal(state.mu["w"], zero["w"])
+
+
+# The values that decide a selection's edges: zeros of both signs, the smallest normal number and the largest
+# subnormal on either side, the smallest subnormal, infinities and NaN, beside ordinary numbers.
+def _edges(dtype):
+    info = torch.finfo(dtype)
+    tiny, sub = info.tiny, info.tiny * (1 - info.eps)
+    return [0.0, -0.0, tiny, -tiny, sub, -sub, tiny * info.eps, -tiny * info.eps, math.inf, -math.inf, math.nan,
+            1.0, -2.5, 3e-30, info.max]
+
+
+@settings(max_examples=40)
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]), n=st.integers(1, 70))
+def test_adams_update_keeps_the_bits_of_its_plain_formula(data, dtype, n):
+    """The update's arithmetic (in-place temporaries, the flush as hardshrink) gives, bit for bit, what the
+    plain formula gives: lerp, addcmul, moments below the smallest normal number set to zero, bias-corrected
+    step. Leaves of any length, values at every edge of the flush."""
+    values = st.one_of(st.sampled_from(_edges(dtype)), st.floats(-1e3, 1e3, width=64 if dtype == torch.float64 else 32))
+    def leaf():
+        return torch.tensor(data.draw(st.lists(values, min_size=n, max_size=n)), dtype=dtype)
+    g, m, v = leaf(), leaf(), leaf().abs()
+    count = data.draw(st.integers(0, 50))
+    opt = adam(1e-3)
+    state = AdamState(torch.tensor(count), {"w": m}, {"w": v}, opt.init({"w": m}).hyper)
+    updates, new = opt.update({"w": g}, state, {"w": m})
+    tiny = torch.finfo(dtype).tiny
+    mu = torch.lerp(m, g, 1 - 0.9)
+    nu = torch.addcmul(v * 0.999, g, g, value=1 - 0.999)
+    mu, nu = torch.where(mu.abs() < tiny, 0.0, mu), torch.where(nu < tiny, 0.0, nu)
+    t = torch.tensor(count + 1, dtype=torch.float64)
+    step, c2 = torch.stack([torch.tensor(1e-3, dtype=torch.float64) / (1 - 0.9 ** t),
+                            torch.sqrt(1 - 0.999 ** t)]).to(dtype)
+    expected = mu / (torch.sqrt(nu) / c2 + 1e-8) * -step
+    for got, want in ((new.mu["w"], mu), (new.nu["w"], nu), (updates["w"], expected)):
+        assert torch.equal(got.view(-1).nan_to_num(), want.view(-1).nan_to_num())
+        assert torch.equal(got.isnan(), want.isnan())
+
+
+@settings(max_examples=40)
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+       sizes=st.lists(st.integers(0, 40), min_size=1, max_size=4))
+def test_the_guard_finds_every_non_finite_value_and_no_other(data, dtype, sizes):
+    values = st.one_of(st.sampled_from(_edges(dtype)), st.floats(width=32))
+    tensors = [torch.tensor(data.draw(st.lists(values, min_size=k, max_size=k)), dtype=dtype) for k in sizes]
+    assert bool(_all_finite(tensors)) == all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def test_the_guard_compiled_by_inductor_skips_a_non_finite_step():
+    """inductor compiles C++ that may rewrite arithmetic: the guard's test (a sum of ``x * 0``) must still see
+    a NaN and an infinity once compiled."""
+    if not has_cpp_compiler():
+        pytest.skip("inductor needs a C++ compiler on CPU")
+    params = tree_of(0)
+    opt = apply_if_finite(adam(1e-2))
+    update = torch.compile(opt.update, backend="inductor", fullgraph=True)
+    state = opt.init(params)
+    grads = random_grads(params, torch.Generator().manual_seed(1))
+    for value, applied_ in ((1.0, True), (math.nan, False), (math.inf, False)):
+        updates, new = update(poisoned(grads, value), state, params)
+        assert bool(new.ok) is applied_ and int(new.skipped) == (not applied_)
+        moved = any(bool(u.abs().sum() > 0) for u in optree.tree_leaves(updates))
+        assert moved is applied_

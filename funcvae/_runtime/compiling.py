@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import warnings
 from functools import partial
 from typing import Callable
@@ -46,6 +47,8 @@ def compile_step(step: Callable, device: torch.device, compile: bool | str | Cal
         return step
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
+    if backend == "inductor" and device.type == "cpu":
+        _probe_vector_isa()
     if key is None or key not in _COMPILED:
         compiled = _eager_if_untraceable(step, _scalars_stay_tensors(torch.compile(
             _with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False,
@@ -96,6 +99,24 @@ def _with_own_code(step: Callable) -> Callable:
 
     call.__code__ = call.__code__.replace(co_name=f"funcvae_step_{next(_COUNTER)}")
     return call
+
+
+def _probe_vector_isa() -> None:
+    """Start inductor's check of the CPU's vector instruction sets in a background thread, once a process.
+
+    Inductor builds and loads a test library per instruction set (AVX-512, AVX2, ...) before it writes its
+    first CPU kernel, and with an empty compile cache that took 9 of a cold start's 28 s on 2 cores; begun
+    here, it runs while dynamo traces the step (docs/speed.md, "A quicker cold start"). The result is the
+    check's own (cached by inductor), so the kernels are the same."""
+    global _PROBE
+    if _PROBE is None:
+        from torch._inductor import cpu_vec_isa
+
+        _PROBE = threading.Thread(target=cpu_vec_isa.valid_vec_isa_list, name="funcvae-isa-probe", daemon=True)
+        _PROBE.start()
+
+
+_PROBE: threading.Thread | None = None
 
 
 def _options(backend, device: torch.device) -> dict | None:
