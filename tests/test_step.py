@@ -176,3 +176,19 @@ def test_the_cpu_only_machines_cuda_note_is_dropped_and_the_loggers_other_messag
         return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
     assert not logger.filter(record("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
     assert logger.filter(record("Error building extension 'x'"))
+
+
+@pytest.mark.parametrize("compile, device, probed", [(True, "cpu", True), ("aot_eager", "cpu", False),
+                                                     (False, "cpu", False), (True, "meta", False)])
+def test_inductor_on_a_cpu_checks_the_vector_instruction_sets_once_in_the_background(monkeypatch, compile, device,
+                                                                                      probed):
+    from torch._inductor import cpu_vec_isa
+    calls = []
+    monkeypatch.setattr(C, "_PROBE", None)
+    monkeypatch.setattr(C, "has_cpp_compiler", lambda: True)
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: calls.append(1))
+    for _ in range(2):  # a second step compiled in the process does not check again
+        C.compile_step(lambda x: x, torch.device(device), compile)
+    if probed:
+        C._PROBE.join(10)
+    assert len(calls) == probed and (C._PROBE is not None) is probed
