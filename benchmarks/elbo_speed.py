@@ -767,7 +767,7 @@ def _time_ratio(results: dict, section_name: str, name: str, ref: str) -> float 
 def targets(results: dict, device: torch.device, why_no_jax: str | None) -> list[dict]:
     """The speed targets of the issue, each with its measured value (None where it was not measured)."""
     jax_why = why_no_jax or "section not run"
-    # JAX's step: level on an Intel CPU, within 10% on others (inductor's C++ against XLA's on AMD).
+    # JAX's step: level on an Intel CPU or a GPU, within 10% on other CPUs (inductor's C++ against XLA's).
     intel = funcvae._runtime.gemm.cpu_vendor() == "GenuineIntel" or device.type != "cpu"
     out = [_target("compiled step <= 0.5x the baseline (batch 128)",
                    _time_ratio(results, "step", "funcvae compiled", "baseline nn.Module eager"), 0.5, True, "x",

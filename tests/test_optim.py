@@ -14,9 +14,9 @@ from torch.func import vmap
 import funcvae
 from funcvae import schedules
 from funcvae._runtime.compiling import has_cpp_compiler
-from funcvae.optim import _all_finite
-from funcvae.optim import (AdamState, ApplyIfFiniteState, HyperState, SgdState, adam, adamw, applied, apply_if_finite,
-                           apply_updates, chain, clip_by_global_norm, differentially_private_aggregate, sgd)
+from funcvae.optim import (AdamState, ApplyIfFiniteState, HyperState, SgdState, _all_finite, adam, adamw, applied,
+                           apply_if_finite, apply_updates, chain, clip_by_global_norm, differentially_private_aggregate,
+                           sgd)
 
 
 def tree_of(seed):
@@ -435,8 +435,8 @@ def _edges(dtype):
 @settings(max_examples=40)
 @given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]), n=st.integers(1, 70))
 def test_adams_update_keeps_the_bits_of_its_plain_formula(data, dtype, n):
-    """The update's arithmetic (in-place temporaries, the flush as hardshrink) gives, bit for bit, what the
-    plain formula gives: lerp, addcmul, moments below the smallest normal number set to zero, bias-corrected
+    """The update's arithmetic (the flush as one hardshrink) gives, bit for bit, what the plain formula
+    gives: lerp, addcmul, moments below the smallest normal number set to zero, bias-corrected
     step. Leaves of any length, values at every edge of the flush."""
     values = st.one_of(st.sampled_from(_edges(dtype)), st.floats(-1e3, 1e3, width=64 if dtype == torch.float64 else 32))
     def leaf():
