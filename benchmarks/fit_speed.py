@@ -111,9 +111,13 @@ class Busy:
 
 
 def fresh_cache_env() -> tuple[dict, str]:
-    """The environment of a child with an empty compile cache, and the folder to remove after it."""
+    """The environment of a child with an empty compile cache, and the folder to remove after it. Inductor keeps
+    its precompiled headers in the temporary folder's own cache, not in TORCHINDUCTOR_CACHE_DIR, so the child
+    gets a temporary folder of its own too: a new user's first run builds them."""
     folder = tempfile.mkdtemp(prefix="funcvae-cold-")
-    return {"TORCHINDUCTOR_CACHE_DIR": folder, "TRITON_CACHE_DIR": os.path.join(folder, "triton")}, folder
+    os.mkdir(os.path.join(folder, "tmp"))
+    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(folder, "inductor"),
+            "TRITON_CACHE_DIR": os.path.join(folder, "triton"), "TMPDIR": os.path.join(folder, "tmp")}, folder
 
 
 def cold_start(rounds: int) -> dict:

@@ -208,6 +208,44 @@ def test_apply_if_finite_passes_finite_steps_through_unchanged():
     assert applied((HyperState({}), state)) is state.ok
 
 
+def _bits(t):
+    return t.reshape(-1).view(torch.uint8)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("value", [math.nan, -math.inf, 1.0])
+def test_the_guards_choice_on_the_host_is_its_selection_on_the_device_bit_for_bit(monkeypatch, freeze, value):
+    """Eager on a CPU the guard picks a tree by reading its flag; compiled, under vmap or on a GPU it selects
+    with ``where``. Both give the same trees, bit for bit, through a finite step, the bad one and the next."""
+    params = tree_of(0)
+    opt = apply_if_finite(chain(clip_by_global_norm(5.0), adam(1e-2)), freeze=freeze)
+
+    def run(on_host):
+        monkeypatch.setattr(funcvae.optim, "_on_host", lambda flag: on_host)
+        g, state, seen = torch.Generator().manual_seed(3), opt.init(params), []
+        for v in (1.0, value, 1.0):
+            updates, state = opt.update(poisoned(random_grads(params, g), v), state, params)
+            seen.append((updates, state))
+        return optree.tree_leaves(seen)
+
+    host, device = run(True), run(False)
+    assert len(host) == len(device)
+    for a, b in zip(host, device):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def test_the_guard_reads_its_flag_only_from_a_plain_cpu_tensor_outside_traces_and_transforms():
+    flag = torch.tensor(True)
+    assert funcvae.optim._on_host(flag)
+    assert not funcvae.optim._on_host(flag.to("meta"))
+    seen = []
+    vmap(lambda f: seen.append(funcvae.optim._on_host(f)) or f)(torch.ones(2, dtype=torch.bool))
+    torch.compile(lambda f: seen.append(funcvae.optim._on_host(f)) or ~f, backend="eager", fullgraph=True)(flag)
+    with torch._subclasses.FakeTensorMode() as fake:
+        seen.append(funcvae.optim._on_host(fake.from_tensor(flag)))
+    assert seen == [False, False, False]
+
+
 def per_example_grads(n, seed, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     params = tree_of(0)

@@ -178,17 +178,38 @@ def test_the_cpu_only_machines_cuda_note_is_dropped_and_the_loggers_other_messag
     assert logger.filter(record("Error building extension 'x'"))
 
 
-@pytest.mark.parametrize("compile, device, probed", [(True, "cpu", True), ("aot_eager", "cpu", False),
-                                                     (False, "cpu", False), (True, "meta", False)])
-def test_inductor_on_a_cpu_checks_the_vector_instruction_sets_once_in_the_background(monkeypatch, compile, device,
-                                                                                      probed):
-    from torch._inductor import cpu_vec_isa
+@pytest.mark.parametrize("compile, device, prepared", [(True, "cpu", True), ("aot_eager", "cpu", False),
+                                                       (False, "cpu", False), (True, "meta", False)])
+def test_inductor_on_a_cpu_prepares_its_builds_once_in_the_background(monkeypatch, compile, device, prepared):
     calls = []
-    monkeypatch.setattr(C, "_PROBE", None)
+    monkeypatch.setattr(C, "_PREPARING", None)
     monkeypatch.setattr(C, "has_cpp_compiler", lambda: True)
-    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: calls.append(1))
-    for _ in range(2):  # a second step compiled in the process does not check again
+    monkeypatch.setattr(C, "_check_and_build", lambda: calls.append(1))
+    for _ in range(2):  # a second step compiled in the process does not start them again
         C.compile_step(lambda x: x, torch.device(device), compile)
-    if probed:
-        C._PROBE.join(10)
-    assert len(calls) == probed and (C._PROBE is not None) is probed
+    if prepared:
+        C._PREPARING.join(10)
+    assert len(calls) == prepared and (C._PREPARING is not None) is prepared
+
+
+@pytest.mark.skipif(not C.has_cpp_compiler(), reason="inductor needs a C++ compiler for CPU kernels")
+def test_the_header_built_in_the_background_is_the_one_inductors_kernels_include(monkeypatch):
+    """The header is named by a hash of its build's command line: the background build must ask for the same
+    file inductor's kernels ask for, or a cold start builds it twice."""
+    from torch._inductor import codecache, config, cpu_vec_isa
+    asked = []
+    real = codecache._precompile_header
+    monkeypatch.setattr(codecache, "_precompile_header", lambda header, line, **kw: asked.append((header, line))
+                        or real(header, line, **kw))
+    C._precompile_header(cpu_vec_isa.pick_vec_isa())
+    with config.patch(fx_graph_cache=False):
+        torch.compile(lambda x: torch.sigmoid(x * 0.8125 + 3.0625), backend="inductor")(torch.randn(8))
+    assert len(asked) >= 2 and set(asked[1:]) == {asked[0]}
+
+
+def test_a_failed_background_build_is_logged_not_raised(caplog):
+    def broken():
+        raise AttributeError("inductor moved a private name")
+    with caplog.at_level(logging.DEBUG, logger=C.__name__):
+        C._quietly(broken)
+    assert "inductor moved a private name" in caplog.text

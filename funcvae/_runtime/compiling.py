@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import platform
 import re
 import shutil
 import threading
@@ -48,7 +49,7 @@ def compile_step(step: Callable, device: torch.device, compile: bool | str | Cal
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
     if backend == "inductor" and device.type == "cpu":
-        _probe_vector_isa()
+        _prepare_cpu_builds()
     if key is None or key not in _COMPILED:
         compiled = _eager_if_untraceable(step, _scalars_stay_tensors(torch.compile(
             _with_own_code(step), backend=backend, mode=mode, fullgraph=True, dynamic=False,
@@ -101,22 +102,74 @@ def _with_own_code(step: Callable) -> Callable:
     return call
 
 
-def _probe_vector_isa() -> None:
-    """Start inductor's check of the CPU's vector instruction sets in a background thread, once a process.
+def _prepare_cpu_builds() -> None:
+    """Start, in the background and once a process, the builds inductor makes before its first CPU kernel.
 
-    Inductor builds and loads a test library per instruction set (AVX-512, AVX2, ...) before it writes its
-    first CPU kernel, and with an empty compile cache that took 9 of a cold start's 28 s on 2 cores; begun
-    here, it runs while dynamo traces the step (docs/speed.md, "A quicker cold start"). The result is the
-    check's own (cached by inductor), so the kernels are the same."""
-    global _PROBE
-    if _PROBE is None:
-        from torch._inductor import cpu_vec_isa
+    With an empty compile cache, inductor first checks each vector instruction set the CPU lists (AVX-512 with
+    VNNI, AVX-512, AVX2) by building and loading a test library, then precompiles the header that every
+    kernel includes (158 MB; 6 s on 2 cores) in the thread that writes the kernels. Here the check of the set
+    inductor will pick runs first and that header is built beside the other checks, all while dynamo traces
+    the step. Inductor then finds its own results on disk, the same checks and the same header, so the
+    kernels are the same (docs/speed.md, "A quicker cold start")."""
+    global _PREPARING
+    if _PREPARING is None:
+        _PREPARING = threading.Thread(target=_quietly, args=(_check_and_build,), name="funcvae-cpu-builds",
+                                      daemon=True)
+        _PREPARING.start()
 
-        _PROBE = threading.Thread(target=cpu_vec_isa.valid_vec_isa_list, name="funcvae-isa-probe", daemon=True)
-        _PROBE.start()
+
+_PREPARING: threading.Thread | None = None
 
 
-_PROBE: threading.Thread | None = None
+def _check_and_build() -> None:
+    from torch._inductor import cpu_vec_isa
+
+    first = _likely_isa()
+    header = None
+    if first is not None and first:  # inductor's check of that set alone (it keeps the answer)
+        header = threading.Thread(target=_quietly, args=(_precompile_header, first), daemon=True)
+        header.start()
+    cpu_vec_isa.valid_vec_isa_list()  # inductor's checks of the others
+    if header is None:
+        _precompile_header(cpu_vec_isa.pick_vec_isa())
+    else:
+        header.join()
+
+
+def _likely_isa():
+    """The instruction set inductor will pick when its checks pass: on an x86 CPU, the first of inductor's list
+    whose flags the CPU lists; None where the choice is not that (another processor, or a set asked for)."""
+    from torch._inductor import config, cpu_vec_isa
+
+    if os.environ.get("ATEN_CPU_CAPABILITY") or config.cpp.simdlen is not None:
+        return None
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    flags = cpu_vec_isa.x86_isa_checker()
+    return next((isa for isa in cpu_vec_isa.supported_vec_isa_list
+                 if all(flag in flags for flag in str(isa).split())), None)
+
+
+def _precompile_header(isa) -> None:
+    """Inductor's precompiled header for CPU kernels with ``isa``: the command line its kernels' builds use,
+    so the file (named by a hash of that line and the header's text) is the one they look for."""
+    from torch._inductor import codecache, cpp_builder
+
+    cache = codecache.CppPythonBindingsCodeCache
+    command = {**cache.cpp_compile_command_flags, "device_type": "cpu", "extra_flags": (),
+               "use_relative_path": False, "vec_isa": isa}
+    option = cpp_builder.CppTorchDeviceOptions(compile_only=False, min_optimize=False, **command)
+    line = cpp_builder.CppBuilder(name="o", sources="i", BuildOption=option).get_command_line()
+    codecache._precompile_header(cache._get_uncompiled_header("cpu"), line, min_optimize=False, **command)
+
+
+def _quietly(fn: Callable, *args) -> None:
+    """``fn(*args)``, a failure logged, not raised: these builds only save time, and inductor makes anything
+    missing itself."""
+    try:
+        fn(*args)
+    except Exception:
+        logging.getLogger(__name__).debug("preparing inductor's CPU builds failed", exc_info=True)
 
 
 def _options(backend, device: torch.device) -> dict | None:
