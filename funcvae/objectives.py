@@ -212,7 +212,11 @@ def batch_terms(params, x: Tensor, eps: Tensor, numbers: dict, objective: Object
                 c: Tensor | None = None) -> dict:
     """``objective.terms`` over a batch: x (B, features), eps (B, samples, noise_size), c (B, K) or None ->
     terms with a leading B."""
-    return vmap(objective.terms, in_dims=(None, 0, 0, None, None if c is None else 0))(params, x, eps, numbers, c)
+    # params and numbers are closed over, not passed: vmap flattens its arguments (in dynamo's trace, Python
+    # work per node of the params' tree) and they are the same for every example.
+    if c is None:
+        return vmap(lambda xi, ei: objective.terms(params, xi, ei, numbers, None))(x, eps)
+    return vmap(lambda xi, ei, ci: objective.terms(params, xi, ei, numbers, ci))(x, eps, c)
 
 
 def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = None, *, count: int = 0,
@@ -305,8 +309,8 @@ def draws(params, x: Tensor, eps: Tensor, c: Tensor | None = None) -> Draws:
         gauss, log_q = (mean, logvar), None
     else:
         gauss = None
-        z, log_q = vmap(model.draw, in_dims=(None, None, 0, None))(tree, x, eps, c)
-    out = vmap(model.decode_one, in_dims=(None, 0, None))(tree, z, c)
+        z, log_q = vmap(lambda e: model.draw(tree, x, e, c))(eps)
+    out = vmap(lambda zk: model.decode_one(tree, zk, c))(z)
     return Draws(gauss, z, log_q, model.likelihood.log_prob(out, x))
 
 
@@ -314,7 +318,7 @@ def log_ratios(params, d: Draws, c: Tensor | None = None) -> tuple[Tensor, Tenso
     """log q(z | x) - log p(z) at each draw, (K,), and per latent group, (K, groups), where both densities
     come per group (else None)."""
     model = params.model
-    log_p = vmap(model.log_prior, in_dims=(None, 0, None))(params.tree, d.z, c)
+    log_p = vmap(lambda zk: model.log_prior(params.tree, zk, c))(d.z)
     if isinstance(d.log_q, dict) and isinstance(log_p, dict):
         groups = torch.stack([d.log_q[g] - log_p[g] for g in model.groups], dim=-1)
         return groups.sum(-1), groups
@@ -372,7 +376,7 @@ def _tc_terms(params, x: Tensor, eps: Tensor, numbers: dict, c: Tensor | None = 
     """What ``_tc_batch`` needs of ONE example: recon, the analytic kl, its draw z, the posterior's mean and
     logvar, and log q(z | x), log p(z) at the draw."""
     d = draws(params, x, eps, c)
-    log_p = vmap(params.model.log_prior, in_dims=(None, 0, None))(params.tree, d.z, c)
+    log_p = vmap(lambda zk: params.model.log_prior(params.tree, zk, c))(d.z)
     return {"recon": -d.log_px_z.mean(), "kl": _kl_terms(params, d, c, "analytic")["kl"], "z": d.z[0],
             "mean": d.gauss[0], "logvar": d.gauss[1], "log_q": log_q(d)[0], "log_p": log_p[0]}
 

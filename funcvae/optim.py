@@ -24,6 +24,7 @@ import optree
 import torch
 from torch import Tensor
 
+from funcvae._runtime import trees
 from funcvae.checks import check_nonnegative, check_positive, check_unit, plain
 
 
@@ -143,11 +144,10 @@ def _adam_update(b1: float, b2: float, eps: float, schedule: Callable | None, de
     """Adam's update for these constants (one function per set, so compiled steps are shared)."""
 
     def update(grads, state: AdamState, params=None, **extra):
-        g, spec = optree.tree_flatten(grads, namespace="funcvae")
+        g = trees.leaves(grads)
         count = state.count + 1
-        mu = [torch.lerp(m, gi, 1.0 - b1) for m, gi in zip(optree.tree_leaves(state.mu, namespace="funcvae"), g)]
-        nu = [torch.addcmul(v * b2, gi, gi, value=1.0 - b2)
-              for v, gi in zip(optree.tree_leaves(state.nu, namespace="funcvae"), g)]
+        mu = [torch.lerp(m, gi, 1.0 - b1) for m, gi in zip(trees.leaves(state.mu), g)]
+        nu = [torch.addcmul(v * b2, gi, gi, value=1.0 - b2) for v, gi in zip(trees.leaves(state.nu), g)]
         # Moments below the smallest normal number are zero, as a flush-to-zero processor mode would make
         # them: subnormal moments stick and slow every CPU step (docs/speed.md, "Adam without subnormals").
         mu, nu = [_flush_subnormal(m) for m in mu], [_flush_subnormal(v) for v in nu]
@@ -159,12 +159,8 @@ def _adam_update(b1: float, b2: float, eps: float, schedule: Callable | None, de
         updates = [m / (torch.sqrt(v) / correction2 + eps) * descent for m, v in zip(mu, nu)]
         if decoupled:
             decay = (lr * state.hyper["weight_decay"]).to(g[0].dtype)
-            updates = [u - p * decay for u, p in zip(updates, optree.tree_leaves(params, namespace="funcvae"))]
-
-        def unflat(leaves):
-            return optree.tree_unflatten(spec, leaves)
-
-        return unflat(updates), AdamState(count, unflat(mu), unflat(nu), state.hyper)
+            updates = [u - p * decay for u, p in zip(updates, trees.leaves(params))]
+        return trees.like(grads, updates), AdamState(count, trees.like(grads, mu), trees.like(grads, nu), state.hyper)
 
     return update
 
@@ -201,18 +197,18 @@ def sgd(lr, momentum: float = 0.0, nesterov: bool = False) -> GradientTransforma
 @functools.lru_cache(maxsize=None)
 def _sgd_update(schedule: Callable | None, with_momentum: bool, nesterov: bool) -> Callable:
     def update(grads, state: SgdState, params=None, **extra):
-        g, spec = optree.tree_flatten(grads, namespace="funcvae")
+        g = trees.leaves(grads)
         lr = _lr_at(state.hyper, schedule, state.count).to(g[0].dtype)
         velocity = state.momentum
         if with_momentum:
             m = state.hyper["momentum"].to(g[0].dtype)
             first = state.count == 0  # torch.optim.SGD starts the velocity at the first gradient
-            old = optree.tree_leaves(state.momentum, namespace="funcvae")
+            old = trees.leaves(state.momentum)
             v = [torch.where(first, gi, m * vi + gi) for gi, vi in zip(g, old)]
             g = [gi + m * vi for gi, vi in zip(g, v)] if nesterov else v
-            velocity = optree.tree_unflatten(spec, v)
+            velocity = trees.like(grads, v)
         updates = [gi * -lr for gi in g]
-        return optree.tree_unflatten(spec, updates), SgdState(state.count + 1, velocity, state.hyper)
+        return trees.like(grads, updates), SgdState(state.count + 1, velocity, state.hyper)
 
     return update
 
@@ -228,10 +224,10 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
 
 def _clip_update(updates, state: HyperState, params=None, **extra):
-    leaves, spec = optree.tree_flatten(updates, namespace="funcvae")
+    leaves = trees.leaves(updates)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in leaves]))
     factor = torch.clamp(state.hyper["max_norm"].to(norm.dtype) / (norm + 1e-12), max=1.0)
-    return optree.tree_unflatten(spec, [t * factor for t in leaves]), state
+    return trees.like(updates, [t * factor for t in leaves]), state
 
 
 def differentially_private_aggregate(clip_norm: float, noise_multiplier: float) -> GradientTransformation:
@@ -251,16 +247,16 @@ def differentially_private_aggregate(clip_norm: float, noise_multiplier: float) 
 
 
 def _dp_update(grads, state: HyperState, params=None, *, weights: Tensor, noise, **extra):
-    leaves, spec = optree.tree_flatten(grads, namespace="funcvae")
+    leaves = trees.leaves(grads)
     clip = state.hyper["clip_norm"].to(leaves[0].dtype)
     std = (state.hyper["noise_multiplier"] * state.hyper["clip_norm"]).to(leaves[0].dtype)
     # reshape, not flatten(1): a 0-d param's per-example gradients are (B,), which flatten(1) refuses.
     norms = torch.sqrt(sum(t.reshape(t.shape[0], -1).pow(2).sum(1) for t in leaves))
     factor = weights * torch.clamp(clip / (norms + 1e-12), max=1.0)
     n = weights.sum()
-    noise = optree.tree_leaves(noise, namespace="funcvae")
+    noise = trees.leaves(noise)
     noisy = [(torch.tensordot(factor, t, dims=1) + std * z) / n for t, z in zip(leaves, noise)]
-    return optree.tree_unflatten(spec, noisy), state
+    return trees.like(grads, noisy), state
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -299,9 +295,10 @@ def _chain_update(updates: tuple[Callable, ...]) -> Callable:
 def apply_if_finite(inner: GradientTransformation, *, freeze: bool = False) -> GradientTransformation:
     """``inner``, except that an update whose gradients or ``value`` (the loss terms, when passed) hold a NaN
     or Inf is not applied: the updates are zero and ``inner``'s state stays as it was (selected on the
-    device, no host sync; eagerly on a CPU, where reading the flag costs no sync, picked by it). ``freeze=True``: after the first such step no later update is applied either,
-    until the caller reads ``live`` (how ``fit(on_nonfinite="raise")`` stops at the first bad step without
-    reading the device every step)."""
+    device, no host sync; eagerly on a CPU, where reading the flag costs no sync, picked by it).
+    ``freeze=True``: after the first such step no later update is applied either, until the caller reads
+    ``live`` (how ``fit(on_nonfinite="raise")`` stops at the first bad step without reading the device every
+    step)."""
 
     def init(params) -> ApplyIfFiniteState:
         device = _device(params)
@@ -321,7 +318,7 @@ def _inner_lr(lr: Callable, state: ApplyIfFiniteState) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def _guarded_update(inner_update: Callable, freeze: bool) -> Callable:
     def update(grads, state: ApplyIfFiniteState, params=None, *, value: Tensor | None = None, **extra):
-        leaves = optree.tree_leaves(grads, namespace="funcvae")
+        leaves = trees.leaves(grads)
         ok = _all_finite(leaves if value is None else [*leaves, value])
         live = state.live & ok if freeze else state.live
         ok = ok & state.live if freeze else ok
@@ -369,8 +366,9 @@ def applied(state) -> Tensor | None:
 
 def apply_updates(params, updates):
     """``params + updates`` leaf by leaf, as a new tree."""
-    p, spec = optree.tree_flatten(params, namespace="funcvae")
-    return optree.tree_unflatten(spec, [a + u for a, u in zip(p, optree.tree_leaves(updates, namespace="funcvae"))])
+    return trees.like(params, [a + u for a, u in zip(trees.leaves(params), trees.leaves(updates))])
+
+
 
 
 def _describe(lr) -> str:

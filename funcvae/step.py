@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
 
 from funcvae import objectives as O
+from funcvae._runtime import trees
 from funcvae.model import Model, Params, some_leaf, with_matmul_dtype
 from funcvae.optim import GradientTransformation, applied, apply_updates
 from funcvae.checks import check_scale
@@ -122,7 +123,13 @@ class TrainStep:
             grads, terms = vmap(grad(self._example_loss, has_aux=True), in_dims=(None, 0, 0, None, c_dim))(
                 state.tree, batch.x, batch.eps, numbers, batch.context)
         else:
-            grads, (_, terms) = grad_and_value(self._batch_loss, has_aux=True)(state.tree, batch, numbers, total)
+            # grad takes the tree's leaves, a flat list, and nothing else: it wraps and flattens its arguments
+            # (in dynamo's trace, Python work per node), and the batch and numbers are not differentiated.
+            tree = state.tree
+            grads, (_, terms) = grad_and_value(
+                lambda leaves: self._batch_loss(trees.like(tree, leaves), batch, numbers, total), has_aux=True)(
+                trees.leaves(tree))
+            grads = trees.like(tree, grads)
         w = batch.weights
         stats = torch.stack([(terms[k] * w).sum() for k in TERMS] + [w.sum()])
         if "kl_groups" in terms:
