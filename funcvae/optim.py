@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from funcvae._runtime import trees
+from funcvae._runtime.eager import op_by_op
 from funcvae.checks import check_nonnegative, check_positive, check_unit, plain
 
 
@@ -336,13 +337,11 @@ def _guarded_update(inner_update: Callable, freeze: bool) -> Callable:
 
 
 def _on_host(flag: Tensor) -> bool:
-    """``flag`` is a plain tensor in the CPU's memory, outside any trace or transform: reading it costs no device
+    """``flag`` is a plain tensor in the CPU's memory and the step runs op by op: reading it costs no device
     sync, so the guard picks a tree by it, the same values as ``where`` without its passes over every leaf
     (``where``'s CPU kernel is not vectorised: 1.2 ms a step for the default model; docs/speed.md, "The eager
     step"). Compiled, under ``vmap`` (a stack of models) or on a GPU, the guard selects on the device."""
-    return (flag.device.type == "cpu" and not torch.compiler.is_compiling() and type(flag) is Tensor
-            and not torch._C._functorch.is_functorch_wrapped_tensor(flag)
-            and torch.utils._python_dispatch._get_current_dispatch_mode() is None)
+    return flag.device.type == "cpu" and type(flag) is Tensor and op_by_op()
 
 
 def _all_finite(tensors: list[Tensor]) -> Tensor:

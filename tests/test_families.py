@@ -312,3 +312,27 @@ def test_the_rate_distortion_sweep_takes_any_family(family):
     for row in rows:
         assert row["latent"] == model.noise_size and math.isfinite(row["loss"])
         assert row["rate"] + row["distortion"] == pytest.approx(row["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "default, iwae", "default, bf16 products"])
+def test_the_eager_gradients_by_autograd_are_torch_func_grads_bit_for_bit(monkeypatch, name):
+    """Run op by op, the step takes its gradients with torch.autograd.grad, else (traced, vmapped) with
+    torch.func.grad: the same backward formulas, so the same bits, for every family."""
+    from funcvae import step as S
+    from funcvae.optim import adam
+    model = models.mlp() if name.startswith("default") else FAMILIES[name]()
+    objective = O.iwae(4) if name.endswith("iwae") else O.elbo()
+    step = S.make_train_step(model, objective, adam(1e-3),
+                             matmul_dtype=torch.bfloat16 if name.endswith("products") else None)
+    state = S.init_state(model.init(seed=0), objective, adam(1e-3))
+    g = torch.Generator().manual_seed(1)
+    x = images(8)
+    c = None if model.context is None else torch.nn.functional.one_hot(labels(model, 8), model.context).float()
+    batch = S.Batch(x, torch.randn(8, objective.samples, model.noise_size, generator=g), torch.ones(8), context=c)
+    seen = {}
+    for by_autograd in (True, False):
+        monkeypatch.setattr(S, "op_by_op", lambda: by_autograd)
+        seen[by_autograd] = optree.tree_leaves(step.gradients(state, batch))
+    assert len(seen[True]) == len(seen[False])
+    for a, b in zip(seen[True], seen[False]):
+        assert a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))

@@ -213,3 +213,15 @@ def test_a_failed_background_build_is_logged_not_raised(caplog):
     with caplog.at_level(logging.DEBUG, logger=C.__name__):
         C._quietly(broken)
     assert "inductor moved a private name" in caplog.text
+
+
+def test_op_by_op_is_false_under_every_trace_and_transform():
+    from torch.func import grad, vmap
+    from funcvae._runtime.eager import op_by_op
+    seen = [op_by_op()]
+    vmap(lambda x: seen.append(op_by_op()) or x)(torch.ones(2))
+    grad(lambda x: seen.append(op_by_op()) or x.sum())(torch.ones(2))
+    torch.compile(lambda x: seen.append(op_by_op()) or x + 1, backend="eager", fullgraph=True)(torch.ones(2))
+    with torch._subclasses.FakeTensorMode():
+        seen.append(op_by_op())
+    assert seen == [True, False, False, False, False]
