@@ -214,9 +214,8 @@ def batch_terms(params, x: Tensor, eps: Tensor, numbers: dict, objective: Object
     terms with a leading B."""
     # params and numbers are closed over, not passed: vmap flattens its arguments (in dynamo's trace, Python
     # work per node of the params' tree) and they are the same for every example.
-    if c is None:
-        return vmap(lambda xi, ei: objective.terms(params, xi, ei, numbers, None))(x, eps)
-    return vmap(lambda xi, ei, ci: objective.terms(params, xi, ei, numbers, ci))(x, eps, c)
+    return vmap(lambda xi, ei, ci: objective.terms(params, xi, ei, numbers, ci),
+                in_dims=(0, 0, None if c is None else 0))(x, eps, c)
 
 
 def loss_and_grad(params, x: Tensor, eps: Tensor, objective: Objective | None = None, *, count: int = 0,

@@ -368,7 +368,5 @@ def apply_updates(params, updates):
     return trees.like(params, [a + u for a, u in zip(trees.leaves(params), trees.leaves(updates))])
 
 
-
-
 def _describe(lr) -> str:
     return getattr(lr, "name", None) or repr(lr) if callable(lr) else repr(plain(lr))

@@ -126,7 +126,7 @@ def _check_and_build() -> None:
 
     first = _likely_isa()
     header = None
-    if first is not None and first:  # inductor's check of that set alone (it keeps the answer)
+    if first:  # runs inductor's check of that set alone (it keeps the answer)
         header = threading.Thread(target=_quietly, args=(_precompile_header, first), daemon=True)
         header.start()
     cpu_vec_isa.valid_vec_isa_list()  # inductor's checks of the others
