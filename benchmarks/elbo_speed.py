@@ -23,7 +23,9 @@ Sections (reference variant first; ratios are times over the reference's, < 1 is
                baseline   ``ClassicVAE`` of baseline_vae.py, ``torch.optim.Adam``, eager, summed loss (its noise
                           is passed in rather than drawn inside, so every side gets the same inputs);
                eager      ``funcvae.make_train_step(model, objectives.elbo(), optim.apply_if_finite(optim.adam(
-                          1e-3), freeze=True))``, the step ``fit`` runs, over a ``TrainState``;
+                          1e-3), freeze=True))``, the step ``fit`` runs, over a ``TrainState``, as ``fit`` runs
+                          it eagerly (``compile_step(step, device, False)``: on a CPU, glibc's malloc keeps freed
+                          memory; ``funcvae._runtime.memory``);
                compiled   the same through ``funcvae._runtime.compiling.compile_step(step, device, True)`` (inductor,
                           fullgraph; CUDA graphs on a GPU);
                compiled bf16 products   the same with ``matmul_dtype=torch.bfloat16`` (the matrix products
@@ -315,7 +317,7 @@ def funcvae_variant(batch: int, device: torch.device, compiled: bool, name: str,
     matrix products in bfloat16 (``matmul_dtype``), all else in fp32; ``guarded=False``: without the guard;
     ``scale``: the batch as uint8 pixel levels that the step divides by it (how fit holds 8-bit data)."""
     step, state = funcvae_step(funcvae.init(seed=0, device=device), bf16=bf16, guarded=guarded, scale=scale)
-    run = compile_step(step, device, True, key=step.key) if compiled else step
+    run = compile_step(step, device, compiled, key=step.key)
     x, eps, _, weights = batch_data(batch, device)
     if scale is not None:
         x = fit_speed.pixels(batch).to(device)
@@ -375,7 +377,7 @@ def family_variant(model: funcvae.Model, batch: int, device: torch.device, compi
     """funcvae's step of ``model`` (ELBO, plain Adam), eager or through ``compile_step`` as in funcvae_variant."""
     objective, optimizer = objectives.elbo(), adam(LR)
     step = make_train_step(model, objective, optimizer)
-    run = compile_step(step, device, True, key=step.key) if compiled else step
+    run = compile_step(step, device, compiled, key=step.key)
     x, eps, _, weights = batch_data(batch, device, noise=model.noise_size)
     chain = Chain(run, (init_state(model.init(0, device=device), objective, optimizer),), (Batch(x, eps, weights),),
                   keep=1)

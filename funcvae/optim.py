@@ -336,18 +336,23 @@ def _guarded_update(inner_update: Callable, freeze: bool) -> Callable:
     return update
 
 
-def _on_host(flag: Tensor) -> bool:
-    """``flag`` is a plain tensor in the CPU's memory and the step runs op by op: reading it costs no device
-    sync, so the guard picks a tree by it, the same values as ``where`` without its passes over every leaf
-    (``where``'s CPU kernel is not vectorised: 1.2 ms a step for the default model; docs/speed.md, "The eager
-    step"). Compiled, under ``vmap`` (a stack of models) or on a GPU, the guard selects on the device."""
-    return flag.device.type == "cpu" and type(flag) is Tensor and op_by_op()
+def _on_host(t: Tensor) -> bool:
+    """``t`` is a plain tensor in the CPU's memory and the step runs op by op: reading a value costs no device
+    sync, so the guard picks a tree by its flag, the same values as ``where`` without its passes over every
+    leaf (``where``'s CPU kernel is not vectorised: 1.2 ms a step for the default model; docs/speed.md, "The
+    eager step"), and tests finiteness by a plain sum first. Compiled, under ``vmap`` (a stack of models) or
+    on a GPU, the guard selects on the device."""
+    return t.device.type == "cpu" and type(t) is Tensor and op_by_op()
 
 
 def _all_finite(tensors: list[Tensor]) -> Tensor:
     """0-d bool: no element of ``tensors`` is NaN or infinite. ``x * 0`` is 0 for a finite ``x`` and NaN
     otherwise, so the sum is 0 exactly when all are finite, in two vectorised passes (``isfinite(x).all()``'s
-    bool passes are not vectorised on a CPU: 1 ms against 0.1 ms for the default model's gradients)."""
+    bool passes are not vectorised on a CPU: 1 ms against 0.1 ms for the default model's gradients). Op by op
+    on a CPU, a plain sum comes first, one pass: a NaN or an infinity makes it NaN or infinite, so a finite
+    sum settles it; only one that is not (a NaN, an infinity or a sum that overflows) needs the exact test."""
+    if _on_host(tensors[0]) and bool(torch.isfinite(torch.stack([t.sum() for t in tensors]).sum())):
+        return torch.ones((), dtype=torch.bool)
     return torch.isfinite(torch.stack([(t * 0).sum() for t in tensors]).sum())
 
 

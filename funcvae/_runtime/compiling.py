@@ -18,6 +18,7 @@ import torch
 
 from funcvae._moved import module_getattr
 from funcvae._runtime.gemm import products_pass
+from funcvae._runtime.memory import keep_freed_memory
 
 
 def _not_the_cuda_runtime_note(record: logging.LogRecord) -> bool:
@@ -45,6 +46,8 @@ def compile_step(step: Callable, device: torch.device, compile: bool | str | Cal
     """
     backend = compile_backend(compile, device)
     if backend is None:
+        if device.type == "cpu":
+            keep_freed_memory()  # the eager step's blocks, made afresh each step, reused (memory.py)
         return step
     mode = compile_mode(backend, device) if cuda_graphs else None
     key = _key(step, backend, device, mode) if key is None else (key, backend, mode, device.type, device.index)
