@@ -32,12 +32,7 @@ print(json.dumps([kept, faults()]))
 """
 
 
-def _glibc() -> bool:
-    import ctypes
-    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
-
-
-@pytest.mark.skipif(not _glibc(), reason="sets glibc's malloc; elsewhere it changes nothing")
+@pytest.mark.skipif(memory.glibc() is None, reason="sets glibc's malloc; elsewhere it changes nothing")
 def test_freed_blocks_come_back_without_page_faults():
     # In a fresh process, as a user's first eager fit: its malloc has adapted to nothing yet. Without the
     # setting, glibc gives each round's 26 MB back and faults every page in again (about 6 x 20 x 313).

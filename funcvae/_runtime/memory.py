@@ -22,16 +22,23 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (on Linux), else None: musl and others may lack ``mallopt``
+    or make it a no-op."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None)  # the C library the process runs on
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 @functools.lru_cache(maxsize=None)
 def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep up to ``TRIM_THRESHOLD`` bytes of freed memory for the next allocations and
     to serve blocks up to ``MMAP_THRESHOLD`` from its heap, once per process. True when set; False where the
     C library is not glibc (nothing is changed). The process's memory use can stay up to ``TRIM_THRESHOLD``
     above what it holds."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None)  # the C library the process runs on
-    if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: mallopt may be absent or a no-op
+    libc = glibc()
+    if libc is None:
         return False
     # Fixed values, so glibc stops adapting them: its adaptation is what lets the heap's top go.
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
