@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, NamedTuple
 
+import optree
 import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, vmap
@@ -186,7 +187,7 @@ def _autograd(loss: Callable, leaves: list) -> tuple[list, dict]:
     with torch.enable_grad():
         value, terms = loss(leaves)
         grads = torch.autograd.grad(value, leaves, materialize_grads=True)
-    return list(grads), trees.like(terms, [t.detach() for t in trees.leaves(terms)])
+    return list(grads), optree.tree_map(Tensor.detach, terms, namespace="funcvae")
 
 
 def make_train_step(model: Model, objective: O.Objective, optimizer: GradientTransformation, *,
